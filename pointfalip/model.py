@@ -1,0 +1,344 @@
+"""CLIP models from open_clip, wrapped so that the image encoder can take a foveal attention bias (FALIP).
+
+`load_model` resolves open_clip tags, ``hf-hub:`` ids, local checkpoints (open_clip or OpenAI format) and
+``"none"``; `FalipCLIP.encode_image` adds a bias to the CLS query's attention logits toward the patch tokens
+in chosen blocks and heads, computing every other attention row exactly as open_clip does.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+import zipfile
+from typing import Iterable, Optional, Sequence, Union
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.transformer import PatchDropout, ResidualAttentionBlock, VisionTransformer
+from torch import nn
+
+from .errors import InputError, WeightsUnavailable
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Keys that only OpenAI's released state dicts carry (integer buffers of their `build_model`).
+_OPENAI_ONLY_KEYS = ("input_resolution", "context_length", "vocab_size")
+_TEXT_BATCH = 256
+
+ImageBias = Optional[torch.Tensor]
+
+
+class UnsupportedModel(InputError):
+    """The model's image tower cannot take a foveal bias (e.g. a ResNet CLIP)."""
+
+
+def _is_torchscript_archive(path: str) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist())
+
+
+def _read_checkpoint(path: str) -> tuple[dict, bool]:
+    """State dict of a local checkpoint and whether it is in OpenAI's format (implies QuickGELU)."""
+    if _is_torchscript_archive(path):
+        return dict(torch.jit.load(path, map_location="cpu").state_dict()), True
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        ckpt = load_file(path)
+    else:
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # pickle errors of many kinds
+            raise InputError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from e
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict):
+        ckpt = ckpt["state_dict"]
+    if not isinstance(ckpt, dict) or not ckpt:
+        raise InputError(f"checkpoint {path} holds no state dict")
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in ckpt.items()}
+    return state, any(k in state for k in _OPENAI_ONLY_KEYS)
+
+
+def _create(name: str, **kwargs) -> nn.Module:
+    if name not in open_clip.list_models():
+        raise InputError(f"unknown model '{name}': choose one of open_clip.list_models(), e.g. ViT-B-16")
+    return open_clip.create_model(name, **kwargs)
+
+
+def _load_local(name: str, path: str) -> nn.Module:
+    state, openai_format = _read_checkpoint(path)
+    model = _create(name, pretrained=None, force_quick_gelu=openai_format)
+    # OpenAI's integer buffers and non-persistent buffers that TorchScript archives carry (e.g. attn_mask)
+    transient = set(_OPENAI_ONLY_KEYS) | ({n for n, _ in model.named_buffers()} - set(model.state_dict()))
+    for key in transient:
+        state.pop(key, None)
+    scale = state.get("logit_scale")
+    if scale is not None and scale.ndim != model.logit_scale.ndim:
+        state["logit_scale"] = scale.reshape(model.logit_scale.shape)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        detail = " ".join(str(e).split())[:300]
+        raise InputError(f"checkpoint {path} does not fit model '{name}': {detail}") from e
+    return model
+
+
+def _offline_hint(what: str) -> str:
+    return (f"could not get pretrained weights {what} (no network and nothing cached?): pass a local checkpoint "
+            "with --pretrained PATH, run once with network so open_clip caches the download, "
+            "or use --pretrained none for random weights")
+
+
+def _build(name: str, pretrained: Optional[str]) -> nn.Module:
+    if pretrained is None or str(pretrained).lower() in ("", "none"):
+        warnings.warn(f"pointfalip: model '{name}' has random weights (pretrained='none'); "
+                      "its predictions are meaningless", UserWarning, stacklevel=3)
+        return _create(name, pretrained=None)
+    pretrained = str(pretrained)
+    if pretrained.startswith("hf-hub:"):
+        try:
+            return open_clip.create_model(pretrained)
+        except Exception as e:
+            raise WeightsUnavailable(_offline_hint(f"'{pretrained}'")) from e
+    if os.path.isfile(pretrained):
+        return _load_local(name, pretrained)
+    if name not in open_clip.list_models():
+        raise InputError(f"unknown model '{name}': choose one of open_clip.list_models(), e.g. ViT-B-16")
+    tag_cfg = open_clip.get_pretrained_cfg(name, pretrained)
+    if not tag_cfg:
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
+        raise InputError(f"'{pretrained}' is neither a file nor a pretrained tag of {name} (tags: {tags})")
+    try:
+        # A tag trained with QuickGELU must get it, whatever the config name says.
+        return open_clip.create_model(name, pretrained=pretrained,
+                                      force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)))
+    except Exception as e:
+        raise WeightsUnavailable(_offline_hint(f"'{pretrained}' for {name}")) from e
+
+
+def load_model(name: str = "ViT-B-16", pretrained: Optional[str] = "openai", device: Union[str, torch.device] = "cpu",
+               precision: str = "fp32") -> "FalipCLIP":
+    """Load an open_clip model as a `FalipCLIP`.
+
+    pretrained: an open_clip tag ("openai", "laion2b_s34b_b88k", ...), an "hf-hub:org/repo" id, a local
+    checkpoint (open_clip format; or OpenAI format, a TorchScript archive or a plain state dict, which implies
+    QuickGELU), or "none" for random weights. precision: "fp32", "bf16" or "fp16" (autocast; weights stay fp32).
+    """
+    if precision not in PRECISIONS:
+        raise InputError(f"unknown precision '{precision}': choose one of {', '.join(PRECISIONS)}")
+    try:
+        device = torch.device(device)
+    except RuntimeError as e:
+        raise InputError(f"unknown device '{device}'") from e
+    clip = _build(name, pretrained)
+    tokenizer_name = pretrained if str(pretrained).startswith("hf-hub:") else name
+    tokenizer = open_clip.get_tokenizer(tokenizer_name)
+    return FalipCLIP(clip, tokenizer, name=name, pretrained=str(pretrained), precision=precision).to(device).eval()
+
+
+def _as_flat_bias(cls_bias: torch.Tensor, n: int, num_patches: int) -> torch.Tensor:
+    """(N, gh, gw) or (N, gh*gw) -> (N, 1 + P) with a zero column for the CLS key."""
+    bias = cls_bias.reshape(cls_bias.shape[0], -1)
+    if bias.shape[1] != num_patches:
+        raise ValueError(f"cls_bias has {bias.shape[1]} patch weights but the model has {num_patches} patches")
+    if bias.shape[0] not in (1, n):
+        raise ValueError(f"cls_bias has batch {bias.shape[0]} for {n} images")
+    return F.pad(bias.float(), (1, 0)).expand(n, -1)
+
+
+class FalipCLIP(nn.Module):
+    """An open_clip CLIP whose ViT image encoder can take a foveal bias on the CLS query's attention."""
+
+    def __init__(self, clip: nn.Module, tokenizer, name: str = "", pretrained: str = "", precision: str = "fp32"):
+        super().__init__()
+        self.clip = clip
+        self.tokenizer = tokenizer
+        self.name = name
+        self.pretrained = pretrained
+        self.precision = precision
+
+    # ---- properties read from the wrapped model -------------------------------------------------------
+    @property
+    def visual(self) -> nn.Module:
+        return self.clip.visual
+
+    @property
+    def is_vit(self) -> bool:
+        return isinstance(self.visual, VisionTransformer)
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """Patch grid (gh, gw) of the image encoder."""
+        self._require_vit()
+        return tuple(self.visual.grid_size)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        size = self.visual.image_size
+        return (size, size) if isinstance(size, int) else tuple(size)
+
+    @property
+    def num_layers(self) -> int:
+        self._require_vit()
+        return len(self.visual.transformer.resblocks)
+
+    @property
+    def num_heads(self) -> int:
+        self._require_vit()
+        return self.visual.transformer.resblocks[0].attn.num_heads
+
+    @property
+    def device(self) -> torch.device:
+        return self.clip.logit_scale.device
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.clip.logit_scale.detach().exp().clamp(max=100.0))
+
+    @property
+    def preprocess_cfg(self) -> dict:
+        return open_clip.get_model_preprocess_cfg(self.clip)
+
+    def preprocess(self, image) -> torch.Tensor:
+        """A PIL image -> (3, H, W) tensor exactly as open_clip's eval transform makes it."""
+        cfg = open_clip.PreprocessCfg(**self.preprocess_cfg)
+        return open_clip.image_transform_v2(cfg, is_train=False)(image)
+
+    def autocast(self):
+        """The autocast context of the chosen precision (a no-op for fp32)."""
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    # ---- encoders -----------------------------------------------------------------------------------
+    def encode_text(self, texts: Union[str, Sequence[str]], normalize: bool = False) -> torch.Tensor:
+        """Text features (T, D) for a list of strings, tokenized by the model's own tokenizer."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        feats = []
+        with self.autocast():
+            for start in range(0, len(texts), _TEXT_BATCH):
+                tokens = self.tokenizer(texts[start:start + _TEXT_BATCH]).to(self.device)
+                feats.append(self.clip.encode_text(tokens).float())
+        out = torch.cat(feats) if feats else torch.empty(0, self.visual.output_dim, device=self.device)
+        return F.normalize(out, dim=-1) if normalize else out
+
+    def encode_image(self, images: torch.Tensor, cls_bias: ImageBias = None, layers: Optional[Iterable[int]] = None,
+                     heads: Optional[Iterable[int]] = None, amplify: float = 0.0,
+                     normalize: bool = False) -> torch.Tensor:
+        """Image features (N, D) with an optional foveal bias.
+
+        images: (N, 3, H, W) preprocessed, any float dtype. cls_bias: (N, gh, gw) or (N, gh*gw) added to the CLS
+        query's attention logits toward the patch tokens in blocks `layers` (default: the last four; negative
+        indices allowed) and heads `heads` (default: all). amplify: γ of the head-sensitivity rule
+        G'_h + γ(G'_h - G_h) on the CLS output of those blocks. cls_bias=None is open_clip's encode_image.
+        """
+        images = images.to(self.device)
+        if PRECISIONS[self.precision] is None:
+            images = images.to(self.clip.logit_scale.dtype)
+        with self.autocast():
+            if cls_bias is None:
+                feats = self.clip.encode_image(images)
+            else:
+                feats = self._encode_foveal(images, cls_bias, layers, heads, amplify)
+        feats = feats.float()
+        return F.normalize(feats, dim=-1) if normalize else feats
+
+    # ---- foveal forward -----------------------------------------------------------------------------
+    def _require_vit(self) -> None:
+        if not self.is_vit:
+            raise UnsupportedModel(f"model '{self.name}' has a {type(self.visual).__name__} image tower: foveal "
+                                   "attention needs an open_clip ViT (e.g. ViT-B-16); use --no-falip or a ViT")
+
+    def resolve_layers(self, layers: Optional[Iterable[int]]) -> list[int]:
+        n = self.num_layers
+        chosen = range(n - 4, n) if layers is None else list(layers)
+        out = []
+        for i in chosen:
+            if not -n <= i < n:
+                raise ValueError(f"layer {i} out of range for a {n}-block encoder")
+            out.append(i % n)
+        return sorted(set(out))
+
+    def _head_mask(self, heads: Optional[Iterable[int]]) -> Optional[torch.Tensor]:
+        if heads is None:
+            return None
+        h = self.num_heads
+        mask = torch.zeros(h, device=self.device)
+        for i in heads:
+            if not -h <= i < h:
+                raise ValueError(f"head {i} out of range for {h} heads")
+            mask[i % h] = 1.0
+        return mask
+
+    def _embed(self, images: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Tokens after ln_pre, and the kept patch indices when patch dropout is active (training mode)."""
+        v = self.visual
+        pd = v.patch_dropout
+        if not (isinstance(pd, PatchDropout) and pd.training and pd.prob > 0):
+            return v._embeds(images), None
+        if not pd.exclude_first_token:
+            raise UnsupportedModel("patch dropout that may drop the CLS token is not supported")
+        x = v.conv1(images).flatten(2).transpose(1, 2)
+        cls = v.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
+        n, num_patches = x.shape[0], x.shape[1] - 1
+        keep_n = max(1, int(num_patches * (1 - pd.prob)))
+        keep = torch.randn(n, num_patches).topk(keep_n, dim=-1).indices.to(x.device)  # as open_clip draws it
+        patches = x[:, 1:].gather(1, keep[..., None].expand(-1, -1, x.shape[-1]))
+        return v.ln_pre(torch.cat([x[:, :1], patches], dim=1)), keep
+
+    def _encode_foveal(self, images, cls_bias, layers, heads, amplify) -> torch.Tensor:
+        self._require_vit()
+        v = self.visual
+        gh, gw = self.grid_size
+        if tuple(images.shape[-2:]) != self.image_size:
+            raise ValueError(f"images are {tuple(images.shape[-2:])} but {self.name} takes {self.image_size}")
+        chosen = set(self.resolve_layers(layers))
+        bias = _as_flat_bias(torch.as_tensor(cls_bias, device=self.device), images.shape[0], gh * gw)
+        x, keep = self._embed(images)
+        if keep is not None:
+            bias = torch.cat([bias[:, :1], bias[:, 1:].gather(1, keep)], dim=1)
+        head_mask = self._head_mask(heads)
+        bias = bias[:, None, None, :]  # (N, 1, 1, L): broadcast over heads and the single CLS query
+        if head_mask is not None:
+            bias = bias * head_mask[None, :, None, None]
+        batch_first = getattr(v.transformer, "batch_first", True)
+        for i, block in enumerate(v.transformer.resblocks):
+            if i in chosen:
+                x = _foveal_block(block, x, bias, amplify)
+            elif batch_first:
+                x = block(x)
+            else:
+                x = block(x.transpose(0, 1)).transpose(0, 1)
+        pooled, _ = v._pool(x)
+        if v.proj is not None:
+            pooled = pooled @ v.proj
+        return pooled
+
+
+def _foveal_block(block: nn.Module, x: torch.Tensor, bias: torch.Tensor, amplify: float) -> torch.Tensor:
+    """One residual block whose CLS query row gets `bias` (N, H|1, 1, L) on its attention logits."""
+    if not isinstance(block, ResidualAttentionBlock) or not isinstance(block.attn, nn.MultiheadAttention):
+        raise UnsupportedModel(f"foveal attention needs open_clip's standard attention blocks, "
+                               f"not {type(block).__name__}")
+    attn = block.attn
+    n, length, dim = x.shape
+    heads = attn.num_heads
+    head_dim = dim // heads
+    y = block.ln_1(x)
+    q, k, v = F.linear(y, attn.in_proj_weight, attn.in_proj_bias).view(n, length, 3, heads, head_dim).permute(
+        2, 0, 3, 1, 4)
+    out = F.scaled_dot_product_attention(q, k, v)  # every row as without the bias
+    logits = (q[:, :, :1] * head_dim ** -0.5) @ k.transpose(-2, -1)  # the CLS row again, (N, H, 1, L)
+    cls = (logits.float() + bias).softmax(dim=-1).to(v.dtype) @ v
+    if amplify:
+        cls = cls + amplify * (cls - out[:, :, :1])
+    out = torch.cat([cls.to(out.dtype), out[:, :, 1:]], dim=2)
+    out = attn.out_proj(out.transpose(1, 2).reshape(n, length, dim))
+    x = x + block.ls_1(out)
+    return x + block.ls_2(block.mlp(block.ln_2(x)))

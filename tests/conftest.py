@@ -1,0 +1,67 @@
+"""Shared fixtures: tiny open_clip ViT configs registered under their own names, and reference data paths."""
+import json
+import os
+import warnings
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+_TINY_DIR = Path(__file__).resolve().parent / "_tiny_configs"
+
+
+def _tiny_config(patch: int, image: int, quick_gelu: bool = False) -> dict:
+    # head width 64 as in OpenAI's CLIPs, so OpenAI-format checkpoints of it rebuild by shape
+    cfg = {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": image, "layers": 3, "width": 128, "patch_size": patch},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 2},
+    }
+    if quick_gelu:
+        cfg["quick_gelu"] = True
+    return cfg
+
+
+TINY = {
+    "pf-tiny-16": _tiny_config(16, 64),
+    "pf-tiny-14": _tiny_config(14, 56),
+    "pf-tiny-32": _tiny_config(32, 96),
+    "pf-tiny-16-rect": {**_tiny_config(16, 64), "vision_cfg": {"image_size": [48, 80], "layers": 3,
+                                                               "width": 128, "patch_size": 16}},
+}
+
+
+def _register() -> None:
+    _TINY_DIR.mkdir(exist_ok=True)
+    for name, cfg in TINY.items():
+        path = _TINY_DIR / f"{name}.json"
+        text = json.dumps(cfg)
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+    if "pf-tiny-16" not in open_clip.list_models():
+        open_clip.add_model_config(_TINY_DIR)
+
+
+_register()
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is absent")
+    return SHARED_DATA
+
+
+def load_random(name: str = "pf-tiny-16", **kwargs):
+    import pointfalip
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pointfalip.load_model(name, pretrained="none", **kwargs)
