@@ -205,8 +205,8 @@ class FalipCLIP(nn.Module):
 
     def preprocess(self, image) -> torch.Tensor:
         """A PIL image -> (3, H, W) tensor exactly as open_clip's eval transform makes it."""
-        cfg = open_clip.PreprocessCfg(**self.preprocess_cfg)
-        return open_clip.image_transform_v2(cfg, is_train=False)(image)
+        cfg = open_clip.transform.PreprocessCfg(**self.preprocess_cfg)
+        return open_clip.transform.image_transform_v2(cfg, is_train=False)(image)
 
     def autocast(self):
         """The autocast context of the chosen precision (a no-op for fp32)."""

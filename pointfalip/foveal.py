@@ -1,0 +1,219 @@
+"""Foveal attention weights on a ViT patch grid (FALIP).
+
+A region of attention becomes a box of patch tokens; inside it the weights are the paper's Gaussian
+``R_ij = exp(-((i-(H'-1)/2)² + (j-(W'-1)/2)²) / (2σ²))`` min-max normalised to
+``α·(R - min R + ε)/(max R - min R + ε)``; outside it they are zero. The result is the `cls_bias` of
+`FalipCLIP.encode_image`. Regions come from boxes or masks in original-image pixels (mapped through the
+model's resize / crop), or from projected occupancy (point clouds).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import InputError
+
+Grid = tuple[int, int]
+MODES = ("box", "coverage")
+
+
+@dataclass
+class FovealConfig:
+    """FALIP settings; the defaults are the paper's."""
+
+    alpha: float = 0.2  # peak weight added to the CLS query's logits
+    sigma: float = 100.0  # Gaussian width in tokens (wide: the min-max normalisation sets the range)
+    eps: float = 1e-6  # keeps the normalisation finite for one-token boxes
+    layers: Optional[Sequence[int]] = (-4, -3, -2, -1)  # blocks that get the bias: the last four
+    heads: Optional[Sequence[int]] = None  # attention heads that get the bias: all
+    amplify: float = 0.0  # γ of the head-sensitivity rule; 0 is plain FALIP
+    mode: str = "box"  # occupancy -> weights: "box" (Gaussian over the token box) or "coverage" (times coverage)
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise InputError(f"unknown foveal mode '{self.mode}': choose one of {', '.join(MODES)}")
+        self.layers = None if self.layers is None else tuple(self.layers)
+        self.heads = None if self.heads is None else tuple(self.heads)
+
+    def encoder_kwargs(self) -> dict:
+        """Keyword arguments for `FalipCLIP.encode_image` besides the bias."""
+        return {"layers": self.layers, "heads": self.heads, "amplify": self.amplify}
+
+
+def from_token_boxes(boxes: torch.Tensor, grid: Grid, config: Optional[FovealConfig] = None) -> torch.Tensor:
+    """Weights (N, gh, gw) for token boxes (N, 4) = (row0, col0, row1, col1), ends exclusive.
+
+    Empty boxes (row1 <= row0 or col1 <= col0) give all-zero weights.
+    """
+    cfg = config or FovealConfig()
+    boxes = torch.as_tensor(boxes).reshape(-1, 4).to(torch.float64)
+    gh, gw = grid
+    r0, c0, r1, c1 = boxes.unbind(-1)
+    rows = torch.arange(gh, dtype=torch.float64, device=boxes.device)
+    cols = torch.arange(gw, dtype=torch.float64, device=boxes.device)
+    di = rows[None, :] - r0[:, None] - (r1 - r0 - 1)[:, None] / 2  # (N, gh) offset from the box centre
+    dj = cols[None, :] - c0[:, None] - (c1 - c0 - 1)[:, None] / 2
+    inside = ((rows[None] >= r0[:, None]) & (rows[None] < r1[:, None]))[:, :, None] & \
+             ((cols[None] >= c0[:, None]) & (cols[None] < c1[:, None]))[:, None, :]
+    r = torch.exp(-(di[:, :, None] ** 2 + dj[:, None, :] ** 2) / (2 * cfg.sigma ** 2))
+    r_min = torch.where(inside, r, torch.inf).amin(dim=(1, 2), keepdim=True)
+    r_max = torch.where(inside, r, -torch.inf).amax(dim=(1, 2), keepdim=True)
+    weights = cfg.alpha * (r - r_min + cfg.eps) / (r_max - r_min + cfg.eps)
+    return torch.where(inside, weights, 0.0).float()
+
+
+def token_box(occupied: torch.Tensor) -> torch.Tensor:
+    """Bounding token boxes (N, 4) of boolean patch grids (N, gh, gw); empty grids give (0, 0, 0, 0)."""
+    rows = occupied.any(dim=2)
+    cols = occupied.any(dim=1)
+
+    def span(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.arange(mask.shape[1], device=mask.device)
+        first = torch.where(mask, idx, mask.shape[1]).amin(dim=1)
+        last = torch.where(mask, idx, -1).amax(dim=1) + 1
+        empty = ~mask.any(dim=1)
+        return first.masked_fill(empty, 0), last.masked_fill(empty, 0)
+
+    r0, r1 = span(rows)
+    c0, c1 = span(cols)
+    return torch.stack([r0, c0, r1, c1], dim=1)
+
+
+def pool_to_grid(occupancy: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """Occupied fraction (N, gh, gw) of each patch for boolean images (N, S, S)."""
+    occ = occupancy.reshape(-1, 1, *occupancy.shape[-2:]).float()
+    return F.adaptive_avg_pool2d(occ, grid).reshape(-1, *grid)
+
+
+def from_occupancy(occupancy: torch.Tensor, grid: Grid, config: Optional[FovealConfig] = None,
+                   mode: Optional[str] = None) -> torch.Tensor:
+    """Weights (..., gh, gw) for boolean occupancy images (..., S, S) of what each view's object covers.
+
+    mode "box": the Gaussian over the bounding box of occupied patches; "coverage": that Gaussian times each
+    patch's occupied fraction. A view with nothing occupied gets zero weights (no bias).
+    """
+    cfg = config or FovealConfig()
+    mode = mode or cfg.mode
+    if mode not in MODES:
+        raise InputError(f"unknown foveal mode '{mode}': choose one of {', '.join(MODES)}")
+    lead = occupancy.shape[:-2]
+    coverage = pool_to_grid(occupancy, grid)
+    weights = from_token_boxes(token_box(coverage > 0), grid, cfg).to(coverage.device)
+    if mode == "coverage":
+        weights = weights * coverage
+    return weights.reshape(*lead, *grid)
+
+
+# ---- regions in original-image pixels --------------------------------------------------------------------
+@dataclass(frozen=True)
+class Geometry:
+    """How open_clip's eval transform maps an image of (width, height) onto the model input.
+
+    model_x = x * scale_x - left and model_y = y * scale_y - top, for continuous pixel-edge coordinates.
+    """
+
+    width: int
+    height: int
+    out_w: int
+    out_h: int
+    scale_x: float
+    scale_y: float
+    left: float
+    top: float
+
+    @classmethod
+    def from_preprocess(cls, width: int, height: int, preprocess_cfg: dict) -> "Geometry":
+        size = preprocess_cfg.get("size", 224)
+        th, tw = (size, size) if isinstance(size, int) else tuple(size)
+        mode = preprocess_cfg.get("resize_mode", "shortest")
+        if mode == "squash":
+            return cls(width, height, tw, th, tw / width, th / height, 0.0, 0.0)
+        if mode == "shortest" and th == tw:  # torchvision Resize(int): shortest edge -> size, long edge truncated
+            if width <= height:
+                new_w, new_h = th, int(th * height / width)
+            else:
+                new_w, new_h = int(th * width / height), th
+        else:  # open_clip ResizeKeepRatio: shortest (longest=0) or longest (longest=1) edge fits
+            ratio_h, ratio_w = height / th, width / tw
+            ratio = max(ratio_h, ratio_w) if mode == "longest" else min(ratio_h, ratio_w)
+            new_h, new_w = round(height / ratio), round(width / ratio)
+        # CenterCrop / CenterCropOrPad: pad smaller edges first, then crop at the rounded centre offset
+        left = -((tw - new_w) // 2) if new_w < tw else int(round((new_w - tw) / 2.0))
+        top = -((th - new_h) // 2) if new_h < th else int(round((new_h - th) / 2.0))
+        return cls(width, height, tw, th, new_w / width, new_h / height, float(left), float(top))
+
+    def map_box(self, box: Sequence[float]) -> tuple[float, float, float, float]:
+        x0, y0, x1, y1 = box
+        return (x0 * self.scale_x - self.left, y0 * self.scale_y - self.top,
+                x1 * self.scale_x - self.left, y1 * self.scale_y - self.top)
+
+    def map_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """Boolean (H, W) mask in original pixels -> (out_h, out_w) mask in model-input pixels (nearest)."""
+        new_h = round(self.height * self.scale_y)
+        new_w = round(self.width * self.scale_x)
+        resized = F.interpolate(mask[None, None].float(), size=(new_h, new_w), mode="nearest")[0, 0]
+        out = torch.zeros(self.out_h, self.out_w, dtype=resized.dtype, device=resized.device)
+        top, left = int(self.top), int(self.left)
+        src_r0, src_c0 = max(top, 0), max(left, 0)
+        dst_r0, dst_c0 = max(-top, 0), max(-left, 0)
+        h = min(new_h - src_r0, self.out_h - dst_r0)
+        w = min(new_w - src_c0, self.out_w - dst_c0)
+        out[dst_r0:dst_r0 + h, dst_c0:dst_c0 + w] = resized[src_r0:src_r0 + h, src_c0:src_c0 + w]
+        return out > 0.5
+
+
+def check_box(box: Sequence[float], width: int, height: int) -> tuple[float, float, float, float]:
+    """A box (x0, y0, x1, y1) in pixels that lies inside a width × height image and is not empty."""
+    if len(box) != 4 or not all(math.isfinite(float(v)) for v in box):
+        raise InputError(f"box {tuple(box)} must be four finite numbers x0,y0,x1,y1")
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if x1 <= x0 or y1 <= y0:
+        raise InputError(f"box {x0:g},{y0:g},{x1:g},{y1:g} is empty: need x0 < x1 and y0 < y1")
+    if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
+        raise InputError(f"box {x0:g},{y0:g},{x1:g},{y1:g} lies outside the {width}x{height} image")
+    return x0, y0, x1, y1
+
+
+def _patch_size(image_size: Grid, grid: Grid) -> tuple[float, float]:
+    return image_size[0] / grid[0], image_size[1] / grid[1]
+
+
+def box_to_tokens(model_box: Sequence[float], image_size: Grid, grid: Grid) -> tuple[int, int, int, int]:
+    """Token box (row0, col0, row1, col1) of the patches a model-input box (x0, y0, x1, y1) overlaps."""
+    ph, pw = _patch_size(image_size, grid)
+    h, w = image_size
+    x0, y0, x1, y1 = (round(v, 6) for v in model_box)
+    x0, x1 = max(x0, 0.0), min(x1, float(w))
+    y0, y1 = max(y0, 0.0), min(y1, float(h))
+    if x1 <= x0 or y1 <= y0:
+        raise InputError("the box lies outside the part of the image the model sees (its centre crop)")
+    return math.floor(y0 / ph), math.floor(x0 / pw), math.ceil(y1 / ph), math.ceil(x1 / pw)
+
+
+def from_box(box: Sequence[float], image_wh: tuple[int, int], preprocess_cfg: dict, grid: Grid,
+             config: Optional[FovealConfig] = None) -> torch.Tensor:
+    """Weights (gh, gw) for a box (x0, y0, x1, y1) in pixels of the original image of size (width, height)."""
+    width, height = image_wh
+    geo = Geometry.from_preprocess(width, height, preprocess_cfg)
+    tokens = box_to_tokens(geo.map_box(check_box(box, width, height)), (geo.out_h, geo.out_w), grid)
+    return from_token_boxes(torch.tensor([tokens]), grid, config)[0]
+
+
+def from_region(mask: Union[np.ndarray, torch.Tensor], preprocess_cfg: dict, grid: Grid,
+                config: Optional[FovealConfig] = None, mode: Optional[str] = None) -> torch.Tensor:
+    """Weights (gh, gw) for a boolean region mask (H, W) of the original image."""
+    mask = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask).bool()
+    if mask.ndim != 2:
+        raise InputError(f"a region mask must be 2-D (H, W), got shape {tuple(mask.shape)}")
+    if not mask.any():
+        raise InputError("the region mask is empty: mark the region with non-zero pixels")
+    geo = Geometry.from_preprocess(mask.shape[1], mask.shape[0], preprocess_cfg)
+    model_mask = geo.map_mask(mask)
+    if not model_mask.any():
+        raise InputError("the region lies outside the part of the image the model sees (its centre crop)")
+    return from_occupancy(model_mask[None], grid, config, mode)[0]
