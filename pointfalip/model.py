@@ -63,6 +63,14 @@ def _read_checkpoint(path: str) -> tuple[dict, bool]:
     return state, any(k in state for k in _OPENAI_ONLY_KEYS)
 
 
+def resolve_model_name(name: str) -> str:
+    """An open_clip model name; a path to a model config JSON is registered under its file stem."""
+    if name.endswith(".json") and os.path.isfile(name):
+        open_clip.add_model_config(name)
+        return os.path.splitext(os.path.basename(name))[0]
+    return name
+
+
 def _create(name: str, **kwargs) -> nn.Module:
     if name not in open_clip.list_models():
         raise InputError(f"unknown model '{name}': choose one of open_clip.list_models(), e.g. ViT-B-16")
@@ -124,6 +132,7 @@ def load_model(name: str = "ViT-B-16", pretrained: Optional[str] = "openai", dev
                precision: str = "fp32") -> "FalipCLIP":
     """Load an open_clip model as a `FalipCLIP`.
 
+    name: an open_clip model name, or a model config JSON file (registered under its file stem).
     pretrained: an open_clip tag ("openai", "laion2b_s34b_b88k", ...), an "hf-hub:org/repo" id, a local
     checkpoint (open_clip format; or OpenAI format, a TorchScript archive or a plain state dict, which implies
     QuickGELU), or "none" for random weights. precision: "fp32", "bf16" or "fp16" (autocast; weights stay fp32).
@@ -134,6 +143,7 @@ def load_model(name: str = "ViT-B-16", pretrained: Optional[str] = "openai", dev
         device = torch.device(device)
     except RuntimeError as e:
         raise InputError(f"unknown device '{device}'") from e
+    name = resolve_model_name(name)
     clip = _build(name, pretrained)
     tokenizer_name = pretrained if str(pretrained).startswith("hf-hub:") else name
     tokenizer = open_clip.get_tokenizer(tokenizer_name)
@@ -256,7 +266,7 @@ class FalipCLIP(nn.Module):
 
     def resolve_layers(self, layers: Optional[Iterable[int]]) -> list[int]:
         n = self.num_layers
-        chosen = range(n - 4, n) if layers is None else list(layers)
+        chosen = range(max(0, n - 4), n) if layers is None else list(layers)
         out = []
         for i in chosen:
             if not -n <= i < n:
@@ -292,7 +302,21 @@ class FalipCLIP(nn.Module):
         patches = x[:, 1:].gather(1, keep[..., None].expand(-1, -1, x.shape[-1]))
         return v.ln_pre(torch.cat([x[:, :1], patches], dim=1)), keep
 
-    def _encode_foveal(self, images, cls_bias, layers, heads, amplify) -> torch.Tensor:
+    def encode_image_pair(self, images: torch.Tensor, cls_bias: torch.Tensor, layers: Optional[Iterable[int]] = None,
+                          heads: Optional[Iterable[int]] = None, amplify: float = 0.0,
+                          normalize: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(foveal, plain) features of the same images in one pass: the blocks before the first foveal block run
+        once, the rest run on both copies. The plain half equals `encode_image(images)` up to float rounding."""
+        images = images.to(self.device)
+        if PRECISIONS[self.precision] is None:
+            images = images.to(self.clip.logit_scale.dtype)
+        with self.autocast():
+            both = self._encode_foveal(images, cls_bias, layers, heads, amplify, with_plain=True)
+        both = both.float()
+        both = F.normalize(both, dim=-1) if normalize else both
+        return both[:images.shape[0]], both[images.shape[0]:]
+
+    def _encode_foveal(self, images, cls_bias, layers, heads, amplify, with_plain: bool = False) -> torch.Tensor:
         self._require_vit()
         v = self.visual
         gh, gw = self.grid_size
@@ -308,7 +332,12 @@ class FalipCLIP(nn.Module):
         if head_mask is not None:
             bias = bias * head_mask[None, :, None, None]
         batch_first = getattr(v.transformer, "batch_first", True)
+        first = min(chosen) if chosen else len(v.transformer.resblocks)
         for i, block in enumerate(v.transformer.resblocks):
+            if with_plain and i == first:  # from here on, a biased copy and a plain copy (zero bias)
+                x = torch.cat([x, x])
+                bias = torch.cat([bias.expand(x.shape[0] // 2, *bias.shape[1:]), torch.zeros_like(bias)
+                                  .expand(x.shape[0] // 2, *bias.shape[1:])])
             if i in chosen:
                 x = _foveal_block(block, x, bias, amplify)
             elif batch_first:

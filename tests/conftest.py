@@ -16,7 +16,7 @@ def _tiny_config(patch: int, image: int, quick_gelu: bool = False) -> dict:
     # head width 64 as in OpenAI's CLIPs, so OpenAI-format checkpoints of it rebuild by shape
     cfg = {
         "embed_dim": 32,
-        "vision_cfg": {"image_size": image, "layers": 3, "width": 128, "patch_size": patch},
+        "vision_cfg": {"image_size": image, "layers": 4, "width": 128, "patch_size": patch},
         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 2},
     }
     if quick_gelu:
@@ -28,7 +28,7 @@ TINY = {
     "pf-tiny-16": _tiny_config(16, 64),
     "pf-tiny-14": _tiny_config(14, 56),
     "pf-tiny-32": _tiny_config(32, 96),
-    "pf-tiny-16-rect": {**_tiny_config(16, 64), "vision_cfg": {"image_size": [48, 80], "layers": 3,
+    "pf-tiny-16-rect": {**_tiny_config(16, 64), "vision_cfg": {"image_size": [48, 80], "layers": 4,
                                                                "width": 128, "patch_size": 16}},
 }
 

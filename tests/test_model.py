@@ -81,7 +81,7 @@ def test_patch_sizes_and_shapes(name, size, grid):
     images = torch.rand(2, 3, *size)
     bias = torch.rand(2, *grid)
     with torch.no_grad():
-        ref = naive_encode(model.clip, images, bias, (-4, -3, -2, -1)[-3:])
+        ref = naive_encode(model.clip, images, bias, (-4, -3, -2, -1))
     torch.testing.assert_close(model.encode_image(images, bias), ref, atol=2e-5, rtol=1e-4)
     flat = model.encode_image(images, bias.reshape(2, -1))
     torch.testing.assert_close(flat, ref, atol=2e-5, rtol=1e-4)
@@ -119,7 +119,7 @@ def test_paper_mask_matches_authors_formulation(tiny):
     """The released code adds an (L, L) mask, non-zero only in the CLS row, to the last blocks' logits."""
     images = torch.rand(2, 3, 64, 64)
     bias = torch.rand(2, 4, 4) * 0.2
-    layers = (0, 1, 2)
+    layers = (0, 1, 2, 3)
     full_mask = torch.zeros(2 * tiny.num_heads, 17, 17)
     full_mask[:, 0, 1:] = bias.reshape(2, -1).repeat_interleave(tiny.num_heads, 0)
     v = tiny.visual
@@ -144,7 +144,7 @@ def test_patch_dropout_in_training_mode():
     torch.manual_seed(7)
     keep = torch.randn(2, 16).topk(8, dim=-1).indices
     with torch.no_grad():
-        ref = naive_encode(clip, images, bias, (-3, -2, -1), keep=keep)
+        ref = naive_encode(clip, images, bias, (-4, -3, -2, -1), keep=keep)
     torch.testing.assert_close(ours, ref, atol=2e-5, rtol=1e-4)
     torch.manual_seed(3)
     zero = model.encode_image(images, torch.zeros(2, 16))
@@ -251,3 +251,12 @@ def test_names_tags_and_random_weights():
         pointfalip.load_model("pf-tiny-16", pretrained="none", precision="int3")
     with pytest.warns(UserWarning, match="random weights"):
         pointfalip.load_model("pf-tiny-16", pretrained="none")
+
+
+def test_encode_image_pair_shares_the_trunk(tiny):
+    images = torch.rand(3, 3, 64, 64)
+    bias = torch.rand(3, 4, 4)
+    foveal_feats, plain = tiny.encode_image_pair(images, bias, layers=(-2, -1), normalize=True)
+    torch.testing.assert_close(foveal_feats, tiny.encode_image(images, bias, layers=(-2, -1), normalize=True),
+                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(plain, tiny.encode_image(images, normalize=True), atol=1e-5, rtol=1e-5)
