@@ -1,0 +1,52 @@
+"""Contact sheets: each depth view the model sees, with its foveal weights overlaid in red."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+OVERLAY_OPACITY = 0.6  # red strength at the peak foveal weight
+LABEL_HEIGHT = 14  # pixels under each tile for its caption
+
+
+def view_tiles(images: torch.Tensor, weights: Optional[torch.Tensor] = None) -> np.ndarray:
+    """RGB tiles (V, S, S, 3) uint8 of depth views (V, 3, S, S) with weights (V, gh, gw) as a red overlay."""
+    gray = images[:, 0].float()
+    peak = gray.flatten(1).amax(dim=1).clamp(min=1e-12)[:, None, None]
+    gray = (gray / peak).clamp(0, 1) if float(peak.max()) > 1 else gray.clamp(0, 1)
+    rgb = gray[..., None].repeat(1, 1, 1, 3)
+    if weights is not None:
+        size = images.shape[-2:]
+        w = F.interpolate(weights[:, None].float(), size=size, mode="nearest")[:, 0]
+        w = (w / w.flatten(1).amax(dim=1).clamp(min=1e-12)[:, None, None]) * OVERLAY_OPACITY
+        red = torch.tensor([1.0, 0.0, 0.0])
+        rgb = rgb * (1 - w[..., None]) + red * w[..., None]
+    return (rgb.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+
+def contact_sheet(tiles: np.ndarray, captions: Optional[Sequence[str]] = None, columns: int = 5) -> Image.Image:
+    """One image holding all tiles (V, S, S, 3) in rows of `columns`, each with an optional caption."""
+    v, s = tiles.shape[0], tiles.shape[1]
+    columns = max(1, min(columns, v))
+    rows = -(-v // columns)
+    cell_h = s + (LABEL_HEIGHT if captions else 0)
+    sheet = Image.new("RGB", (columns * s, rows * cell_h), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i in range(v):
+        x, y = (i % columns) * s, (i // columns) * cell_h
+        sheet.paste(Image.fromarray(tiles[i]), (x, y))
+        if captions:
+            draw.text((x + 2, y + s + 1), captions[i][:40], fill="black")
+    return sheet
+
+
+def save_sheet(path, images: torch.Tensor, weights: Optional[torch.Tensor] = None,
+               captions: Optional[Sequence[str]] = None, columns: int = 5) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    contact_sheet(view_tiles(images, weights), captions, columns).save(path)
+    return path

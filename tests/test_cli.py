@@ -1,0 +1,172 @@
+"""The `pointfalip` command in subprocesses: outputs, exit codes, one-line errors for bad input."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import TINY
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "POINTFALIP_CACHE": str(cache)}
+
+
+@pytest.fixture(scope="module")
+def tiny_json(tmp_path_factory):
+    """A small ViT config the CLI registers from its path (--model FILE.json)."""
+    path = tmp_path_factory.mktemp("cfg") / "pf-cli-16.json"
+    path.write_text(json.dumps(TINY["pf-tiny-16"]))
+    return str(path)
+
+
+def pf(env, *args, ok=True):
+    proc = subprocess.run([sys.executable, "-m", "pointfalip", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=300)
+    if ok:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def assert_user_error(proc, *words):
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for w in words:
+        assert w.lower() in lines[0].lower(), lines[0]
+
+
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pc") / "cloud.npy"
+    rng = np.random.default_rng(0)
+    np.save(path, rng.normal(size=(600, 3)).astype(np.float32))
+    return path
+
+
+@pytest.fixture(scope="module")
+def picture(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("img")
+    rng = np.random.default_rng(1)
+    path = folder / "scene.png"
+    Image.fromarray(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)).save(path)
+    mask = np.zeros((120, 160), np.uint8)
+    mask[30:90, 40:100] = 255
+    Image.fromarray(mask).save(folder / "mask.png")
+    Image.fromarray(mask[:60]).save(folder / "small_mask.png")
+    return folder
+
+
+def test_classify_json_and_per_view(env, tiny_json, cloud):
+    proc = pf(env, "classify", cloud, cloud, "--labels", "chair,table,lamp", "--model", tiny_json,
+              "--pretrained", "none", "--json", "--per-view", "--top-k", "3")
+    out = json.loads(proc.stdout)
+    assert [item["file"] for item in out] == [str(cloud)] * 2
+    for item in out:
+        scores = [p["score"] for p in item["predictions"]]
+        assert sorted(scores, reverse=True) == scores and sum(scores) == pytest.approx(1, abs=1e-5)
+        assert {p["label"] for p in item["predictions"]} == {"chair", "table", "lamp"}
+        assert len(item["views"]) == 10 and all("label" in v and "score" in v for v in item["views"])
+    assert out[0]["predictions"] == out[1]["predictions"]
+
+
+def test_classify_real_mesh_against_dataset(env, tiny_json, shared_data):
+    proc = pf(env, "classify", shared_data / "meshes" / "chair_0002.off", "--dataset", "modelnet40", "--up-axis", "z",
+              "--model", tiny_json, "--pretrained", "none", "--projection", "simple", "--top-k", "2", "--verbose")
+    assert "chair_0002.off" in proc.stdout and proc.stdout.count("%") == 2
+    assert "model input" in proc.stderr
+
+
+def test_render_writes_contact_sheet(env, cloud, tmp_path):
+    out = tmp_path / "views.png"
+    pf(env, "render", cloud, "-o", out, "--model", "ViT-B-32")
+    with Image.open(out) as im:
+        assert im.size[0] == 5 * 224 and im.size[1] >= 2 * 224
+
+
+def test_demo_smoke(env, tiny_json, tmp_path):
+    out = tmp_path / "demo.png"
+    proc = pf(env, "demo", "--pretrained", "none", "--model", tiny_json, "-o", out)
+    for name in ("table", "chair", "lamp", "bottle", "cone"):
+        assert name in proc.stdout
+    assert out.is_file()
+
+
+@pytest.mark.parametrize("prompt", ["falip", "circle", "blur", "crop", "none"])
+def test_classify_image_box(env, tiny_json, picture, prompt):
+    proc = pf(env, "classify-image", picture / "scene.png", "--labels", "cat,dog,car", "--box", "10,20,90,100",
+              "--prompt", prompt, "--model", tiny_json, "--pretrained", "none", "--json")
+    out = json.loads(proc.stdout)
+    scores = [p["score"] for p in out["predictions"]]
+    assert out["file"].endswith("scene.png") and len(scores) == 3
+    assert sum(scores) == pytest.approx(1, abs=1e-5) and sorted(scores, reverse=True) == scores
+
+
+def test_classify_image_mask_and_refer(env, tiny_json, picture):
+    proc = pf(env, "classify-image", picture / "scene.png", "--labels", "cat,dog", "--mask", picture / "mask.png",
+              "--model", tiny_json, "--pretrained", "none", "--json")
+    assert len(json.loads(proc.stdout)["predictions"]) == 2
+    proc = pf(env, "refer", picture / "scene.png", "--boxes", "0,0,50,50;60,20,150,110;10,10,20,20",
+              "--caption", "the dog on the left", "--model", tiny_json, "--pretrained", "none", "--json")
+    out = json.loads(proc.stdout)
+    assert {p["label"] for p in out["predictions"]} == {"0,0,50,50", "60,20,150,110", "10,10,20,20"}
+    assert sum(p["score"] for p in out["predictions"]) == pytest.approx(1, abs=1e-5)
+
+
+# ---- bad input ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bad")
+    (folder / "empty.ply").write_bytes(b"")
+    (folder / "corrupt.off").write_text("OFF\n3 1 0\n0 0 zero\n")
+    (folder / "cloud.xyzw").write_text("0 0 0\n")
+    nan = np.random.default_rng(0).normal(size=(100, 3)).astype(np.float32)
+    nan[5] = np.nan
+    np.save(folder / "nan.npy", nan)
+    inf = nan.copy()
+    inf[5] = np.inf
+    np.save(folder / "inf.npy", inf)
+    np.save(folder / "few.npy", np.zeros((3, 3), np.float32))
+    (folder / "not_an_image.png").write_text("hello")
+    return folder
+
+
+@pytest.mark.parametrize("name,words", [("missing.npy", ["missing.npy"]), ("empty.ply", ["empty"]),
+                                        ("corrupt.off", ["corrupt.off"]), ("cloud.xyzw", ["unsupported file type"]),
+                                        ("nan.npy", ["nan"]), ("inf.npy", ["inf"]), ("few.npy", ["points"])])
+def test_classify_bad_files(env, bad_files, name, words):
+    assert_user_error(pf(env, "classify", bad_files / name, "--labels", "a,b", "--pretrained", "none", ok=False),
+                      *words)
+
+
+def test_classify_bad_labels_and_model(env, cloud, tiny_json):
+    assert_user_error(pf(env, "classify", cloud, "--dataset", "shapenet", ok=False), "unknown dataset")
+    assert_user_error(pf(env, "classify", cloud, "--labels", " , ", ok=False), "label")
+    assert_user_error(pf(env, "classify", cloud, "--labels", "a,b", "--model", "ViT-Q-99", "--pretrained", "none",
+                         ok=False), "unknown model")
+    assert_user_error(pf(env, "classify", cloud, "--labels", "a,b", "--model", "ViT-B-32", ok=False),
+                      "--pretrained")
+
+
+@pytest.mark.parametrize("extra,words", [(["--box", "10,10,500,50"], ["outside"]), (["--box", "40,40,40,90"], ["empty"]),
+                                         (["--box", "1,2,3"], ["four numbers"]), (["--mask", "small_mask.png"], ["size"])])
+def test_classify_image_bad_regions(env, picture, extra, words):
+    extra = [str(picture / e) if e.endswith(".png") else e for e in extra]
+    assert_user_error(pf(env, "classify-image", picture / "scene.png", "--labels", "a,b", *extra, ok=False), *words)
+
+
+def test_image_bad_files_and_labels(env, picture, bad_files):
+    assert_user_error(pf(env, "classify-image", picture / "nope.png", "--labels", "a", ok=False), "does not exist")
+    assert_user_error(pf(env, "classify-image", bad_files / "not_an_image.png", "--labels", "a", ok=False),
+                      "cannot read image")
+    assert_user_error(pf(env, "classify-image", picture / "scene.png", "--labels", ",", ok=False), "label")
+    assert_user_error(pf(env, "refer", picture / "scene.png", "--boxes", "0,0,500,10", "--caption", "x", ok=False),
+                      "outside")
+    assert_user_error(pf(env, "refer", picture / "scene.png", "--boxes", "0,0,5,10", "--caption", "x",
+                         "--model", "RN50-nope", ok=False), "unknown model")
