@@ -1,0 +1,124 @@
+"""Recognizer scores against the formula computed here from the encoder's outputs; 2D regions likewise."""
+import numpy as np
+import pytest
+import torch
+from conftest import load_random
+from PIL import Image
+
+from pointfalip import foveal, io
+from pointfalip.errors import InputError
+from pointfalip.projection import project
+from pointfalip.prompts import build_prompts, text_features
+from pointfalip.recognize import Recognizer, list_presets, load_preset
+from pointfalip.regions import classify_region, rank_boxes
+
+LABELS = ["chair", "table", "lamp"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_random("pf-tiny-16")
+
+
+@pytest.fixture
+def clouds():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(2, 300, 3)).astype(np.float32) * [1.0, 2.0, 0.5]
+
+
+def by_hand(model, clouds, preset, falip=True, weights=None):
+    cfg = load_preset(preset)
+    text = text_features(model, build_prompts(LABELS, cfg.templates))
+    out = []
+    for cloud in clouds:
+        views = project(io.normalize(cloud, "y"), method=cfg.projection, views=cfg.views, image_size=64)
+        images = views.images[0]
+        bias = foveal.from_occupancy(views.occupancy[0], (4, 4), cfg.foveal) if falip else None
+        with torch.no_grad():
+            f = model.encode_image(images, bias, normalize=True)
+        beta = torch.full((len(images),), 1 / len(images)) if weights is None else torch.tensor(weights) / sum(weights)
+        out.append(sum(beta[v] * (f[v] @ text.T) for v in range(len(images))))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("preset", ["pointclip_v2", "pointclip"])
+@pytest.mark.parametrize("falip", [True, False])
+def test_scores_equal_the_formula(model, clouds, preset, falip):
+    rec = Recognizer(model, labels=LABELS, preset=preset, falip=falip)
+    torch.testing.assert_close(rec.scores(clouds), by_hand(model, clouds, preset, falip), atol=1e-5, rtol=1e-5)
+
+
+def test_view_weights_and_probabilities(model, clouds):
+    weights = [1, 2, 3, 4, 5, 6]
+    rec = Recognizer(model, labels=LABELS, preset="pointclip", view_weights=weights)
+    scores = rec.scores(clouds)
+    torch.testing.assert_close(scores, by_hand(model, clouds, "pointclip", weights=weights), atol=1e-5, rtol=1e-5)
+    preds = rec.classify(clouds, top_k=3)
+    probs = (model.logit_scale * scores).softmax(-1)
+    for b, cloud_preds in enumerate(preds):
+        assert [p["label"] for p in cloud_preds] == [LABELS[i] for i in probs[b].argsort(descending=True)]
+        assert [p["score"] for p in cloud_preds] == pytest.approx(probs[b].sort(descending=True).values.tolist())
+
+
+def test_single_cloud_batch_and_ragged(model, clouds):
+    rec = Recognizer(model, labels=LABELS)
+    single = rec.classify(clouds[0], top_k=2)
+    assert len(single) == 2 and single[0]["label"] in LABELS
+    ragged = rec.classify([clouds[0], clouds[1][:200]], top_k=2)
+    assert [p["label"] for p in ragged[0]] == [p["label"] for p in single]
+    assert [p["score"] for p in ragged[0]] == pytest.approx([p["score"] for p in single], abs=1e-5)
+    batch = rec.scores(clouds)
+    loop = torch.cat([rec.scores(c) for c in clouds])
+    torch.testing.assert_close(batch, loop, atol=1e-5, rtol=1e-5)
+    preds, views = rec.classify(clouds[0], per_view=True)
+    assert len(views) == 10 and all(v["label"] in LABELS for v in views)
+    assert set(rec.last_timings) == {"projection", "encoder"}
+
+
+def test_dataset_labels_and_errors(model):
+    rec = Recognizer(model, dataset="modelnet10")
+    assert rec.labels[6] == "nightstand" and len(rec.labels) == 10
+    with pytest.raises(InputError):
+        Recognizer(model, labels=[])
+    with pytest.raises(InputError, match="preset"):
+        Recognizer(model, labels=LABELS, preset="nope")
+    with pytest.raises(InputError):
+        Recognizer(model, labels=LABELS).classify(np.full((50, 3), np.nan, np.float32))
+    assert {"pointclip", "pointclip_v2"} <= set(list_presets())
+
+
+def test_real_meshes_classify(model, shared_data):
+    meshes = sorted((shared_data / "meshes").glob("*.off"))
+    clouds = [io.load_points(m, num_points=512) for m in meshes]
+    preds = Recognizer(model, dataset="modelnet40", up_axis="z").classify(clouds, top_k=3)
+    assert len(preds) == len(meshes) and all(len(p) == 3 for p in preds)
+
+
+# ---- 2D ---------------------------------------------------------------------------------------------------
+@pytest.fixture
+def picture():
+    rng = np.random.default_rng(2)
+    return Image.fromarray(rng.integers(0, 255, (90, 150, 3), dtype=np.uint8))
+
+
+def test_classify_region_is_falip_on_the_box(model, picture):
+    box = (20, 10, 100, 70)
+    preds = classify_region(model, picture, ["cat", "dog"], box=box)
+    bias = foveal.from_box(box, picture.size, model.preprocess_cfg, model.grid_size)
+    with torch.no_grad():
+        f = model.encode_image(model.preprocess(picture)[None], bias[None], normalize=True)
+    text = text_features(model, build_prompts(["cat", "dog"], "photo"))
+    probs = (model.logit_scale * f[0] @ text.T).softmax(-1)
+    assert {p["label"]: p["score"] for p in preds} == pytest.approx({"cat": probs[0].item(), "dog": probs[1].item()})
+
+
+def test_rank_boxes_batches_one_pass_per_box(model, picture):
+    boxes = [(0, 0, 50, 50), (60, 20, 150, 90)]
+    preds = rank_boxes(model, picture, boxes, "a red car", prompt="crop")
+    crops = torch.stack([model.preprocess(picture.crop(b)) for b in boxes])
+    with torch.no_grad():
+        f = model.encode_image(crops, normalize=True)
+    t = model.encode_text(["a red car"], normalize=True)[0]
+    probs = (model.logit_scale * f @ t).softmax(-1)
+    assert {p["label"]: p["score"] for p in preds} == pytest.approx({"0,0,50,50": probs[0].item(),
+                                                                     "60,20,150,90": probs[1].item()})
