@@ -27,7 +27,7 @@ POINT_EXTENSIONS = (".ply", ".pcd", ".xyz", ".txt", ".pts", ".npy", ".npz")
 SUPPORTED_EXTENSIONS = tuple(dict.fromkeys(MESH_EXTENSIONS + POINT_EXTENSIONS))
 
 NPZ_KEYS = ("points", "data", "xyz")  # keys tried in order in a .npz; otherwise its single array
-UP_AXES = ("x", "y", "z")
+UP_AXES = ("x", "y", "z", "-x", "-y", "-z")
 
 # Proper rotations (det +1) taking the named up axis to +y, the frame of the references
 # (PointCLIP's projections see y-up clouds). Row-vector convention: rotated = points @ R.T
@@ -37,6 +37,12 @@ _UP_ROTATIONS = {
     "z": np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]]),
     # +90 degrees about z: (x, y, z) -> (-y, x, z), so +x -> +y
     "x": np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]),
+    # 180 degrees about z: (x, y, z) -> (-x, -y, z), so -y -> +y (camera frames: y points down)
+    "-y": np.array([[-1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, 1.0]]),
+    # +90 degrees about x: (x, y, z) -> (x, -z, y), so -z -> +y
+    "-z": np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]]),
+    # -90 degrees about z: (x, y, z) -> (y, -x, z), so -x -> +y
+    "-x": np.array([[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]),
 }
 
 _DISTINCT_PROBE_ROWS = 4096  # distinct points are counted on this many rows first, on all rows only if needed
@@ -47,7 +53,8 @@ _MAX_REASON_CHARS = 200  # a third-party error's text is cut to this length in o
 # public API
 # --------------------------------------------------------------------------------------------------
 
-def load_points(source: Any, num_points: int = 2048, seed: int = 0, max_points: int | None = 200_000) -> np.ndarray:
+def load_points(source: Any, num_points: int = 2048, seed: int = 0, max_points: int | None = 200_000,
+                drop_nonfinite: bool = False) -> np.ndarray:
     """Load a point cloud as a validated ``(N, 3)`` float32 array, in the source's own coordinates.
 
     Args:
@@ -60,6 +67,8 @@ def load_points(source: Any, num_points: int = 2048, seed: int = 0, max_points: 
         seed: seed of the surface sampling and of the subsampling; the same seed gives the same points.
         max_points: a point cloud (file or array) with more points is subsampled to exactly this many,
             uniformly at random without replacement, keeping file order; ``None`` keeps all points.
+        drop_nonfinite: drop points with NaN / infinite coordinates (sensor frames mark missing returns so)
+            instead of refusing the cloud.
 
     Raises:
         InputError: missing, empty, corrupt or unsupported file; NaN / infinite coordinates; fewer than
@@ -83,11 +92,16 @@ def load_points(source: Any, num_points: int = 2048, seed: int = 0, max_points: 
                 points = _sample_mesh(vertices, faces, num_points, seed, rng, name)
         else:
             points = _POINT_READERS[ext](path, max_points, rng)
-        return validate(points, name=name)
+        return validate(_finite_rows(points) if drop_nonfinite else points, name=name)
 
     points = _as_xyz(_to_numpy(source, "points"), "points")
+    points = _finite_rows(points) if drop_nonfinite else points
     points = validate(_subsample(points, max_points, rng), name="points")
     return points.copy() if points is source else points  # never the caller's own array
+
+
+def _finite_rows(points: np.ndarray) -> np.ndarray:
+    return points[np.isfinite(points).all(axis=1)]
 
 
 def validate(points: Any, min_points: int = 8, name: str = "points") -> np.ndarray:
@@ -132,7 +146,8 @@ def normalize(points: Any, up_axis: str = "y") -> np.ndarray:
 
     Args:
         points: ``(N, 3)`` or a batch ``(B, N, 3)``, array-like or tensor; each cloud is normalised alone.
-        up_axis: the source's up axis, one of ``"x"``, ``"y"``, ``"z"``.
+        up_axis: the source's up axis, one of ``"x"``, ``"y"``, ``"z"`` or their negatives (``"-y"`` for
+            camera frames, whose y points down).
 
     Returns:
         float32 array of the input's shape.

@@ -510,3 +510,21 @@ def test_describe_is_one_line_with_count_extents_and_centroid():
     assert "\n" not in text
     assert text.startswith("4 points")
     assert "2 x 4 x 6" in text and "centroid (0.5, 1, 1.5)" in text
+
+
+@pytest.mark.parametrize("axis,up", [("-x", [-1, 0, 0]), ("-y", [0, -1, 0]), ("-z", [0, 0, -1])])
+def test_negative_up_axes_are_proper_rotations(axis, up):
+    from pointfalip.io import _UP_ROTATIONS
+
+    rot = _UP_ROTATIONS[axis]
+    assert np.linalg.det(rot) == pytest.approx(1.0)
+    np.testing.assert_allclose(rot @ np.array(up, float), [0, 1, 0], atol=1e-12)
+
+
+def test_drop_nonfinite_keeps_the_finite_points():
+    rng = np.random.default_rng(0)
+    cloud = rng.normal(size=(50, 3)).astype(np.float32)
+    cloud[[3, 7]] = np.nan
+    cloud[9, 1] = np.inf
+    out = load_points(cloud, drop_nonfinite=True)
+    np.testing.assert_array_equal(out, np.delete(cloud, [3, 7, 9], axis=0))
