@@ -1,0 +1,575 @@
+"""Scene segmentation and per-object recognition (robotics).
+
+:func:`segment` splits a scene point cloud (metres, any frame) into objects:
+
+1. **Downsample** to a voxel grid (``voxel_size``): each occupied voxel becomes the mean of its points.
+   Planes and clusters are found on these voxel points; every input point then follows its voxel, so the
+   objects report **full-resolution** input points (and centroids and boxes computed from them).
+2. **Support planes**: RANSAC (as open3d's ``segment_plane``, in seeded numpy, see :func:`_ransac_plane`)
+   finds the largest plane of the voxels not yet removed, refitted by least squares on its inliers. It is
+   removed while it holds at least ``min_plane_fraction`` of them, its largest connected patch spans at
+   least ``min_plane_size`` metres along both in-plane axes (an object's face is smaller; a plane that
+   only slices through several objects has no such patch; the span is that of the central 90 % of the
+   patch's points) and fewer than ``max_planes`` planes have gone. Every input point
+   within ``plane_distance`` of a removed plane is removed too (the cut is exact, not voxel-wide).
+3. **Outliers**: statistical outlier removal (open3d ``remove_statistical_outlier``) on what is left.
+4. **Objects**: DBSCAN (open3d ``cluster_dbscan``, ``eps = cluster_tolerance``); clusters of
+   ``min_object_points`` to ``max_object_points`` voxel points become objects. Those counts are in
+   downsampled points (occupied voxels, i.e. surface area / ``voxel_size``²), so they do not depend on
+   how dense the sensor is; :attr:`SceneObject.num_points` counts the full-resolution points.
+
+Objects are ordered by the distance of their centroid from the origin of the input frame (for a sensor
+frame: nearest first), ties by size (larger first). The result is deterministic: RANSAC draws from a
+generator seeded with ``SegmentationConfig.seed``, local to the call (so threads share nothing), and
+open3d's outlier removal and DBSCAN do not draw random numbers.
+
+:class:`SceneRecognizer` glues segmentation to a recognizer (anything with
+``classify(list_of_clouds, top_k=k) -> list[list[{"label", "score"}]]``, e.g. :class:`pointfalip.Recognizer`):
+one ``classify`` call a frame for all of its objects.
+
+Settings: :class:`SegmentationConfig` (defaults: the ``tabletop`` preset); presets in ``configs/scene.yaml``
+(``tabletop``, ``room``) through :func:`load_segmentation_config`.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping, NamedTuple
+
+import numpy as np
+
+from .errors import InputError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CONFIG_FILE",
+    "Plane",
+    "SceneObject",
+    "SceneRecognizer",
+    "SceneResult",
+    "SceneSegmentation",
+    "SegmentationConfig",
+    "list_segmentation_presets",
+    "load_segmentation_config",
+    "segment",
+    "segment_scene",
+]
+
+CONFIG_FILE = Path(__file__).resolve().parent.parent / "configs" / "scene.yaml"
+
+_RANSAC_N = 3  # points a RANSAC hypothesis is drawn from (three define a plane)
+_PLANE_SPAN_PERCENTILES = (5.0, 95.0)  # a plane's in-plane span: that of the central 90 % of its points
+_RANSAC_CONFIDENCE = 0.99999999  # RANSAC stops once a better plane would be missed with less than 1 - this
+_RANSAC_BLOCK_ELEMENTS = 1 << 22  # point-hypothesis distances computed at once (memory ~32 MiB)
+
+
+# --------------------------------------------------------------------------------------------------
+# settings
+# --------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SegmentationConfig:
+    """Segmentation settings; lengths in metres. The defaults are the ``tabletop`` preset (an RGB-D camera
+    0.5-1.5 m from a table with objects of 3-40 cm); ``room`` in ``configs/scene.yaml`` is for room scale."""
+
+    voxel_size: float = 0.005  # metres: edge of the voxel grid planes and clusters are found on (0: every point)
+    plane_distance: float = 0.01  # metres: points this close to a support plane are removed with it
+    plane_iterations: int = 1000  # RANSAC iterations per plane (count)
+    min_plane_fraction: float = 0.2  # share (0-1) of the remaining downsampled points a plane must hold to go
+    min_plane_size: float = 0.25  # metres: a plane must span this along both in-plane axes to go (faces don't)
+    max_planes: int = 2  # most support planes removed (count; 0 keeps every plane)
+    outlier_neighbors: int = 20  # neighbours (count) of statistical outlier removal; 0 disables it
+    outlier_std_ratio: float = 2.0  # std devs (unitless): outlier if its mean neighbour distance > mean + this * std
+    cluster_tolerance: float = 0.02  # metres: DBSCAN eps, the gap that separates two objects
+    cluster_min_points: int = 10  # downsampled points within cluster_tolerance that make a DBSCAN core point
+    min_object_points: int = 30  # downsampled points (occupied voxels): smaller clusters are dropped as clutter
+    max_object_points: int = 20000  # downsampled points: larger clusters are dropped (walls, leftovers of planes)
+    seed: int = 0  # seed of the RANSAC generator (an integer, no unit)
+
+    def __post_init__(self) -> None:
+        for name in ("voxel_size",):
+            _check_number(self, name, minimum=0.0, strict=False)
+        for name in ("plane_distance", "cluster_tolerance", "outlier_std_ratio"):
+            _check_number(self, name, minimum=0.0, strict=True)
+        _check_number(self, "min_plane_size", minimum=0.0, strict=False)
+        _check_number(self, "min_plane_fraction", minimum=0.0, strict=False)
+        if self.min_plane_fraction > 1:
+            raise InputError(f"SegmentationConfig.min_plane_fraction must be in [0, 1], got {self.min_plane_fraction}")
+        for name in ("plane_iterations", "cluster_min_points", "min_object_points", "max_object_points"):
+            _check_int(self, name, minimum=1)
+        for name in ("max_planes", "outlier_neighbors", "seed"):
+            _check_int(self, name, minimum=0)
+        if self.max_object_points < self.min_object_points:
+            raise InputError(f"SegmentationConfig.max_object_points ({self.max_object_points}) is smaller than "
+                             f"min_object_points ({self.min_object_points})")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "SegmentationConfig":
+        """Build from a mapping of field names (unknown keys raise, missing ones keep their defaults)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise InputError(f"unknown segmentation settings {unknown}; known: {sorted(known)}")
+        return cls(**dict(values))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _check_number(cfg: SegmentationConfig, name: str, minimum: float, strict: bool) -> None:
+    value = getattr(cfg, name)
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    ok = ok and np.isfinite(value) and (value > minimum if strict else value >= minimum)
+    if not ok:
+        rel = ">" if strict else ">="
+        raise InputError(f"SegmentationConfig.{name} must be a number {rel} {minimum}, got {value!r}")
+    object.__setattr__(cfg, name, float(value))
+
+
+def _check_int(cfg: SegmentationConfig, name: str, minimum: int) -> None:
+    value = getattr(cfg, name)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise InputError(f"SegmentationConfig.{name} must be an integer >= {minimum}, got {value!r}")
+    object.__setattr__(cfg, name, int(value))
+
+
+def _read_presets(path: Path) -> dict:
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except FileNotFoundError as e:
+        raise InputError(f"config file {path} not found") from e
+    except yaml.YAMLError as e:
+        raise InputError(f"config file {path} is not valid YAML: {' '.join(str(e).split())}") from e
+    presets = data.get("presets") if isinstance(data, dict) else None
+    if not isinstance(presets, dict) or not presets:
+        raise InputError(f"config file {path} has no 'presets' mapping (see configs/scene.yaml)")
+    return presets
+
+
+def list_segmentation_presets(config_file: str | Path | None = None) -> list[str]:
+    """Names of the presets in ``configs/scene.yaml`` (or in ``config_file``)."""
+    return sorted(_read_presets(Path(config_file) if config_file else CONFIG_FILE))
+
+
+def load_segmentation_config(preset: str = "tabletop", *, config_file: str | Path | None = None,
+                             **overrides: Any) -> SegmentationConfig:
+    """A preset of ``configs/scene.yaml`` (``tabletop`` or ``room``), with keyword overrides.
+
+    Example: ``load_segmentation_config("room", voxel_size=0.03)``. A preset lists only what differs from
+    :class:`SegmentationConfig`'s defaults; ``config_file`` reads another file laid out the same way.
+
+    Raises:
+        InputError: unknown preset (the message lists them), unknown setting, invalid value.
+    """
+    path = Path(config_file) if config_file else CONFIG_FILE
+    presets = _read_presets(path)
+    if preset not in presets:
+        raise InputError(f"unknown segmentation preset {preset!r}; choose one of {sorted(presets)}")
+    values = presets[preset] or {}
+    if not isinstance(values, dict):
+        raise InputError(f"{path}: preset {preset!r} must be a mapping of settings")
+    values = {k: v for k, v in values.items() if k != "description"}
+    return SegmentationConfig.from_dict({**values, **overrides})
+
+
+# --------------------------------------------------------------------------------------------------
+# results
+# --------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class SceneObject:
+    """One segmented object, in the input's frame and units (metres)."""
+
+    points: np.ndarray  # (M, 3) float32: the object's full-resolution input points
+    centroid: np.ndarray  # (3,) float64: mean of ``points``
+    bbox_min: np.ndarray  # (3,) float64: axis-aligned box of ``points`` in the input frame, lower corner
+    bbox_max: np.ndarray  # (3,) float64: upper corner
+    num_points: int  # M
+    indices: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # (M,) int64: rows of the input
+
+    def to_dict(self) -> dict:
+        """``centroid``, ``bbox_min``, ``bbox_max`` (lists of floats) and ``num_points``: JSON-serialisable."""
+        return {
+            "centroid": [float(v) for v in self.centroid],
+            "bbox_min": [float(v) for v in self.bbox_min],
+            "bbox_max": [float(v) for v in self.bbox_max],
+            "num_points": int(self.num_points),
+        }
+
+
+class Plane(NamedTuple):
+    """A removed support plane: ``normal . p + offset = 0``; the normal is a unit vector pointing to the side of
+    the input frame's origin (for a sensor frame: towards the sensor, i.e. "up" for a table seen from above)."""
+
+    normal: np.ndarray  # (3,) float64, unit length
+    offset: float  # metres
+    num_points: int  # full-resolution input points removed with it (within plane_distance)
+
+
+class SceneSegmentation(NamedTuple):
+    objects: list[SceneObject]  # ordered by centroid distance from the origin, nearest first
+    planes: list[Plane]  # in the order they were removed (largest first)
+
+
+# --------------------------------------------------------------------------------------------------
+# segmentation
+# --------------------------------------------------------------------------------------------------
+
+def segment(points: Any, config: SegmentationConfig | None = None) -> list[SceneObject]:
+    """Objects of a scene point cloud: support planes and outliers removed, the rest clustered.
+
+    Args:
+        points: ``(N, 3)`` (or ``(N, C>=3)``, extra columns ignored) array-like or tensor, metres, any frame.
+            Rows with NaN / infinite coordinates are dropped (``SceneObject.indices`` still refer to the input).
+        config: settings; ``None``: :class:`SegmentationConfig`'s defaults (the ``tabletop`` preset).
+
+    Returns:
+        The objects, nearest centroid (to the frame's origin) first; ``[]`` for an empty, all-NaN or
+        plane-only scene.
+
+    Raises:
+        InputError: ``points`` is not an ``(N, 3)`` array of real numbers.
+    """
+    return segment_scene(points, config).objects
+
+
+def segment_scene(points: Any, config: SegmentationConfig | None = None) -> SceneSegmentation:
+    """:func:`segment`, plus the support planes it removed (their normals give the scene's "up")."""
+    cfg = SegmentationConfig() if config is None else config
+    if not isinstance(cfg, SegmentationConfig):
+        raise InputError(f"config must be a SegmentationConfig, got {type(cfg).__name__}")
+    pts, rows = _scene_points(points)
+    if len(pts) == 0:
+        return SceneSegmentation([], [])
+
+    inverse, voxels = _voxelize(pts, cfg.voxel_size)
+    alive = np.ones(len(voxels), dtype=bool)  # voxels not yet removed
+    rng = np.random.default_rng(cfg.seed)  # local: calls from several threads do not share it
+    planes: list[tuple[np.ndarray, float]] = []
+    while len(planes) < cfg.max_planes:
+        idx = np.flatnonzero(alive)
+        if len(idx) < max(_RANSAC_N, cfg.min_object_points):
+            break
+        found = _find_plane(voxels[idx], cfg, rng)
+        if found is None:
+            break
+        normal, offset, inliers = found
+        planes.append((normal, offset))
+        alive[idx[inliers]] = False
+
+    on_plane = np.zeros(len(pts), dtype=bool)
+    plane_results = []
+    for normal, offset in planes:
+        near = np.abs(pts @ normal + offset) <= cfg.plane_distance
+        plane_results.append(Plane(normal, offset, int(np.count_nonzero(near & ~on_plane))))
+        on_plane |= near
+
+    idx = np.flatnonzero(alive)
+    if len(idx) < cfg.min_object_points:
+        return SceneSegmentation([], plane_results)
+    idx = _remove_outliers(voxels, idx, cfg)
+    labels = _cluster(voxels[idx], cfg)
+    voxel_label = np.full(len(voxels), -1, dtype=np.int64)
+    voxel_label[idx] = labels
+    sizes = np.bincount(labels[labels >= 0], minlength=0) if len(labels) else np.zeros(0, dtype=np.int64)
+    good = (sizes >= cfg.min_object_points) & (sizes <= cfg.max_object_points)
+    if not good.any():
+        return SceneSegmentation([], plane_results)
+
+    point_label = voxel_label[inverse]
+    point_label[on_plane] = -1  # the exact cut at plane_distance, not voxel-wide
+    point_label[point_label >= 0] = np.where(good, np.arange(len(good)), -1)[point_label[point_label >= 0]]
+    members = np.flatnonzero(point_label >= 0)
+    order = members[np.argsort(point_label[members], kind="stable")]  # input order kept within an object
+    starts = np.searchsorted(point_label[order], np.flatnonzero(good))
+    ends = np.append(starts[1:], len(order))
+
+    objects = []
+    for s, e in zip(starts, ends):
+        sel = order[s:e]
+        if len(sel) == 0:
+            continue
+        obj_pts = pts[sel]
+        objects.append(SceneObject(
+            points=obj_pts.astype(np.float32),
+            centroid=obj_pts.mean(axis=0),
+            bbox_min=obj_pts.min(axis=0),
+            bbox_max=obj_pts.max(axis=0),
+            num_points=int(len(sel)),
+            indices=rows[sel],
+        ))
+    objects.sort(key=lambda o: (float(np.linalg.norm(o.centroid)), -o.num_points))
+    return SceneSegmentation(objects, plane_results)
+
+
+def _scene_points(points: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Finite rows of the input as float64 ``(N, 3)`` and their row numbers in the input."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(points, torch.Tensor):
+        if points.is_complex():
+            raise InputError(f"scene points: tensor of dtype {points.dtype} is not coordinates")
+        points = points.detach().to(device="cpu", dtype=torch.float64).numpy()
+    try:
+        arr = np.asarray(points)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"scene points: not an array of coordinates ({e})") from e
+    if arr.dtype.kind not in "fiu":
+        raise InputError(f"scene points: dtype {arr.dtype} is not coordinates; give an (N, 3) array of numbers")
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 2 or arr.shape[1] < 3:
+        raise InputError(f"scene points: expected shape (N, 3), got {tuple(arr.shape)}")
+    arr = arr[:, :3].astype(np.float64)
+    finite = np.isfinite(arr).all(axis=1)
+    if finite.all():
+        return arr, np.arange(len(arr), dtype=np.int64)
+    logger.debug("scene: dropped %d of %d points with NaN / inf coordinates", int((~finite).sum()), len(arr))
+    rows = np.flatnonzero(finite).astype(np.int64)
+    return arr[rows], rows
+
+
+def _voxelize(pts: np.ndarray, voxel_size: float) -> tuple[np.ndarray, np.ndarray]:
+    """Voxel of every point (``inverse``, (N,)) and the mean point of every occupied voxel ((V, 3))."""
+    if voxel_size <= 0:
+        return np.arange(len(pts)), pts
+    keys = np.floor((pts - pts.min(axis=0)) / voxel_size).astype(np.int64)
+    dims = keys.max(axis=0) + 1
+    if float(dims[0]) * float(dims[1]) * float(dims[2]) < 2.0 ** 62:  # one int64 key per voxel: a fast 1-D unique
+        flat = (keys[:, 0] * dims[1] + keys[:, 1]) * dims[2] + keys[:, 2]
+        _, inverse = np.unique(flat, return_inverse=True)
+    else:
+        _, inverse = np.unique(keys, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    counts = np.bincount(inverse).astype(np.float64)
+    means = np.stack([np.bincount(inverse, weights=pts[:, i]) for i in range(3)], axis=1) / counts[:, None]
+    return inverse, means
+
+
+def _o3d_cloud(points: np.ndarray):
+    import open3d as o3d
+
+    return o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.ascontiguousarray(points, dtype=np.float64)))
+
+
+def _find_plane(points: np.ndarray, cfg: SegmentationConfig,
+                rng: np.random.Generator) -> tuple[np.ndarray, float, np.ndarray] | None:
+    """The largest RANSAC plane of ``points`` if it qualifies as a support plane, else None."""
+    found = _ransac_plane(points, cfg.plane_distance, cfg.plane_iterations, rng)
+    if found is None:
+        return None
+    normal, offset, inliers = found
+    if offset < 0:  # orient the normal towards the origin (the sensor)
+        normal, offset = -normal, -offset
+    if len(inliers) < cfg.min_plane_fraction * len(points):
+        logger.debug("scene: largest plane holds %d of %d points, below min_plane_fraction; kept",
+                     len(inliers), len(points))
+        return None
+    span = _patch_span(points[inliers], normal, cfg.cluster_tolerance)
+    if span < cfg.min_plane_size:
+        logger.debug("scene: largest plane spans %.3g m, below min_plane_size; kept", span)
+        return None
+    return normal, offset, inliers
+
+
+def _ransac_plane(points: np.ndarray, distance: float, iterations: int,
+                  rng: np.random.Generator) -> tuple[np.ndarray, float, np.ndarray] | None:
+    """The plane with most points within ``distance`` among ``iterations`` 3-point hypotheses, refitted by
+    least squares on its inliers; ``(unit normal, offset, inlier indices)`` or None.
+
+    RANSAC as open3d's ``segment_plane`` (same hypotheses, inlier test and early stop at probability
+    ``_RANSAC_CONFIDENCE``), but vectorised numpy on a seeded generator: open3d 0.20's own draws its samples
+    from TBB threads in a varying order, so its result changes from run to run on a multi-core machine even
+    after ``open3d.utility.random.seed``.
+    """
+    n = len(points)
+    if n < _RANSAC_N:
+        return None
+    samples = rng.integers(0, n, size=(iterations, _RANSAC_N))
+    a, b, c = (points[samples[:, i]] for i in range(_RANSAC_N))
+    normals = np.cross(b - a, c - a)
+    norms = np.linalg.norm(normals, axis=1)
+    valid = norms > 1e-12  # skip repeated or collinear samples
+    normals, a = normals[valid] / norms[valid, None], a[valid]
+    offsets = -np.einsum("ij,ij->i", normals, a)
+    chunk = max(1, _RANSAC_BLOCK_ELEMENTS // n)
+    best, best_count, needed = -1, 0, len(normals)
+    start = 0
+    while start < min(needed, len(normals)):
+        stop = min(start + chunk, needed, len(normals))
+        counts = (np.abs(points @ normals[start:stop].T + offsets[start:stop]) <= distance).sum(axis=0)
+        k = int(np.argmax(counts))
+        if counts[k] > best_count:
+            best, best_count = start + k, int(counts[k])
+            w = best_count / n  # early stop once a better plane is this unlikely to be missed
+            miss = 1.0 - w ** _RANSAC_N
+            if miss <= 0.0:
+                needed = stop
+            elif miss < 1.0:
+                needed = min(needed, int(np.ceil(np.log(1.0 - _RANSAC_CONFIDENCE) / np.log(miss))))
+        start = stop
+    if best < 0 or best_count < _RANSAC_N:
+        return None
+    normal, offset = normals[best], float(offsets[best])
+    inliers = np.flatnonzero(np.abs(points @ normal + offset) <= distance)
+    # least-squares refit on the inliers (the smallest principal axis is the normal)
+    centre = points[inliers].mean(axis=0)
+    _, _, vt = np.linalg.svd(points[inliers] - centre, full_matrices=False)
+    refit = vt[-1]
+    refit_offset = -float(refit @ centre)
+    refit_inliers = np.flatnonzero(np.abs(points @ refit + refit_offset) <= distance)
+    if len(refit_inliers) >= len(inliers):
+        normal, offset, inliers = refit, refit_offset, refit_inliers
+    return normal, offset, inliers
+
+
+def _patch_span(points: np.ndarray, normal: np.ndarray, gap: float) -> float:
+    """Span of the largest connected patch of coplanar points along its shorter in-plane principal axis.
+
+    RANSAC's inliers are every point near an infinite plane: a plane that slices through several objects
+    collects points far apart. Only a connected patch (no gap wider than ``gap``) is a surface, so the span
+    is measured on the largest one (most points): points binned on an in-plane grid of ``gap`` cells, cells
+    joined when they touch (8-neighbourhood, through DBSCAN on the cell centres), and the span is that of the
+    central 90 % of the patch's points.
+    """
+    centred = points - points.mean(axis=0)
+    centred = centred - np.outer(centred @ normal, normal)  # onto the plane
+    helper = np.eye(3)[int(np.argmin(np.abs(normal)))]
+    e1 = np.cross(normal, helper)
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(normal, e1)
+    uv = np.stack([centred @ e1, centred @ e2], axis=1)
+    cells = np.floor((uv - uv.min(axis=0)) / gap).astype(np.int64)
+    unique_cells, cell_of_point = np.unique(cells, axis=0, return_inverse=True)
+    cell_of_point = cell_of_point.reshape(-1)
+    centres = np.zeros((len(unique_cells), 3))
+    centres[:, :2] = unique_cells
+    patch_of_cell = np.asarray(_o3d_cloud(centres).cluster_dbscan(1.5, 1, print_progress=False), dtype=np.int64)
+    patch = patch_of_cell[cell_of_point]
+    largest = int(np.argmax(np.bincount(patch)))
+    sel = uv[patch == largest]
+    sel = sel - sel.mean(axis=0)
+    _, _, vt = np.linalg.svd(sel, full_matrices=False)  # rows: principal axes, largest first
+    lo, hi = np.percentile(sel @ vt[-1], _PLANE_SPAN_PERCENTILES)
+    return float(hi - lo)
+
+
+def _remove_outliers(voxels: np.ndarray, idx: np.ndarray, cfg: SegmentationConfig) -> np.ndarray:
+    if cfg.outlier_neighbors == 0 or len(idx) <= cfg.outlier_neighbors:
+        return idx
+    _, keep = _o3d_cloud(voxels[idx]).remove_statistical_outlier(cfg.outlier_neighbors, cfg.outlier_std_ratio)
+    return idx[np.sort(np.asarray(keep, dtype=np.int64))]
+
+
+def _cluster(points: np.ndarray, cfg: SegmentationConfig) -> np.ndarray:
+    if len(points) == 0:
+        return np.zeros(0, dtype=np.int64)
+    labels = _o3d_cloud(points).cluster_dbscan(cfg.cluster_tolerance, cfg.cluster_min_points, print_progress=False)
+    return np.asarray(labels, dtype=np.int64)
+
+
+# --------------------------------------------------------------------------------------------------
+# segmentation + recognition
+# --------------------------------------------------------------------------------------------------
+
+class SceneResult(NamedTuple):
+    objects: list[dict]  # as SceneRecognizer.__call__ returns them
+    timings: dict[str, float]  # seconds, as SceneRecognizer.last_timings
+
+
+class SceneRecognizer:
+    """Segment a scene and recognise every object, one recognizer call a frame.
+
+    Build it once; call it on each frame. Calls from several threads are safe: the segmentation runs in
+    the caller's thread, the recognizer under a lock (one model call at a time), and nothing per frame is
+    shared. ``last_timings`` is the newest finished call's; with several calling threads use
+    :meth:`recognize`, which returns each call's own timings.
+
+    Args:
+        recognizer: an object with ``classify(list_of_point_arrays, top_k=k)`` returning, for each array, a list
+            of ``{"label": str, "score": float}`` best first (e.g. :class:`pointfalip.Recognizer`). Arrays are
+            the objects' full-resolution points, float32 ``(M_i, 3)`` in the scene's frame and metres (M_i
+            differ); normalisation is the recognizer's job. If it has a ``last_timings`` mapping (e.g.
+            ``projection``, ``encoder``), it is merged into this object's.
+        config: segmentation settings (``None``: the ``tabletop`` defaults).
+        top_k: predictions kept for each object.
+    """
+
+    def __init__(self, recognizer: Any, config: SegmentationConfig | None = None, top_k: int = 5):
+        if not callable(getattr(recognizer, "classify", None)):
+            raise TypeError(f"recognizer must have a classify(clouds, top_k=...) method, got {type(recognizer).__name__}")
+        if isinstance(top_k, (bool, np.bool_)) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+            raise InputError(f"top_k must be a positive integer, got {top_k!r}")
+        if config is not None and not isinstance(config, SegmentationConfig):
+            raise InputError(f"config must be a SegmentationConfig, got {type(config).__name__}")
+        self.recognizer = recognizer
+        self.config = config if config is not None else SegmentationConfig()
+        self.top_k = int(top_k)
+        self._model_lock = threading.Lock()
+        self._last_timings: dict[str, float] = {}
+
+    @property
+    def last_timings(self) -> dict[str, float]:
+        """Seconds spent by the newest finished call: ``segmentation``, ``recognition`` (the recognizer call),
+        ``wait`` (for another thread's recognizer call), ``total``, plus the recognizer's own ``last_timings``
+        keys (a key that clashes gets the prefix ``recognizer_``). A copy."""
+        return dict(self._last_timings)
+
+    def __call__(self, points: Any) -> list[dict]:
+        """Objects of the frame with their predictions: a list of JSON-serialisable dicts with ``label`` and
+        ``score`` (the best prediction), ``top_k`` (list of ``{"label", "score"}``), ``centroid``, ``bbox_min``,
+        ``bbox_max`` (lists of 3 floats, metres, in the input frame) and ``num_points``; ordered as
+        :func:`segment` orders objects (nearest first). ``[]`` when the scene holds no object."""
+        return self.recognize(points).objects
+
+    def recognize(self, points: Any) -> SceneResult:
+        """As calling the object, returning this call's timings with the objects."""
+        t0 = time.perf_counter()
+        objects = segment(points, self.config)
+        t1 = time.perf_counter()
+        timings = {"segmentation": t1 - t0, "recognition": 0.0, "wait": 0.0}
+        predictions: list = []
+        if objects:
+            clouds = [o.points for o in objects]
+            with self._model_lock:
+                t2 = time.perf_counter()
+                predictions = self.recognizer.classify(clouds, top_k=self.top_k)
+                t3 = time.perf_counter()
+                extra = getattr(self.recognizer, "last_timings", None)
+                extra = dict(extra) if isinstance(extra, Mapping) else {}
+            timings["wait"] = t2 - t1
+            timings["recognition"] = t3 - t2
+            for key, value in extra.items():
+                name = f"recognizer_{key}" if key in timings or key == "total" else str(key)
+                try:
+                    timings[name] = float(value)
+                except (TypeError, ValueError):
+                    continue
+            predictions = _check_predictions(predictions, len(objects))
+        results = []
+        for obj, preds in zip(objects, predictions):
+            top = [{"label": str(p["label"]), "score": float(p["score"])} for p in preds[: self.top_k]]
+            results.append({"label": top[0]["label"], "score": top[0]["score"], "top_k": top, **obj.to_dict()})
+        timings["total"] = time.perf_counter() - t0
+        self._last_timings = timings  # a fresh dict each call, replaced in one step, never mutated after
+        return SceneResult(results, dict(timings))
+
+
+def _check_predictions(predictions: Any, count: int) -> list:
+    preds = list(predictions)
+    if count == 1 and preds and isinstance(preds[0], Mapping):  # a recognizer that unwraps a batch of one
+        preds = [preds]
+    if len(preds) != count:
+        raise RuntimeError(f"the recognizer returned {len(preds)} prediction lists for {count} objects")
+    for p in preds:
+        if not p or not all(isinstance(x, Mapping) and "label" in x and "score" in x for x in p):
+            raise RuntimeError("the recognizer must return, for each cloud, a non-empty list of "
+                               "{'label': ..., 'score': ...} dicts")
+    return preds
