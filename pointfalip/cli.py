@@ -19,6 +19,9 @@ from . import __version__
 from .errors import InputError
 
 log = logging.getLogger("pointfalip")
+UP_AXES = ("x", "y", "z", "-x", "-y", "-z")
+BAG_SUFFIXES = (".db3", ".mcap")
+DEPTH_IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 COMMANDS: dict[str, Callable] = {}
 
 
@@ -83,7 +86,7 @@ def _recognizer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="pointclip_v2", help="configs/presets name or YAML file (default %(default)s)")
     p.add_argument("--projection", choices=("realistic", "simple"), help="override the preset's projection")
     p.add_argument("--no-falip", dest="falip", action="store_false", help="plain CLIP (the baseline)")
-    p.add_argument("--up-axis", choices=("x", "y", "z"), help="up axis of the input (default: the preset's, y)")
+    p.add_argument("--up-axis", choices=UP_AXES, help="up axis of the input (default: the preset's, y)")
     p.add_argument("--prompt-file", help="per-class prompts in PointCLIP V2's JSON layout")
     p.add_argument("--num-points", type=int, default=2048, help="points sampled from meshes (default %(default)s)")
 
@@ -195,6 +198,77 @@ def _print_demo(result: dict) -> None:
     print(f"contact sheet: {result['contact_sheet']}")
 
 
+# ---- scenes --------------------------------------------------------------------------------------------
+def _scene_frames(args):
+    """(stamp_ns or None, points) for each frame of the input: a bag, a depth image or a point file."""
+    from . import io, rosbag
+
+    path = Path(args.input)
+    if not path.exists():
+        raise InputError(f"{path} does not exist")
+    if path.is_dir() or path.suffix.lower() in BAG_SUFFIXES:
+        return ((f.stamp_ns, f.points) for f in rosbag.read_bag(path, args.topic)), True
+    if path.suffix.lower() in DEPTH_IMAGE_SUFFIXES:
+        if not args.intrinsics:
+            raise InputError(f"{path} is a depth image: give the camera's --intrinsics fx,fy,cx,cy")
+        try:
+            intrinsics = [float(v) for v in args.intrinsics.split(",")]
+        except ValueError as e:
+            raise InputError(f"--intrinsics '{args.intrinsics}' must be four numbers fx,fy,cx,cy") from e
+        return iter([(None, rosbag.read_depth_image(path, intrinsics, depth_scale=args.depth_scale))]), False
+    return iter([(None, io.load_points(path, max_points=None, drop_nonfinite=True))]), False
+
+
+def _scene_config(args):
+    from .scene import load_segmentation_config
+
+    overrides = {k: getattr(args, k) for k in ("voxel_size", "cluster_tolerance", "plane_distance",
+                                               "min_object_points", "max_object_points")
+                 if getattr(args, k) is not None}
+    return load_segmentation_config(args.scene_preset, **overrides)
+
+
+@command("scene")
+def run_scene(args) -> dict:
+    from .scene import SceneRecognizer
+
+    labels, dataset = _labels(args)
+    if args.up_axis is None:  # sensor frames: z-up robots and lidars; camera frames (depth images) have y down
+        args.up_axis = "-y" if Path(args.input).suffix.lower() in DEPTH_IMAGE_SUFFIXES else "z"
+    frames, is_bag = _scene_frames(args)
+    config = _scene_config(args)
+    model = _load(args)
+    rec = _recognizer(args, model, labels, dataset)
+    scene = SceneRecognizer(rec, config, top_k=args.top_k)
+    results, last = [], None
+    for stamp, points in frames:
+        outcome = scene.recognize(points)
+        results.append({"stamp": None if stamp is None else stamp / 1e9, "objects": outcome.objects,
+                        "timings": {k: round(v, 4) for k, v in outcome.timings.items()}})
+        last = (points, outcome.objects)
+    if not results:
+        raise InputError(f"{args.input}: no frames to recognise")
+    if args.render and last is not None:
+        from .render import save_scene
+
+        save_scene(args.render, *last, up_axis=rec.config.up_axis)
+    if is_bag:
+        return {"file": str(args.input), "topic": args.topic, "frames": results}
+    return {"file": str(args.input), "objects": results[0]["objects"], "timings": results[0]["timings"]}
+
+
+def _print_scene(result: dict) -> None:
+    frames = result.get("frames") or [{"stamp": None, "objects": result["objects"], "timings": result["timings"]}]
+    for frame in frames:
+        head = result["file"] + ("" if frame["stamp"] is None else f"  t={frame['stamp']:.3f}s")
+        print(f"{head}: {len(frame['objects'])} object(s)")
+        if frame["objects"]:
+            print(f"  {'#':>2} {'label':<16} {'score':>7} {'points':>7}  centroid (m)")
+        for i, obj in enumerate(frame["objects"]):
+            c = ", ".join(f"{v:.3f}" for v in obj["centroid"])
+            print(f"  {i:>2} {obj['label']:<16} {obj['score']:>7.1%} {obj['num_points']:>7}  ({c})")
+
+
 # ---- 2D ------------------------------------------------------------------------------------------------
 @command("classify-image")
 def run_classify_image(args) -> dict:
@@ -235,8 +309,54 @@ def _print_predictions(result: dict) -> None:
         print(f"  {p['score']:7.2%}  {p['label']}")
 
 
-PRINTERS = {"classify": _print_classify, "demo": _print_demo, "classify-image": _print_predictions,
+PRINTERS = {"classify": _print_classify, "scene": _print_scene, "demo": _print_demo, "classify-image": _print_predictions,
             "refer": _print_predictions}
+
+
+# ---- evaluation ----------------------------------------------------------------------------------------
+@command("evaluate")
+def run_evaluate(args) -> dict:
+    import os
+
+    from .datasets import open_dataset
+    from .evaluate import default_report_path, distributed, evaluate, run_names
+
+    run_names(args.compare, args.falip)  # refuse --compare with --no-falip before reading anything
+    dataset = open_dataset(args.dataset, args.root, split=args.split, limit=args.limit, num_points=args.num_points,
+                           up_axis=args.up_axis)
+    with distributed(args.device) as device:  # torchrun: one shard of the batches per rank
+        args.device = device
+        model = _load(args)
+        report = evaluate(model, dataset, preset=args.preset, compare=args.compare, falip=args.falip,
+                          batch_size=args.batch_size, out=args.out or default_report_path(dataset.name),
+                          projection=args.projection, prompt_file=args.prompt_file)
+    if int(os.environ.get("RANK", "0")) != 0:  # every rank holds the report; rank 0 alone prints it
+        sys.stdout = open(os.devnull, "w")
+    return report
+
+
+_EVALUATE_ROWS = 40  # classes listed on screen; the report holds them all
+
+
+def _print_evaluate(report: dict) -> None:
+    runs = list(report["runs"])
+    print(f"pointfalip evaluate — {report['dataset']} ({report['split']}): {report['n']} objects, "
+          f"{len(report['skipped'])} skipped — {report['model']} ({report['pretrained']}), preset {report['preset']}")
+    print(f"{'':<20}" + "".join(f"{r:>10}" for r in runs))
+    for key, name in (("overall_accuracy", "overall"), ("mean_class_accuracy", "mean class")):
+        print(f"{name:<20}" + "".join(f"{report['runs'][r][key]:>10.2%}" for r in runs))
+    print(f"{'class':<20}" + "".join(f"{r:>10}" for r in runs) + f"{'n':>6}")
+    confusion = report["runs"][runs[0]]["confusion"]
+    present = [(k, c) for k, c in enumerate(report["classes"]) if sum(confusion[k])]
+    for k, c in present[:_EVALUATE_ROWS]:
+        print(f"{c[:19]:<20}" + "".join(f"{report['runs'][r]['per_class'][c]:>10.1%}" for r in runs)
+              + f"{sum(confusion[k]):>6}")
+    if len(present) > _EVALUATE_ROWS:
+        print(f"... and {len(present) - _EVALUATE_ROWS} more classes in the report")
+    print(f"report: {report['report']}   confusion matrix: {report['confusion_png']}")
+
+
+PRINTERS["evaluate"] = _print_evaluate
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -266,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="views.png")
     p.add_argument("--preset", default="pointclip_v2")
     p.add_argument("--projection", choices=("realistic", "simple"))
-    p.add_argument("--up-axis", choices=("x", "y", "z"))
+    p.add_argument("--up-axis", choices=UP_AXES)
     p.add_argument("--num-points", type=int, default=2048)
     p.add_argument("--model", default="ViT-B-16", help="whose patch grid the masks are drawn on")
 
@@ -274,6 +394,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="pointfalip_demo.png", help="contact sheet path")
     p.add_argument("--preset", default="pointclip_v2")
     p.add_argument("--top-k", type=int, default=3)
+    _model_args(p)
+
+    p = add("scene", "segment a scene (point file, depth image or ROS 2 bag) and recognise each object")
+    p.add_argument("input", metavar="INPUT", help="point file, depth image (.png/.tif) or rosbag2 folder/.db3/.mcap")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--labels", help="comma-separated names")
+    g.add_argument("--labels-file", help="one name per line")
+    g.add_argument("--dataset", help="a dataset's class names: modelnet40, modelnet10, scanobjectnn")
+    p.add_argument("--topic", help="PointCloud2 topic of a bag (default: its only one)")
+    p.add_argument("--intrinsics", help="fx,fy,cx,cy of a depth image")
+    p.add_argument("--depth-scale", type=float, help="raw depth units per metre (default 1000 for 16-bit)")
+    p.add_argument("--scene-preset", default="tabletop", help="segmentation preset: tabletop or room")
+    p.add_argument("--voxel-size", type=float, help="metres")
+    p.add_argument("--cluster-tolerance", type=float, help="metres (DBSCAN eps)")
+    p.add_argument("--plane-distance", type=float, help="metres")
+    p.add_argument("--min-object-points", type=int)
+    p.add_argument("--max-object-points", type=int)
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--render", help="write a top view with each object's box and label to this PNG")
+    _recognizer_args(p)
     _model_args(p)
 
     p = add("classify-image", "which label fits a region of an image")
@@ -291,6 +431,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--boxes", required=True, help="'x0,y0,x1,y1;x0,y0,x1,y1;...'")
     p.add_argument("--caption", required=True)
     p.add_argument("--prompt", default="falip", choices=("falip", "circle", "blur", "crop", "none"))
+    _model_args(p)
+    p = add("evaluate", "zero-shot accuracy on a 3D test set (ModelNet40/10, ScanObjectNN, a folder)")
+    p.add_argument("--dataset", required=True,
+                   help="modelnet40, modelnet10, scanobjectnn[-obj_only|-obj_bg|-pb_t50_rs] or folder")
+    p.add_argument("--root", required=True, help="folder holding the dataset's release")
+    p.add_argument("--split", default="test", choices=("test", "train"))
+    p.add_argument("--limit", type=int, help="the first N objects only")
+    p.add_argument("--compare", action="store_true", help="FALIP and the plain-CLIP baseline from the same views")
+    p.add_argument("--batch-size", type=int, default=16, help="objects per batch (default %(default)s)")
+    p.add_argument("--out", help="report path (default evaluate_<dataset>.json); the confusion PNG goes beside it")
+    p.add_argument("--preset", default="pointclip_v2", help="configs/presets name or YAML file (default %(default)s)")
+    p.add_argument("--projection", choices=("realistic", "simple"), help="override the preset's projection")
+    p.add_argument("--no-falip", dest="falip", action="store_false", help="plain CLIP alone (the baseline)")
+    p.add_argument("--up-axis", choices=UP_AXES, help="up axis of the clouds (default: the dataset's)")
+    p.add_argument("--prompt-file", help="per-class prompts in PointCLIP V2's JSON layout")
+    p.add_argument("--num-points", type=int, default=2048, help="points per object (default %(default)s)")
     _model_args(p)
     return parser
 

@@ -50,3 +50,34 @@ def save_sheet(path, images: torch.Tensor, weights: Optional[torch.Tensor] = Non
     path.parent.mkdir(parents=True, exist_ok=True)
     contact_sheet(view_tiles(images, weights), captions, columns).save(path)
     return path
+
+
+SCENE_PIXELS = 640  # side of the top view
+BOX_COLOR = (220, 30, 30)
+
+
+def save_scene(path, points: np.ndarray, objects: Sequence[dict], up_axis: str = "z") -> Path:
+    """A top view of a scene (looking down the up axis) with each object's box and label."""
+    up = "xyz".index(up_axis.lstrip("-"))
+    u, v = [a for a in range(3) if a != up]
+    pts = np.asarray(points, np.float64)[:, [u, v]]
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    scale = (SCENE_PIXELS - 1) / max(float((hi - lo).max()), 1e-9)
+
+    def pixel(xy):
+        xy = (np.asarray(xy, np.float64) - lo) * scale
+        return xy[..., 0], SCENE_PIXELS - 1 - xy[..., 1]  # image rows grow downward
+
+    canvas = np.full((SCENE_PIXELS, SCENE_PIXELS, 3), 255, np.uint8)
+    cols, rows = pixel(pts)
+    canvas[rows.astype(int), cols.astype(int)] = (110, 110, 110)
+    image = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(image)
+    for obj in objects:
+        (c0, r0), (c1, r1) = pixel(np.array(obj["bbox_min"])[[u, v]]), pixel(np.array(obj["bbox_max"])[[u, v]])
+        draw.rectangle([min(c0, c1), min(r0, r1), max(c0, c1), max(r0, r1)], outline=BOX_COLOR, width=2)
+        draw.text((min(c0, c1) + 2, min(r0, r1) - 12), f"{obj['label']} {obj['score']:.0%}", fill=BOX_COLOR)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path

@@ -170,3 +170,53 @@ def test_image_bad_files_and_labels(env, picture, bad_files):
                       "outside")
     assert_user_error(pf(env, "refer", picture / "scene.png", "--boxes", "0,0,5,10", "--caption", "x",
                          "--model", "RN50-nope", ok=False), "unknown model")
+
+
+# ---- scene ---------------------------------------------------------------------------------------------
+def _tabletop(rng):
+    table = np.c_[rng.uniform(-0.6, 0.6, 30000), rng.uniform(-0.4, 0.4, 30000), rng.normal(0, 0.002, 30000)]
+    cubes = []
+    for centre in ((-0.3, 0.0), (0.25, 0.15)):
+        faces = rng.uniform(-0.05, 0.05, size=(3000, 3))
+        axis = rng.integers(0, 3, 3000)
+        faces[np.arange(3000), axis] = np.where(rng.random(3000) < 0.5, -0.05, 0.05)
+        cubes.append(faces + [centre[0], centre[1], 0.05])
+    return np.concatenate([table] + cubes).astype(np.float32), cubes
+
+
+def test_scene_file_json_and_render(env, tiny_json, tmp_path):
+    scene, cubes = _tabletop(np.random.default_rng(3))
+    scene[:50] = np.nan  # a sensor frame's missing returns are dropped, not refused
+    path = tmp_path / "scene.npy"
+    np.save(path, scene)
+    top = tmp_path / "top.png"
+    proc = pf(env, "scene", path, "--labels", "box,mug,bowl", "--model", tiny_json, "--pretrained", "none",
+              "--json", "--render", top)
+    out = json.loads(proc.stdout)
+    assert len(out["objects"]) == 2 and top.is_file()
+    for obj in out["objects"]:
+        cube = min(cubes, key=lambda c: np.linalg.norm(c.mean(axis=0) - obj["centroid"]))
+        assert np.linalg.norm(np.array(obj["centroid"])[:2] - cube.mean(axis=0)[:2]) < 0.01
+        assert obj["label"] in {"box", "mug", "bowl"} and len(obj["top_k"]) == 3
+        assert all(lo <= hi for lo, hi in zip(obj["bbox_min"], obj["bbox_max"]))
+
+
+def test_scene_bag_frames_and_errors(env, tiny_json, tmp_path):
+    from test_rosbag import PC2, make_cloud, write_bag
+
+    scene, _ = _tabletop(np.random.default_rng(4))
+    plane_only = scene[:30000]
+    from rosbags.rosbag2 import StoragePlugin
+
+    bag = write_bag(tmp_path / "bag", StoragePlugin.SQLITE3,
+                    [("/points", PC2, 1, make_cloud(scene, 1_500_000_000)),
+                     ("/points", PC2, 2, make_cloud(plane_only, 2_500_000_000))])
+    proc = pf(env, "scene", bag, "--labels", "box,mug", "--topic", "/points", "--model", tiny_json,
+              "--pretrained", "none", "--json")
+    frames = json.loads(proc.stdout)["frames"]
+    assert [f["stamp"] for f in frames] == [1.5, 2.5]
+    assert len(frames[0]["objects"]) == 2 and frames[1]["objects"] == []
+    assert_user_error(pf(env, "scene", bag, "--labels", "a,b", "--topic", "/camera", ok=False), "/camera")
+    assert_user_error(pf(env, "scene", tmp_path / "depth.png", "--labels", "a", ok=False), "does not exist")
+    Image.fromarray(np.full((8, 8), 1000, np.uint16)).save(tmp_path / "depth.png")
+    assert_user_error(pf(env, "scene", tmp_path / "depth.png", "--labels", "a", ok=False), "intrinsics")
