@@ -5,6 +5,7 @@
 Random weights (no download): timing and numerics do not depend on the weights' values.
 """
 import argparse
+import copy
 import platform
 import statistics
 import time
@@ -37,7 +38,7 @@ def main():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fp32 = load_model(args.model, pretrained="none", precision="fp32")
-    bf16 = type(fp32)(fp32.clip, fp32.tokenizer, name=fp32.name, precision="bf16")
+    bf16 = type(fp32)(copy.deepcopy(fp32.clip), fp32.tokenizer, name=fp32.name, precision="bf16")
     images = torch.rand(args.batch, 3, *fp32.image_size)
     gh, gw = fp32.grid_size
     r0 = torch.randint(0, gh // 2, (args.batch,))

@@ -48,7 +48,8 @@ def _model_args(p: argparse.ArgumentParser, default_model: str = "ViT-B-16") -> 
     g.add_argument("--pretrained", default="openai",
                    help="open_clip tag, hf-hub:ID, local checkpoint, or 'none' for random weights (default %(default)s)")
     g.add_argument("--device", default=_default_device(), help="torch device (default %(default)s)")
-    g.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="(default %(default)s)")
+    g.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32 (default %(default)s)")
 
 
 def _load(args):

@@ -1,4 +1,5 @@
 """FalipCLIP against a naive attention written here, and load_model against open_clip's own loaders."""
+import copy
 import pickle
 import warnings
 
@@ -175,9 +176,10 @@ def test_encode_text_uses_model_tokenizer(tiny):
     torch.testing.assert_close(tiny.encode_text(texts), ref)
 
 
-def test_bf16_autocast_accepts_fp32_images():
+def test_bf16_accepts_fp32_images():
     fp32 = load_random("pf-tiny-16")
-    bf16 = pointfalip.FalipCLIP(fp32.clip, fp32.tokenizer, name="pf-tiny-16", precision="bf16")
+    bf16 = pointfalip.FalipCLIP(copy.deepcopy(fp32.clip), fp32.tokenizer, name="pf-tiny-16", precision="bf16")
+    assert fp32.visual.conv1.weight.dtype == torch.float32 and bf16.visual.conv1.weight.dtype == torch.bfloat16
     images = torch.rand(2, 3, 64, 64)
     bias = torch.rand(2, 4, 4)
     a, b = fp32.encode_image(images, bias), bf16.encode_image(images, bias)
