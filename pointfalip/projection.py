@@ -15,8 +15,8 @@ the image **row** grows with ``x''``, the **column** with ``y''``, and ``z''`` i
   of the points in a pixel, 0 where no point lands.
 * ``realistic``: orthographic along ``z''``; each view's cloud is re-centred and scaled into a
   112 x 112 x 8 voxel grid (so the translation only matters to float rounding), densified with a 7 x 7
-  max-pool, smoothed with a 3 x 3 Gaussian, reduced with a max over depth, divided by its maximum and
-  inverted (background 1).
+  max-pool, smoothed with a 3 x 3 Gaussian, reduced with a max over depth (the largest ``z''`` of a pixel
+  wins), divided by its maximum and inverted (background 1, the largest ``z''`` black).
 
 Rotations from Euler angles follow PointCLIP's ``euler2mat``: ``R = Rx(a) @ Ry(b) @ Rz(c)`` for angles
 ``(a, b, c)``. Views given by azimuth/elevation (degrees) use ``R = Ry(-elevation) @ Rx(azimuth) @ Rz(90°)``:
@@ -44,6 +44,7 @@ import yaml
 from .errors import InputError
 
 _CPU_CHUNK_FLOATS = 1 << 22  # work-buffer floats (16 MiB) an image chunk may use on the CPU: cache-sized chunks
+_GPU_CHUNK_FLOATS = 1 << 28  # the same on other devices (1 GiB): bounds memory for large batches
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 VIEWS_FILE = CONFIG_DIR / "views.yaml"
@@ -72,7 +73,7 @@ class ProjectionConfig:
     """Settings of both projections; the defaults are the references' (PointCLIP V2, PointCLIP)."""
 
     # realistic (PointCLIP V2)
-    grid_size: int = 112  # side of the voxel grid, in cells (the image is grid_size + 2*pool_padding - pool_size + 1)
+    grid_size: int = 112  # side of the voxel grid, in cells (image: grid_size + 2*pool_padding - pool_size + 1)
     grid_depth: int = 8  # depth bins of the voxel grid; points land in bins 1 .. grid_depth - 2
     pool_size: int = 7  # side of the max-pool window that densifies each depth slice
     pool_padding: int = 2  # padding of that max-pool (the reference's 2 makes a 110 x 110 image from 112)
@@ -99,7 +100,8 @@ class ProjectionConfig:
         if self.grid_size < 3:
             raise InputError(f"ProjectionConfig.grid_size must be at least 3, got {self.grid_size}")
         if not 0 <= self.pool_padding <= self.pool_size // 2:
-            raise InputError(f"ProjectionConfig.pool_padding must be in [0, pool_size // 2], got {self.pool_padding}")
+            raise InputError(f"ProjectionConfig.pool_padding must be in [0, pool_size // 2], "
+                             f"got {self.pool_padding}")
         if self.grid_size + 2 * self.pool_padding < self.pool_size:
             raise InputError("ProjectionConfig.pool_size is larger than the padded grid")
         if self.gaussian_size % 2 != 1:
@@ -130,7 +132,7 @@ class ProjectionConfig:
         return cls.from_dict(data.get("projection", data) or {})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ViewSet:
     """V views as rotation matrices, float32 on the CPU (moved to the points' device when used).
 
@@ -143,7 +145,10 @@ class ViewSet:
     bias_rotations: torch.Tensor  # (V, 3, 3) float32
 
     def __post_init__(self) -> None:
-        rot, bias = self.rotations, self.bias_rotations
+        rot = torch.as_tensor(self.rotations, dtype=torch.float32).cpu()
+        bias = torch.as_tensor(self.bias_rotations, dtype=torch.float32).cpu()
+        object.__setattr__(self, "rotations", rot)
+        object.__setattr__(self, "bias_rotations", bias)
         if rot.ndim != 3 or rot.shape[1:] != (3, 3) or rot.shape[0] < 1 or bias.shape != rot.shape:
             raise InputError(f"view set {self.name!r}: rotations must be (V, 3, 3) with V >= 1 for both tensors")
 
@@ -192,7 +197,7 @@ def euler_to_matrix(angles: torch.Tensor) -> torch.Tensor:
 
 
 def _rotation(angle: torch.Tensor, axes: tuple[int, int]) -> torch.Tensor:
-    """Right-handed rotation by ``angle`` (any shape) in the plane of ``axes``; returns ``angle.shape + (3, 3)``."""
+    """Right-handed rotation by ``angle`` (any shape) in the plane ``axes``: ``angle.shape + (3, 3)``."""
     i, j = axes
     c, s = torch.cos(angle), torch.sin(angle)
     mat = torch.zeros(*angle.shape, 3, 3, dtype=angle.dtype)
@@ -278,9 +283,9 @@ def _views_from_spec(name: str, spec: dict) -> ViewSet:
         if "bias_euler" in spec:
             raise InputError(f"views {name!r}: 'bias_euler' goes with 'euler', not with 'azimuth'")
         return ViewSet.from_azimuth_elevation(name, spec["azimuth"], spec.get("elevation", 0.0))
+    except InputError:
+        raise
     except (TypeError, ValueError) as e:
-        if isinstance(e, InputError):
-            raise
         raise InputError(f"views {name!r}: angles must be numbers in degrees ({e})") from e
 
 
@@ -381,11 +386,12 @@ def _assemble(m: int, size: int, device: torch.device, work_floats: int, render:
     """Images ``(M, 3, S, S)`` and occupancy ``(M, S, S)`` from ``render(part) -> (K, 1, S, S)``.
 
     On the CPU a few images at a time keep the dense passes in cache (several times faster than the whole
-    batch at once); elsewhere one chunk. ``work_floats`` is the size of an image's work buffer.
+    batch at once); on a GPU large chunks. ``work_floats`` is the size of an image's work buffer.
     """
     images = torch.empty(m, 3, size, size, dtype=torch.float32, device=device)
     occupancy = torch.empty(m, size, size, dtype=torch.bool, device=device)
-    step = m if device.type != "cpu" else max(1, _CPU_CHUNK_FLOATS // (work_floats + 4 * size * size))
+    budget = _CPU_CHUNK_FLOATS if device.type == "cpu" else _GPU_CHUNK_FLOATS
+    step = max(1, budget // (work_floats + 4 * size * size))
     for start in range(0, m, step):
         part = slice(start, min(start + step, m))
         resized = render(part)
