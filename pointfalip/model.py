@@ -90,9 +90,13 @@ def resolve_model_name(name: str) -> str:
     return name
 
 
-def _create(name: str, **kwargs) -> nn.Module:
+def _check_name(name: str) -> None:
     if name not in open_clip.list_models():
         raise InputError(f"unknown model '{name}': choose one of open_clip.list_models(), e.g. ViT-B-16")
+
+
+def _create(name: str, **kwargs) -> nn.Module:
+    _check_name(name)
     return open_clip.create_model(name, **kwargs)
 
 
@@ -122,6 +126,7 @@ def _offline_hint(what: str) -> str:
 
 def _build(name: str, pretrained: Optional[str]) -> nn.Module:
     if pretrained is None or str(pretrained).lower() in ("", "none"):
+        _check_name(name)
         warnings.warn(f"pointfalip: model '{name}' has random weights (pretrained='none'); "
                       "its predictions are meaningless", UserWarning, stacklevel=3)
         return _create(name, pretrained=None)
@@ -133,8 +138,7 @@ def _build(name: str, pretrained: Optional[str]) -> nn.Module:
             raise WeightsUnavailable(_offline_hint(f"'{pretrained}'")) from e
     if os.path.isfile(pretrained):
         return _load_local(name, pretrained)
-    if name not in open_clip.list_models():
-        raise InputError(f"unknown model '{name}': choose one of open_clip.list_models(), e.g. ViT-B-16")
+    _check_name(name)
     tag_cfg = open_clip.get_pretrained_cfg(name, pretrained)
     if not tag_cfg:
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"

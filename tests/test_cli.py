@@ -139,7 +139,7 @@ def bad_files(tmp_path_factory):
 
 @pytest.mark.parametrize("name,words", [("missing.npy", ["missing.npy"]), ("empty.ply", ["empty"]),
                                         ("corrupt.off", ["corrupt.off"]), ("cloud.xyzw", ["unsupported file type"]),
-                                        ("nan.npy", ["nan"]), ("inf.npy", ["inf"]), ("few.npy", ["points"])])
+                                        ("nan.npy", ["nan"]), ("inf.npy", ["inf"]), ("few.npy", ["distinct"])])
 def test_classify_bad_files(env, bad_files, name, words):
     assert_user_error(pf(env, "classify", bad_files / name, "--labels", "a,b", "--pretrained", "none", ok=False),
                       *words)
