@@ -456,9 +456,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s",
                         stream=sys.stderr)
-    if not args.verbose:
-        logging.getLogger("root").setLevel(logging.ERROR)
-        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+    if not args.verbose:  # third-party chatter (open_clip logs download failures on the root logger) stays quiet;
+        logging.getLogger().setLevel(logging.CRITICAL)  # our own warnings still reach the handler
+        logging.getLogger("pointfalip").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=FutureWarning)
     try:
         result = COMMANDS[args.command](args)

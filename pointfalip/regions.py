@@ -110,7 +110,8 @@ def rank_boxes(model: FalipCLIP, image: Image.Image, boxes: Sequence[Box], capti
         raise InputError("the caption is empty")
     images, bias = region_batch(model, image, [{"box": b} for b in boxes], prompt, config)
     feats = _encode(model, images, bias, config)
-    text = model.encode_text([caption], normalize=True)[0]
+    with torch.inference_mode():
+        text = model.encode_text([caption], normalize=True)[0]
     probs = (model.logit_scale * feats @ text).softmax(dim=-1)
     names = [",".join(f"{v:g}" for v in b) for b in boxes]
     return _ranked(names, probs)
