@@ -370,7 +370,11 @@ class FalipCLIP(nn.Module):
 
 
 def _foveal_block(block: nn.Module, x: torch.Tensor, bias: torch.Tensor, amplify: float) -> torch.Tensor:
-    """One residual block whose CLS query row gets `bias` (N, H|1, 1, L) on its attention logits."""
+    """One residual block whose CLS query row gets `bias` (N, H|1, 1, L) on its attention logits.
+
+    The bias goes to SDPA as an (L, L) mask per image that is zero outside the CLS row, as in the authors'
+    code; with amplify, the CLS row is also computed without it for G'_h + γ(G'_h - G_h).
+    """
     if not isinstance(block, ResidualAttentionBlock) or not isinstance(block.attn, nn.MultiheadAttention):
         raise UnsupportedModel(f"foveal attention needs open_clip's standard attention blocks, "
                                f"not {type(block).__name__}")
@@ -381,12 +385,13 @@ def _foveal_block(block: nn.Module, x: torch.Tensor, bias: torch.Tensor, amplify
     y = block.ln_1(x)
     q, k, v = F.linear(y, attn.in_proj_weight, attn.in_proj_bias).view(n, length, 3, heads, head_dim).permute(
         2, 0, 3, 1, 4)
-    out = F.scaled_dot_product_attention(q, k, v)  # every row as without the bias
-    logits = (q[:, :, :1] * head_dim ** -0.5) @ k.transpose(-2, -1)  # the CLS row again, (N, H, 1, L)
-    cls = (logits.float() + bias).softmax(dim=-1).to(v.dtype) @ v
+    mask = x.new_zeros(n, bias.shape[1], length, length)
+    mask[:, :, :1] = bias.to(x.dtype)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     if amplify:
-        cls = cls + amplify * (cls - out[:, :, :1])
-    out = torch.cat([cls.to(out.dtype), out[:, :, 1:]], dim=2)
+        plain_cls = F.scaled_dot_product_attention(q[:, :, :1], k, v)
+        cls = out[:, :, :1]
+        out = torch.cat([cls + amplify * (cls - plain_cls), out[:, :, 1:]], dim=2)
     out = attn.out_proj(out.transpose(1, 2).reshape(n, length, dim))
     x = x + block.ls_1(out)
     return x + block.ls_2(block.mlp(block.ln_2(x)))
