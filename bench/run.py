@@ -17,6 +17,7 @@ import time
 import warnings
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -52,7 +53,7 @@ def rss_of(code: str) -> float:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="ViT-B-16")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--skip-memory", action="store_true")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -132,6 +133,20 @@ def main():
         rss_small, rss_big = rss_of(code.format(small)), rss_of(code.format(big))
         row("peak RSS, classify 5M-point cloud vs 2k (MB)", f"{rss_big:.0f}", f"{rss_small:.0f}",
             f"+{rss_big - rss_small:.0f} MB")
+        rss = {}
+        for n in (16, 64):  # evaluate streams batches: its peak must not grow with the dataset
+            root = tmp / f"mn{n}"
+            root.mkdir()
+            with h5py.File(root / "ply_data_test0.h5", "w") as f:
+                f["data"] = np.random.default_rng(n).normal(size=(n, 2048, 3)).astype(np.float32)
+                f["label"] = (np.arange(n) % 40).astype(np.uint8)[:, None]
+            rss[n] = rss_of("import warnings;warnings.simplefilter('ignore');import pointfalip\n"
+                            "from pointfalip.datasets import open_dataset\nfrom pointfalip.evaluate import evaluate\n"
+                            "m=pointfalip.load_model('ViT-B-32','none',precision='bf16')\n"
+                            f"evaluate(m,open_dataset('modelnet40','{root}'),compare=True,batch_size=8,"
+                            f"out='{root}/r.json',progress=False)")
+        row("peak RSS, evaluate --compare 64 vs 16 objects (MB)", f"{rss[64]:.0f}", f"{rss[16]:.0f}",
+            f"{rss[64] - rss[16]:+.0f} MB")
 
     print(f"pointfalip bench — {args.model}, random weights, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}; best of {args.repeats}")

@@ -83,11 +83,11 @@ def _labels(args) -> tuple[Optional[list[str]], Optional[str]]:
 
 
 # ---- 3D ------------------------------------------------------------------------------------------------
-def _recognizer_args(p: argparse.ArgumentParser) -> None:
+def _recognizer_args(p: argparse.ArgumentParser, up_default: str = "the preset's, y") -> None:
     p.add_argument("--preset", default="pointclip_v2", help="configs/presets name or YAML file (default %(default)s)")
     p.add_argument("--projection", choices=("realistic", "simple"), help="override the preset's projection")
     p.add_argument("--no-falip", dest="falip", action="store_false", help="plain CLIP (the baseline)")
-    p.add_argument("--up-axis", choices=UP_AXES, help="up axis of the input (default: the preset's, y)")
+    p.add_argument("--up-axis", choices=UP_AXES, help=f"up axis of the input (default: {up_default})")
     p.add_argument("--prompt-file", help="per-class prompts in PointCLIP V2's JSON layout")
     p.add_argument("--num-points", type=int, default=2048, help="points sampled from meshes (default %(default)s)")
 
@@ -414,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-object-points", type=int)
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--render", help="write a top view with each object's box and label to this PNG")
-    _recognizer_args(p)
+    _recognizer_args(p, up_default="z; -y for depth images")
     _model_args(p)
 
     p = add("classify-image", "which label fits a region of an image")
@@ -442,12 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", action="store_true", help="FALIP and the plain-CLIP baseline from the same views")
     p.add_argument("--batch-size", type=int, default=16, help="objects per batch (default %(default)s)")
     p.add_argument("--out", help="report path (default evaluate_<dataset>.json); the confusion PNG goes beside it")
-    p.add_argument("--preset", default="pointclip_v2", help="configs/presets name or YAML file (default %(default)s)")
-    p.add_argument("--projection", choices=("realistic", "simple"), help="override the preset's projection")
-    p.add_argument("--no-falip", dest="falip", action="store_false", help="plain CLIP alone (the baseline)")
-    p.add_argument("--up-axis", choices=UP_AXES, help="up axis of the clouds (default: the dataset's)")
-    p.add_argument("--prompt-file", help="per-class prompts in PointCLIP V2's JSON layout")
-    p.add_argument("--num-points", type=int, default=2048, help="points per object (default %(default)s)")
+    _recognizer_args(p, up_default="the dataset's")
     _model_args(p)
     return parser
 

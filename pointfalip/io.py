@@ -86,7 +86,7 @@ def load_points(source: Any, num_points: int = 2048, seed: int = 0, max_points: 
         if ext in MESH_EXTENSIONS:
             vertices, faces = _read_geometry(path, ext)
             if faces is None:  # a point cloud (a .ply without faces)
-                points = _as_xyz(vertices, name)
+                points = xyz_columns(vertices, name)
                 points = _subsample(points, max_points, rng)
             else:
                 points = _sample_mesh(vertices, faces, num_points, seed, rng, name)
@@ -94,7 +94,7 @@ def load_points(source: Any, num_points: int = 2048, seed: int = 0, max_points: 
             points = _POINT_READERS[ext](path, max_points, rng)
         return validate(_finite_rows(points) if drop_nonfinite else points, name=name)
 
-    points = _as_xyz(_to_numpy(source, "points"), "points")
+    points = xyz_columns(as_array(source, "points"), "points")
     points = _finite_rows(points) if drop_nonfinite else points
     points = validate(_subsample(points, max_points, rng), name="points")
     return points.copy() if points is source else points  # never the caller's own array
@@ -116,7 +116,7 @@ def validate(points: Any, min_points: int = 8, name: str = "points") -> np.ndarr
         InputError: wrong shape or dtype, no points, NaN / infinite coordinates (saying how many points),
             fewer than ``min_points`` distinct points.
     """
-    arr = _to_numpy(points, name)
+    arr = as_array(points, name)
     if arr.ndim != 2 or arr.shape[1] != 3:
         raise InputError(f"{name}: expected points of shape (N, 3), got {tuple(arr.shape)}; "
                          "pass x, y, z columns only (load_points drops extra columns)")
@@ -155,7 +155,7 @@ def normalize(points: Any, up_axis: str = "y") -> np.ndarray:
     axis = str(up_axis).strip().lower()
     if axis not in _UP_ROTATIONS:
         raise InputError(f"unknown up axis {up_axis!r}; use one of {', '.join(UP_AXES)}")
-    arr = _to_numpy(points, "points")
+    arr = as_array(points, "points")
     if arr.ndim not in (2, 3) or arr.shape[-1] != 3 or arr.shape[-2] == 0:
         raise InputError(f"points: expected shape (N, 3) or (B, N, 3) with N > 0, got {tuple(arr.shape)}")
     arr = arr.astype(np.float64)
@@ -170,7 +170,7 @@ def normalize(points: Any, up_axis: str = "y") -> np.ndarray:
 
 def describe(points: Any) -> str:
     """One line about a cloud: number of points, bounding-box extents and centroid."""
-    arr = _to_numpy(points, "points").reshape(-1, 3).astype(np.float64)
+    arr = as_array(points, "points").reshape(-1, 3).astype(np.float64)
     if len(arr) == 0:
         return "0 points"
     lo, hi = arr.min(axis=0), arr.max(axis=0)
@@ -194,7 +194,7 @@ def _positive_int(value: Any, what: str) -> int:
     return int(value)
 
 
-def _to_numpy(obj: Any, name: str) -> np.ndarray:
+def as_array(obj: Any, name: str) -> np.ndarray:
     """An ndarray view of an array, tensor or nested list (tensors: detached, on the CPU, float32)."""
     torch = sys.modules.get("torch")  # if torch is not imported, obj cannot be a tensor
     if torch is not None and isinstance(obj, torch.Tensor):
@@ -210,7 +210,7 @@ def _to_numpy(obj: Any, name: str) -> np.ndarray:
     return arr
 
 
-def _as_xyz(arr: np.ndarray, name: str) -> np.ndarray:
+def xyz_columns(arr: np.ndarray, name: str) -> np.ndarray:
     """First three columns of an ``(N, C)`` or ``(1, N, C)`` array (not copied yet)."""
     if arr.dtype.kind not in "fiu":
         raise InputError(f"{name}: data of dtype {arr.dtype} is not coordinates; give real numbers")
@@ -413,7 +413,7 @@ def _read_text(path: Path, max_points: int | None, rng: np.random.Generator) -> 
                                  "every row must start with x y z as numbers") from e
     except OSError as e:
         raise InputError(f"{path}: cannot read the file ({_reason(e)})") from e
-    return _subsample(_as_xyz(data, str(path)), max_points, rng)
+    return _subsample(xyz_columns(data, str(path)), max_points, rng)
 
 
 def _read_npy(path: Path, max_points: int | None, rng: np.random.Generator) -> np.ndarray:
@@ -421,7 +421,7 @@ def _read_npy(path: Path, max_points: int | None, rng: np.random.Generator) -> n
         arr = np.load(path, mmap_mode="r", allow_pickle=False)  # memory-mapped: only chosen rows are read
     except (ValueError, OSError, EOFError) as e:
         raise _corrupt(path, "a .npy array", e) from e
-    xyz = _as_xyz(arr, str(path))
+    xyz = xyz_columns(arr, str(path))
     idx = _subsample_index(len(xyz), max_points, rng)
     return np.array(xyz if idx is None else xyz[idx], dtype=np.float64)
 
@@ -439,7 +439,7 @@ def _read_npz(path: Path, max_points: int | None, rng: np.random.Generator) -> n
         raise
     except Exception as e:  # noqa: BLE001 - zipfile and numpy raise many types for bad archives
         raise _corrupt(path, "a .npz archive", e) from e
-    return _subsample(_as_xyz(arr, f"{path}[{key}]"), max_points, rng)
+    return _subsample(xyz_columns(arr, f"{path}[{key}]"), max_points, rng)
 
 
 _POINT_READERS: dict[str, Callable[[Path, int | None, np.random.Generator], np.ndarray]] = {

@@ -39,14 +39,13 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 
+from .configs import CONFIG_DIR, read_yaml
 from .errors import InputError
 
 _CPU_CHUNK_FLOATS = 1 << 22  # work-buffer floats (16 MiB) an image chunk may use on the CPU: cache-sized chunks
 _GPU_CHUNK_FLOATS = 1 << 28  # the same on other devices (1 GiB): bounds memory for large batches
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 VIEWS_FILE = CONFIG_DIR / "views.yaml"
 
 __all__ = [
@@ -128,7 +127,7 @@ class ProjectionConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> "ProjectionConfig":
         """Read settings from a YAML file laid out like ``configs/projection.yaml``."""
-        data = _read_yaml(Path(path))
+        data = read_yaml(Path(path))
         return cls.from_dict(data.get("projection", data) or {})
 
 
@@ -230,22 +229,9 @@ def _degrees_to_radians(angles: Sequence, what: str) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------------- presets
 
-def _read_yaml(path: Path) -> dict:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
-    except FileNotFoundError as e:
-        raise InputError(f"config file {path} not found") from e
-    except yaml.YAMLError as e:
-        raise InputError(f"config file {path} is not valid YAML: {e}") from e
-    if not isinstance(data, dict):
-        raise InputError(f"config file {path} must hold a mapping")
-    return data
-
-
 @functools.lru_cache(maxsize=None)
 def _view_specs() -> dict:
-    presets = _read_yaml(VIEWS_FILE).get("presets")
+    presets = read_yaml(VIEWS_FILE).get("presets")
     if not isinstance(presets, dict) or not presets:
         raise InputError(f"{VIEWS_FILE} has no 'presets' mapping")
     return presets

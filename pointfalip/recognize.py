@@ -13,15 +13,15 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
-import yaml
 
 from . import io, prompts
+from .configs import CONFIG_DIR, read_yaml
 from .errors import InputError
 from .foveal import FovealConfig, from_occupancy
 from .model import FalipCLIP
 from .projection import DepthViews, project
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "configs" / "presets"
+PRESET_DIR = CONFIG_DIR / "presets"
 ENCODER_BATCH = 64  # images per encoder call: bounds memory, keeps batches large
 
 
@@ -60,8 +60,7 @@ def load_preset(name_or_path: str) -> RecognizerConfig:
         path = PRESET_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
         raise InputError(f"unknown preset '{name_or_path}': choose one of {', '.join(list_presets())} or a YAML file")
-    with open(path) as f:
-        return RecognizerConfig.from_dict(yaml.safe_load(f) or {})
+    return RecognizerConfig.from_dict(read_yaml(path))
 
 
 def _as_clouds(points) -> tuple[list, bool]:

@@ -33,7 +33,6 @@ Settings: :class:`SegmentationConfig` (defaults: the ``tabletop`` preset); prese
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -42,6 +41,8 @@ from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
+from . import io
+from .configs import CONFIG_DIR, read_yaml
 from .errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ __all__ = [
     "segment_scene",
 ]
 
-CONFIG_FILE = Path(__file__).resolve().parent.parent / "configs" / "scene.yaml"
+CONFIG_FILE = CONFIG_DIR / "scene.yaml"
 
 _RANSAC_N = 3  # points a RANSAC hypothesis is drawn from (three define a plane)
 _PLANE_SPAN_PERCENTILES = (5.0, 95.0)  # a plane's in-plane span: that of the central 90 % of its points
@@ -139,16 +140,7 @@ def _check_int(cfg: SegmentationConfig, name: str, minimum: int) -> None:
 
 
 def _read_presets(path: Path) -> dict:
-    import yaml
-
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
-    except FileNotFoundError as e:
-        raise InputError(f"config file {path} not found") from e
-    except yaml.YAMLError as e:
-        raise InputError(f"config file {path} is not valid YAML: {' '.join(str(e).split())}") from e
-    presets = data.get("presets") if isinstance(data, dict) else None
+    presets = read_yaml(path).get("presets")
     if not isinstance(presets, dict) or not presets:
         raise InputError(f"config file {path} has no 'presets' mapping (see configs/scene.yaml)")
     return presets
@@ -312,22 +304,7 @@ def segment_scene(points: Any, config: SegmentationConfig | None = None) -> Scen
 
 def _scene_points(points: Any) -> tuple[np.ndarray, np.ndarray]:
     """Finite rows of the input as float64 ``(N, 3)`` and their row numbers in the input."""
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(points, torch.Tensor):
-        if points.is_complex():
-            raise InputError(f"scene points: tensor of dtype {points.dtype} is not coordinates")
-        points = points.detach().to(device="cpu", dtype=torch.float64).numpy()
-    try:
-        arr = np.asarray(points)
-    except (TypeError, ValueError) as e:
-        raise InputError(f"scene points: not an array of coordinates ({e})") from e
-    if arr.dtype.kind not in "fiu":
-        raise InputError(f"scene points: dtype {arr.dtype} is not coordinates; give an (N, 3) array of numbers")
-    if arr.ndim == 3 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim != 2 or arr.shape[1] < 3:
-        raise InputError(f"scene points: expected shape (N, 3), got {tuple(arr.shape)}")
-    arr = arr[:, :3].astype(np.float64)
+    arr = io.xyz_columns(io.as_array(points, "scene points"), "scene points").astype(np.float64)
     finite = np.isfinite(arr).all(axis=1)
     if finite.all():
         return arr, np.arange(len(arr), dtype=np.int64)
