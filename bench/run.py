@@ -42,17 +42,17 @@ def best(fn, repeats):
 
 
 def paired(fn_a, fn_b, repeats):
-    """Best times of two functions run alternately, so that drifting load hits both alike."""
+    """Best times of two functions run alternately, each going first every other time, so that drifting load
+    and the second call's slowdown measured on this machine hit both alike."""
     fn_a(), fn_b()
-    best_a = best_b = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn_a()
-        t1 = time.perf_counter()
-        fn_b()
-        t2 = time.perf_counter()
-        best_a, best_b = min(best_a, t1 - t0), min(best_b, t2 - t1)
-    return best_a, best_b
+    best = [float("inf"), float("inf")]
+    for i in range(repeats):
+        order = [(0, fn_a), (1, fn_b)] if i % 2 == 0 else [(1, fn_b), (0, fn_a)]
+        for k, fn in order:
+            t0 = time.perf_counter()
+            fn()
+            best[k] = min(best[k], time.perf_counter() - t0)
+    return best[0], best[1]
 
 
 def rss_of(code: str) -> float:

@@ -454,6 +454,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.verbose:  # third-party chatter (open_clip logs download failures on the root logger) stays quiet;
         logging.getLogger().setLevel(logging.CRITICAL)  # our own warnings still reach the handler
         logging.getLogger("pointfalip").setLevel(logging.WARNING)
+        logging.getLogger("huggingface_hub").setLevel(logging.CRITICAL)  # its download retries log their own lines
     warnings.filterwarnings("ignore", category=FutureWarning)
     try:
         result = COMMANDS[args.command](args)
