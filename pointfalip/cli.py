@@ -142,7 +142,7 @@ def _grid_for(model_name: str) -> tuple[tuple[int, int], int]:
     if cfg is None:
         raise InputError(f"unknown model '{model_name}': choose one of open_clip.list_models(), e.g. ViT-B-16")
     vision = cfg["vision_cfg"]
-    if "patch_size" not in vision:
+    if not vision.get("patch_size"):
         raise InputError(f"model '{model_name}' is not a ViT: foveal masks need a patch grid")
     size = vision["image_size"]
     size = size if isinstance(size, int) else size[0]

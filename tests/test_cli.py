@@ -220,3 +220,10 @@ def test_scene_bag_frames_and_errors(env, tiny_json, tmp_path):
     assert_user_error(pf(env, "scene", tmp_path / "depth.png", "--labels", "a", ok=False), "does not exist")
     Image.fromarray(np.full((8, 8), 1000, np.uint16)).save(tmp_path / "depth.png")
     assert_user_error(pf(env, "scene", tmp_path / "depth.png", "--labels", "a", ok=False), "intrinsics")
+
+
+def test_render_and_demo_bad_input(env, bad_files, tmp_path):
+    assert_user_error(pf(env, "render", bad_files / "nan.npy", "-o", tmp_path / "v.png", ok=False), "nan")
+    assert_user_error(pf(env, "render", bad_files / "missing.off", ok=False), "missing.off")
+    assert_user_error(pf(env, "render", bad_files / "few.npy", "--model", "RN50", ok=False), "not a vit")
+    assert_user_error(pf(env, "demo", "--model", "ViT-B-16", ok=False), "--pretrained")  # offline, nothing cached
