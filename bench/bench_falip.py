@@ -59,8 +59,8 @@ def main():
 
     print(f"{args.model}, batch {args.batch}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"{platform.processor() or platform.machine()}; median of {args.repeats}")
-    print(f"| precision | plain (s/batch) | FALIP (s/batch) | FALIP / plain | vs fp32 plain |")
-    print(f"|---|---|---|---|---|")
+    print("| precision | plain (s/batch) | FALIP (s/batch) | FALIP / plain | vs fp32 plain |")
+    print("|---|---|---|---|---|")
     base = rows[0][1]
     for name, plain, falip in rows:
         print(f"| {name} | {plain:.3f} | {falip:.3f} | {falip / plain:.3f} | {base / plain:.2f}x faster |")

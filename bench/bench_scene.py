@@ -7,7 +7,6 @@ cone) scaled to 12-25 cm, z up, in metres. Random weights: timing does not depen
 """
 import argparse
 import copy
-import time
 import warnings
 
 import numpy as np

@@ -27,7 +27,6 @@ from bench_projection import _clouds, reference_realistic, reference_views  # no
 
 from pointfalip import Recognizer, load_model  # noqa: E402
 from pointfalip.demo import demo_clouds  # noqa: E402
-from pointfalip.foveal import FovealConfig, from_occupancy  # noqa: E402
 from pointfalip.projection import ProjectionConfig, project  # noqa: E402
 
 

@@ -1,6 +1,5 @@
 """Shared fixtures: tiny open_clip ViT configs registered under their own names, and reference data paths."""
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -57,6 +56,27 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is absent")
     return SHARED_DATA
+
+
+def raises_one_line(fn, *args, match=None, **kwargs) -> str:
+    """The one-line InputError message that fn(*args, **kwargs) raises."""
+    from pointfalip.errors import InputError
+
+    with pytest.raises(InputError, match=match) as info:
+        fn(*args, **kwargs)
+    msg = str(info.value)
+    assert msg and "\n" not in msg, msg
+    return msg
+
+
+def assert_user_error(proc, *words):
+    """A finished CLI subprocess that failed on user input: exit 2, one stderr line holding `words`."""
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for w in words:
+        assert w.lower() in lines[0].lower(), lines[0]
 
 
 def load_random(name: str = "pf-tiny-16", **kwargs):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TINY
+from conftest import TINY, assert_user_error
 
 
 @pytest.fixture(scope="module")
@@ -31,15 +31,6 @@ def pf(env, *args, ok=True):
     if ok:
         assert proc.returncode == 0, proc.stderr
     return proc
-
-
-def assert_user_error(proc, *words):
-    assert proc.returncode == 2, (proc.returncode, proc.stderr)
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    for w in words:
-        assert w.lower() in lines[0].lower(), lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import raises_one_line as _raises_one_line
 import trimesh
 
 from pointfalip import datasets
@@ -23,14 +24,6 @@ SCANOBJECTNN = ["bag", "bin", "box", "cabinet", "chair", "desk", "display", "doo
                 "sink", "sofa", "toilet"]
 H5_PREFIX = "data/modelnet40_ply_hdf5_2048/"
 P = 2048  # points per cloud in the h5 releases
-
-
-def _raises_one_line(fn, *args, match=None, **kwargs) -> str:
-    with pytest.raises(InputError, match=match) as info:
-        fn(*args, **kwargs)
-    msg = str(info.value)
-    assert msg and "\n" not in msg, msg
-    return msg
 
 
 def _clouds(n: int, seed: int) -> np.ndarray:

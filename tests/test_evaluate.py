@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 import open_clip
 import pytest
+
 import torch
 import torch.nn.functional as F
 import trimesh
@@ -25,7 +26,7 @@ from pointfalip.model import load_model
 from pointfalip.projection import project
 from pointfalip.recognize import Recognizer
 
-from conftest import TINY
+from conftest import TINY, assert_user_error
 
 MODELNET40 = ["airplane", "bathtub", "bed", "bench", "bookshelf", "bottle", "bowl", "car", "chair", "cone", "cup",
               "curtain", "desk", "door", "dresser", "flower_pot", "glass_box", "guitar", "keyboard", "lamp", "laptop",
@@ -176,15 +177,6 @@ def assert_one_line_error(code, err, *words):
     assert code == 2
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("pointfalip evaluate: error:"), err
-    for w in words:
-        assert w.lower() in lines[0].lower(), lines[0]
-
-
-def assert_user_error(proc, *words):
-    assert proc.returncode == 2, (proc.returncode, proc.stderr)
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
     for w in words:
         assert w.lower() in lines[0].lower(), lines[0]
 

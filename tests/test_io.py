@@ -4,11 +4,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import raises_one_line as _raises_one_line
 import torch
 import trimesh
 
 from pointfalip import io as pio
-from pointfalip.errors import InputError
 from pointfalip.io import describe, load_points, normalize, validate
 
 MESHES = Path(__file__).resolve().parents[2] / "shared" / "data" / "meshes"
@@ -20,14 +20,6 @@ def cloud() -> np.ndarray:
     """An off-centre cloud in its own coordinates, with distinct points."""
     rng = np.random.default_rng(42)
     return (rng.normal(size=(500, 3)) * [1.0, 2.0, 0.5] + [10.0, -3.0, 7.0]).astype(np.float64)
-
-
-def _raises_one_line(fn, *args, match=None, **kwargs) -> str:
-    with pytest.raises(InputError, match=match) as info:
-        fn(*args, **kwargs)
-    msg = str(info.value)
-    assert msg and "\n" not in msg, msg
-    return msg
 
 
 def _off_text(mesh: trimesh.Trimesh, header: str = "OFF\n") -> str:
