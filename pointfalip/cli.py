@@ -48,13 +48,17 @@ def _model_args(p: argparse.ArgumentParser, default_model: str = "ViT-B-16") -> 
     g.add_argument("--pretrained", default="openai",
                    help="open_clip tag, hf-hub:ID, local checkpoint, or 'none' for random weights (default %(default)s)")
     g.add_argument("--device", default=_default_device(), help="torch device (default %(default)s)")
-    g.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
-                   help="auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32 (default %(default)s)")
+    g.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32 (default: the preset's, auto)")
 
 
 def _load(args):
     from .model import load_model
 
+    if args.precision is None:
+        from .recognize import load_preset
+
+        args.precision = load_preset(args.preset).precision if getattr(args, "preset", None) else "auto"
     return load_model(args.model, args.pretrained, device=args.device, precision=args.precision)
 
 

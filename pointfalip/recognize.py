@@ -36,6 +36,7 @@ class RecognizerConfig:
     templates: Union[str, list[str]] = "depth"
     prompt_file: Optional[str] = None
     up_axis: str = "y"
+    precision: str = "auto"  # what the command line loads the model in unless --precision says otherwise
     foveal: FovealConfig = field(default_factory=FovealConfig)
 
     @classmethod
