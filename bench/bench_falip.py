@@ -5,16 +5,14 @@
 Random weights (no download): timing and numerics do not depend on the weights' values.
 """
 import argparse
-import copy
 import platform
 import statistics
 import time
-import warnings
 
 import torch
 import torch.nn.functional as F
 
-from pointfalip import load_model
+from common import fp32_and_bf16
 from pointfalip.foveal import from_token_boxes
 
 
@@ -35,10 +33,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fp32 = load_model(args.model, pretrained="none", precision="fp32")
-    bf16 = type(fp32)(copy.deepcopy(fp32.clip), fp32.tokenizer, name=fp32.name, precision="bf16")
+    fp32, bf16 = fp32_and_bf16(args.model)
     images = torch.rand(args.batch, 3, *fp32.image_size)
     gh, gw = fp32.grid_size
     r0 = torch.randint(0, gh // 2, (args.batch,))

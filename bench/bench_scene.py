@@ -6,13 +6,13 @@ A 50k-point tabletop scene: a 1.2 m x 0.8 m table (2 mm noise) with four demo ob
 cone) scaled to 12-25 cm, z up, in metres. Random weights: timing does not depend on the weights' values.
 """
 import argparse
-import copy
-import warnings
 
 import numpy as np
 import torch
 
-from pointfalip import Recognizer, load_model
+from common import fp32_and_bf16
+
+from pointfalip import Recognizer
 from pointfalip.demo import demo_clouds
 from pointfalip.scene import SceneRecognizer, load_segmentation_config
 
@@ -39,10 +39,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     scene = tabletop()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fp32 = load_model(args.model, pretrained="none", precision="fp32")
-    bf16 = type(fp32)(copy.deepcopy(fp32.clip), fp32.tokenizer, name=fp32.name, precision="bf16")
+    fp32, bf16 = fp32_and_bf16(args.model)
     print(f"{args.model}, {len(scene)}-point tabletop scene, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}; best of {args.repeats} frames")
     print("| precision | objects | segmentation (s) | projection (s) | encoder (s) | total per frame (s) |")

@@ -7,14 +7,12 @@ bench_projection.py) followed by open_clip's fp32 encoder — the pipeline the r
 timings do not depend on the weights' values. Ratios are what to read; absolute times depend on the load.
 """
 import argparse
-import copy
 import os
 import platform
 import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import h5py
@@ -25,7 +23,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_projection import _clouds, reference_realistic, reference_views  # noqa: E402
 
-from pointfalip import Recognizer, load_model  # noqa: E402
+from common import fp32_and_bf16  # noqa: E402
+
+from pointfalip import Recognizer  # noqa: E402
 from pointfalip.demo import demo_clouds  # noqa: E402
 from pointfalip.projection import ProjectionConfig, project  # noqa: E402
 
@@ -70,10 +70,7 @@ def main():
     ap.add_argument("--skip-memory", action="store_true")
     args = ap.parse_args()
     torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fp32 = load_model(args.model, pretrained="none", precision="fp32")
-    bf16 = type(fp32)(copy.deepcopy(fp32.clip), fp32.tokenizer, name=fp32.name, precision="bf16")
+    fp32, bf16 = fp32_and_bf16(args.model)
     rows = []
 
     def row(what, value, reference="", note=""):

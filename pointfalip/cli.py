@@ -87,6 +87,13 @@ def _labels(args) -> tuple[Optional[list[str]], Optional[str]]:
 
 
 # ---- 3D ------------------------------------------------------------------------------------------------
+def _label_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--labels", help="comma-separated names")
+    g.add_argument("--labels-file", help="one name per line")
+    g.add_argument("--dataset", help="a dataset's class names: modelnet40, modelnet10, scanobjectnn")
+
+
 def _recognizer_args(p: argparse.ArgumentParser, up_default: str = "the preset's, y") -> None:
     p.add_argument("--preset", default="pointclip_v2", help="configs/presets name or YAML file (default %(default)s)")
     p.add_argument("--projection", choices=("realistic", "simple"), help="override the preset's projection")
@@ -377,10 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("classify", "which label fits each point cloud")
     p.add_argument("files", nargs="+", metavar="FILE")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--labels", help="comma-separated names")
-    g.add_argument("--labels-file", help="one name per line")
-    g.add_argument("--dataset", help="a dataset's class names: modelnet40, modelnet10, scanobjectnn")
+    _label_args(p)
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--per-view", action="store_true", help="each view's top label and score too")
     _recognizer_args(p)
@@ -403,10 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("scene", "segment a scene (point file, depth image or ROS 2 bag) and recognise each object")
     p.add_argument("input", metavar="INPUT", help="point file, depth image (.png/.tif) or rosbag2 folder/.db3/.mcap")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--labels", help="comma-separated names")
-    g.add_argument("--labels-file", help="one name per line")
-    g.add_argument("--dataset", help="a dataset's class names: modelnet40, modelnet10, scanobjectnn")
+    _label_args(p)
     p.add_argument("--topic", help="PointCloud2 topic of a bag (default: its only one)")
     p.add_argument("--intrinsics", help="fx,fy,cx,cy of a depth image")
     p.add_argument("--depth-scale", type=float, help="raw depth units per metre (default 1000 for 16-bit)")

@@ -1,0 +1,13 @@
+"""Shared set-up of the bench scripts: one random-weight model in fp32 and a bf16 copy of it."""
+import copy
+import warnings
+
+from pointfalip import load_model
+
+
+def fp32_and_bf16(name: str):
+    """(fp32, bf16) FalipCLIPs with the same random weights (timing does not depend on their values)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fp32 = load_model(name, pretrained="none", precision="fp32")
+    return fp32, type(fp32)(copy.deepcopy(fp32.clip), fp32.tokenizer, name=fp32.name, precision="bf16")
