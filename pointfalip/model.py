@@ -28,6 +28,7 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float
 # Keys that only OpenAI's released state dicts carry (integer buffers of their `build_model`).
 _OPENAI_ONLY_KEYS = ("input_resolution", "context_length", "vocab_size")
 _TEXT_BATCH = 256
+DENSE_MODES = ("tokens", "clearclip")  # how encode_image(..., return_tokens=True) makes its patch tokens
 
 ImageBias = Optional[torch.Tensor]
 
@@ -263,20 +264,41 @@ class FalipCLIP(nn.Module):
         return F.normalize(out, dim=-1) if normalize else out
 
     def encode_image(self, images: torch.Tensor, cls_bias: ImageBias = None, layers: Optional[Iterable[int]] = None,
-                     heads: Optional[Iterable[int]] = None, amplify: float = 0.0,
-                     normalize: bool = False) -> torch.Tensor:
-        """Image features (N, D) with an optional foveal bias.
+                     heads: Optional[Iterable[int]] = None, amplify: float = 0.0, normalize: bool = False,
+                     return_tokens: bool = False, dense: str = "tokens"):
+        """Image features (N, D) with an optional foveal bias; with return_tokens, also the patch tokens.
 
         images: (N, 3, H, W) preprocessed, any float dtype. cls_bias: (N, gh, gw) or (N, gh*gw) added to the CLS
         query's attention logits toward the patch tokens in blocks `layers` (default: the last four; negative
         indices allowed) and heads `heads` (default: all). amplify: γ of the head-sensitivity rule
         G'_h + γ(G'_h - G_h) on the CLS output of those blocks. cls_bias=None is open_clip's encode_image.
+
+        return_tokens: return ``(features (N, D), tokens (N, gh*gw, D))``, the patch tokens after ``ln_post`` and
+        the projection (float32, unit-normalised with ``normalize``), in row-major patch order. dense: how the
+        tokens are made, one of `DENSE_MODES`: "tokens" (the encoder's own last block, PointCLIP V2's dense
+        features) or "clearclip" (ClearCLIP's last block, see `_clearclip_block`; the pooled features stay
+        the encoder's own).
         """
         images = images.to(self.device, self.dtype)
-        if cls_bias is None:
+        if dense not in DENSE_MODES:
+            raise InputError(f"unknown dense mode '{dense}': choose one of {', '.join(DENSE_MODES)}")
+        if cls_bias is None and not return_tokens:
             feats = self.clip.encode_image(images)
         else:
-            feats = self._encode_foveal(images, cls_bias, layers, heads, amplify)
+            x, plan = self._trunk(images, cls_bias, layers, heads, amplify, stop_before_last=dense == "clearclip")
+            if dense == "clearclip":
+                last = self.visual.transformer.resblocks[-1]
+                dense_x = _clearclip_block(last, x)
+                x = self._run_block(last, x, len(self.visual.transformer.resblocks) - 1, plan)
+                feats, _ = self._pool_project(x)
+                _, tokens = self._pool_project(dense_x)
+            else:
+                feats, tokens = self._pool_project(x)
+            if return_tokens:
+                feats, tokens = feats.float(), tokens.float()
+                if normalize:
+                    feats, tokens = F.normalize(feats, dim=-1), F.normalize(tokens, dim=-1)
+                return feats, tokens
         feats = feats.float()
         return F.normalize(feats, dim=-1) if normalize else feats
 
@@ -336,37 +358,57 @@ class FalipCLIP(nn.Module):
         return both[:images.shape[0]], both[images.shape[0]:]
 
     def _encode_foveal(self, images, cls_bias, layers, heads, amplify, with_plain: bool = False) -> torch.Tensor:
+        x, _ = self._trunk(images, cls_bias, layers, heads, amplify, with_plain=with_plain)
+        return self._pool_project(x)[0]
+
+    def _trunk(self, images, cls_bias, layers, heads, amplify, with_plain: bool = False,
+               stop_before_last: bool = False) -> tuple[torch.Tensor, tuple]:
+        """Tokens (N, 1 + P, W) after the transformer blocks (all, or all but the last), the foveal bias applied
+        in the chosen blocks, and the plan `_run_block` needs for a block not yet run; with_plain doubles the
+        batch from the first foveal block on (biased copy, then plain copy)."""
         self._require_vit()
         v = self.visual
         gh, gw = self.grid_size
         if tuple(images.shape[-2:]) != self.image_size:
             raise ValueError(f"images are {tuple(images.shape[-2:])} but {self.name} takes {self.image_size}")
-        chosen = set(self.resolve_layers(layers))
-        bias = _as_flat_bias(torch.as_tensor(cls_bias, device=self.device), images.shape[0], gh * gw)
+        blocks = v.transformer.resblocks
+        chosen = set(self.resolve_layers(layers)) if cls_bias is not None else set()
         x, keep = self._embed(images)
-        if keep is not None:
-            bias = torch.cat([bias[:, :1], bias[:, 1:].gather(1, keep)], dim=1)
-        head_mask = self._head_mask(heads)
-        bias = bias[:, None, None, :]  # (N, 1, 1, L): broadcast over heads and the single CLS query
-        if head_mask is not None:
-            bias = bias * head_mask[None, :, None, None]
-        batch_first = getattr(v.transformer, "batch_first", True)
-        first = min(chosen) if chosen else len(v.transformer.resblocks)
-        for i, block in enumerate(v.transformer.resblocks):
+        bias = None
+        if cls_bias is not None:
+            bias = _as_flat_bias(torch.as_tensor(cls_bias, device=self.device), images.shape[0], gh * gw)
+            if keep is not None:
+                bias = torch.cat([bias[:, :1], bias[:, 1:].gather(1, keep)], dim=1)
+            head_mask = self._head_mask(heads)
+            bias = bias[:, None, None, :]  # (N, 1, 1, L): broadcast over heads and the single CLS query
+            if head_mask is not None:
+                bias = bias * head_mask[None, :, None, None]
+        first = min(chosen) if chosen else len(blocks)
+        end = len(blocks) - 1 if stop_before_last else len(blocks)
+        for i in range(end):
             if with_plain and i == first:  # from here on, a biased copy and a plain copy (zero bias)
                 x = torch.cat([x, x])
-                bias = torch.cat([bias.expand(x.shape[0] // 2, *bias.shape[1:]), torch.zeros_like(bias)
-                                  .expand(x.shape[0] // 2, *bias.shape[1:])])
-            if i in chosen:
-                x = _foveal_block(block, x, bias, amplify)
-            elif batch_first:
-                x = block(x)
-            else:
-                x = block(x.transpose(0, 1)).transpose(0, 1)
-        pooled, _ = v._pool(x)
+                half = x.shape[0] // 2
+                bias = torch.cat([bias.expand(half, *bias.shape[1:]), torch.zeros_like(bias).expand(half, *bias.shape[1:])])
+            x = self._run_block(blocks[i], x, i, (chosen, bias, amplify))
+        return x, (chosen, bias, amplify)
+
+    def _run_block(self, block: nn.Module, x: torch.Tensor, index: int, plan) -> torch.Tensor:
+        chosen, bias, amplify = plan
+        if index in chosen:
+            return _foveal_block(block, x, bias, amplify)
+        if getattr(self.visual.transformer, "batch_first", True):
+            return block(x)
+        return block(x.transpose(0, 1)).transpose(0, 1)
+
+    def _pool_project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pooled (N, D), patch tokens (N, P, D)) after ln_post and the projection, as open_clip pools."""
+        v = self.visual
+        pooled, tokens = v._pool(x)
         if v.proj is not None:
             pooled = pooled @ v.proj
-        return pooled
+            tokens = tokens @ v.proj
+        return pooled, tokens
 
 
 def _foveal_block(block: nn.Module, x: torch.Tensor, bias: torch.Tensor, amplify: float) -> torch.Tensor:
@@ -395,3 +437,21 @@ def _foveal_block(block: nn.Module, x: torch.Tensor, bias: torch.Tensor, amplify
     out = attn.out_proj(out.transpose(1, 2).reshape(n, length, dim))
     x = x + block.ls_1(out)
     return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+def _clearclip_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """ClearCLIP's last block (Lan et al., ECCV 2024, eq. 6-7): ``X = Proj(Attn_qq(LN(X)))``.
+
+    The residual connection and the feed-forward branch are dropped and the attention is query-query:
+    ``Attn_qq = softmax(Q Qᵀ / √d) V``, per head, with the block's own projections. What it returns goes to
+    ``ln_post`` and the output projection as the encoder's own tokens do.
+    """
+    if not isinstance(block, ResidualAttentionBlock) or not isinstance(block.attn, nn.MultiheadAttention):
+        raise UnsupportedModel(f"ClearCLIP needs open_clip's standard attention blocks, not {type(block).__name__}")
+    attn = block.attn
+    n, length, dim = x.shape
+    heads = attn.num_heads
+    q, _, v = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).view(
+        n, length, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+    out = F.scaled_dot_product_attention(q, q, v)
+    return attn.out_proj(out.transpose(1, 2).reshape(n, length, dim))
