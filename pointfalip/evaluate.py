@@ -42,7 +42,7 @@ from typing import Iterator, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from . import __version__, prompts
+from . import __version__
 from .datasets import Dataset
 from .errors import InputError
 from .model import FalipCLIP
@@ -389,8 +389,9 @@ def evaluate(model: FalipCLIP, dataset: Dataset, preset: Union[str, RecognizerCo
 
     Args:
         model: a loaded `FalipCLIP`.
-        dataset: from `datasets.open_dataset`; its class names (`prompts.humanize`d) are the labels and its
-            ``up_axis`` the input frame (``up_axis=`` among the overrides wins).
+        dataset: from `datasets.open_dataset`; its raw class names are the labels (a reference preset fills its
+            prompts by the reference's rule) and its ``up_axis`` the input frame (``up_axis=`` among the overrides
+            wins).
         preset: a preset name, YAML file or `RecognizerConfig`.
         compare: FALIP and the baseline from the same projections (both runs in the report).
         falip: False for the plain-CLIP baseline alone (refused together with ``compare``).
@@ -411,8 +412,7 @@ def evaluate(model: FalipCLIP, dataset: Dataset, preset: Union[str, RecognizerCo
     overrides = {k: v for k, v in recognizer_overrides.items() if v is not None}
     cache_dir = overrides.pop("cache_dir", None)
     overrides.setdefault("up_axis", dataset.up_axis)
-    labels = [prompts.humanize(c) for c in dataset.classes]
-    rec = Recognizer(model, labels=labels, preset=preset, falip=runs[0] == FALIP, cache_dir=cache_dir, **overrides)
+    rec = Recognizer(model, labels=list(dataset.classes), preset=preset, falip=runs[0] == FALIP, cache_dir=cache_dir, **overrides)
     preset_name = preset if isinstance(preset, str) else "custom"
     out = Path(out) if out is not None else default_report_path(dataset.name)
     out.parent.mkdir(parents=True, exist_ok=True)

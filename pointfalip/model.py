@@ -28,6 +28,7 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float
 # Keys that only OpenAI's released state dicts carry (integer buffers of their `build_model`).
 _OPENAI_ONLY_KEYS = ("input_resolution", "context_length", "vocab_size")
 _TEXT_BATCH = 256
+RANDOM_WEIGHTS_SEED = 0  # pretrained="none" draws its weights from this seed: repeatable runs, equal torchrun ranks
 DENSE_MODES = ("tokens", "clearclip")  # how encode_image(..., return_tokens=True) makes its patch tokens
 
 ImageBias = Optional[torch.Tensor]
@@ -83,6 +84,11 @@ def _read_checkpoint(path: str) -> tuple[dict, bool]:
     return state, any(k in state for k in _OPENAI_ONLY_KEYS)
 
 
+def is_random(pretrained: Optional[str]) -> bool:
+    """Whether ``pretrained`` asks for random weights (None, "" or "none")."""
+    return pretrained is None or str(pretrained).strip().lower() in ("", "none")
+
+
 def resolve_model_name(name: str) -> str:
     """An open_clip model name; a path to a model config JSON is registered under its file stem."""
     if name.endswith(".json") and os.path.isfile(name):
@@ -126,11 +132,13 @@ def _offline_hint(what: str) -> str:
 
 
 def _build(name: str, pretrained: Optional[str]) -> nn.Module:
-    if pretrained is None or str(pretrained).lower() in ("", "none"):
+    if is_random(pretrained):
         _check_name(name)
         warnings.warn(f"pointfalip: model '{name}' has random weights (pretrained='none'); "
                       "its predictions are meaningless", UserWarning, stacklevel=3)
-        return _create(name, pretrained=None)
+        with torch.random.fork_rng(devices=[]):  # the same model in every process, the caller's RNG untouched
+            torch.manual_seed(RANDOM_WEIGHTS_SEED)
+            return _create(name, pretrained=None)
     pretrained = str(pretrained)
     if pretrained.startswith("hf-hub:"):
         try:
@@ -309,14 +317,14 @@ class FalipCLIP(nn.Module):
                                    "attention needs an open_clip ViT (e.g. ViT-B-16); use --no-falip or a ViT")
 
     def resolve_layers(self, layers: Optional[Iterable[int]]) -> list[int]:
+        """Block indices (non-negative, sorted) of `layers` (default the last four); InputError if out of range."""
         n = self.num_layers
-        chosen = range(max(0, n - 4), n) if layers is None else list(layers)
-        out = []
-        for i in chosen:
-            if not -n <= i < n:
-                raise ValueError(f"layer {i} out of range for a {n}-block encoder")
-            out.append(i % n)
-        return sorted(set(out))
+        chosen = list(range(max(0, n - 4), n)) if layers is None else list(layers)
+        bad = [i for i in chosen if isinstance(i, bool) or not isinstance(i, int) or not -n <= i < n]
+        if bad:
+            raise InputError(f"foveal layers {chosen} do not fit model '{self.name}': its image encoder has {n} "
+                             f"blocks (valid: {-n} .. {n - 1}); choose layers in that range in the preset")
+        return sorted({i % n for i in chosen})
 
     def _head_mask(self, heads: Optional[Iterable[int]]) -> Optional[torch.Tensor]:
         if heads is None:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
@@ -40,13 +40,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .configs import CONFIG_DIR, read_yaml
+from . import presets
 from .errors import InputError
 
 _CPU_CHUNK_FLOATS = 1 << 22  # work-buffer floats (16 MiB) an image chunk may use on the CPU: cache-sized chunks
 _GPU_CHUNK_FLOATS = 1 << 28  # the same on other devices (1 GiB): bounds memory for large batches
-
-VIEWS_FILE = CONFIG_DIR / "views.yaml"
 
 __all__ = [
     "DepthViews",
@@ -116,19 +114,10 @@ class ProjectionConfig:
         object.__setattr__(self, "realistic_translation", tuple(float(t) for t in self.realistic_translation))
 
     @classmethod
-    def from_dict(cls, values: dict) -> "ProjectionConfig":
-        """Build from a mapping of field names (unknown keys raise, missing ones keep their defaults)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise InputError(f"unknown projection settings {unknown}; known: {sorted(known)}")
-        return cls(**values)
-
-    @classmethod
     def from_yaml(cls, path: str | Path) -> "ProjectionConfig":
         """Read settings from a YAML file laid out like ``configs/projection.yaml``."""
-        data = read_yaml(Path(path))
-        return cls.from_dict(data.get("projection", data) or {})
+        data = presets.read_yaml(Path(path))
+        return presets.from_mapping(cls, data.get("projection", data), f"projection settings in {path}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -229,26 +218,18 @@ def _degrees_to_radians(angles: Sequence, what: str) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------------- presets
 
-@functools.lru_cache(maxsize=None)
-def _view_specs() -> dict:
-    presets = read_yaml(VIEWS_FILE).get("presets")
-    if not isinstance(presets, dict) or not presets:
-        raise InputError(f"{VIEWS_FILE} has no 'presets' mapping")
-    return presets
-
-
 def list_view_presets() -> list[str]:
     """Names of the view presets in ``configs/views.yaml``."""
-    return sorted(_view_specs())
+    return presets.list_presets("views")
 
 
+@functools.lru_cache(maxsize=None)
 def view_preset(name: str) -> ViewSet:
     """The named preset of ``configs/views.yaml`` (``pointclip_v2``: 10 views, ``pointclip``: 6, ...)."""
-    specs = _view_specs()
-    if name not in specs:
-        raise InputError(f"unknown view preset {name!r}; choose one of {sorted(specs)} "
+    if name not in list_view_presets():
+        raise InputError(f"unknown view preset {name!r}; choose one of {list_view_presets()} "
                          f"or give {{'azimuth': [...], 'elevation': [...]}} in degrees")
-    return _views_from_spec(name, specs[name])
+    return _views_from_spec(name, presets.load_preset("views", name))
 
 
 def _views_from_spec(name: str, spec: dict) -> ViewSet:

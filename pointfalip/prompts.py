@@ -12,18 +12,18 @@ import json
 import logging
 import os
 import tempfile
-from functools import lru_cache
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, Union
+from typing import Callable, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 
 from .errors import InputError
+from .model import is_random
+from .presets import read_data_json
 
 log = logging.getLogger(__name__)
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 CACHE_ENV = "POINTFALIP_CACHE"
 DEFAULT_CACHE_DIR = Path("~/.cache/pointfalip/text")
 # Bump when the cached quantity or the key's layout changes, so old files are never read as new ones.
@@ -38,18 +38,12 @@ Prompts = dict[str, list[str]]
 
 
 # ---- packaged data ---------------------------------------------------------------------------------------
-@lru_cache(maxsize=None)
-def _read_data(filename: str) -> dict:
-    with open(DATA_DIR / filename, encoding="utf-8") as f:
-        return json.load(f)
-
-
 def _label_sets() -> dict:
-    return _read_data("classnames.json")
+    return read_data_json("classnames.json")
 
 
 def _ensembles() -> dict:
-    return _read_data("templates.json")
+    return read_data_json("templates.json")
 
 
 def list_label_sets() -> list[str]:
@@ -136,14 +130,29 @@ def _fill(template: str, name: str) -> str:
         raise InputError(f"template '{template}' is not a format string with one '{{}}': {e}") from e
 
 
-def _resolve_templates(spec: Union[str, Sequence[str]]) -> list[str]:
+def reference_name(name: str) -> str:
+    """PointCLIP's rule for the class name in a prompt: underscores to spaces, nothing else (night_stand → night
+    stand); the rule of ensembles that reproduce a reference (``"names": "reference"`` in data/templates.json)."""
+    return str(name).replace("_", " ")
+
+
+_NAME_RULES = {"readable": humanize, "reference": reference_name}
+
+
+def _resolve_templates(spec: Union[str, Sequence[str]]) -> tuple[list[str], Callable[[str], str]]:
+    """The templates and the class-name rule they are filled with."""
     if isinstance(spec, str):
         # A packaged ensemble by name, or a single template written out.
-        return [spec] if "{}" in spec and spec not in _ensembles() else templates(spec)
+        if "{}" in spec and spec not in _ensembles():
+            return [spec], humanize
+        rule = _ensembles().get(spec, {}).get("names", "readable")
+        if rule not in _NAME_RULES:
+            raise InputError(f"template set '{spec}': unknown name rule '{rule}' (one of {', '.join(_NAME_RULES)})")
+        return templates(spec), _NAME_RULES[rule]
     out = list(spec)
     if not out or not all(isinstance(t, str) for t in out):
         raise InputError("templates must be an ensemble name or a non-empty list of strings with '{}'")
-    return out
+    return out, humanize
 
 
 def build_prompts(labels: Sequence[str], templates: Union[str, Sequence[str]] = "depth",
@@ -153,7 +162,9 @@ def build_prompts(labels: Sequence[str], templates: Union[str, Sequence[str]] = 
     With `prompt_file` (a path, or an already loaded mapping) a label takes the file's prompts: the key equal to
     the label, else the key equal after `humanize` and lowercasing ("night_stand" finds "nightstand" and
     "Night Stand"); a label the file lacks is an error. Without it, every template (an ensemble name from
-    `list_templates`, a list of templates, or one template string) is filled with `humanize(label)`.
+    `list_templates`, a list of templates, or one template string) is filled with `humanize(label)`, or, for an
+    ensemble that reproduces a reference (``"names": "reference"``), with `reference_name(label)`: give the
+    dataset's raw class names as labels for those.
     """
     if isinstance(labels, str):
         labels = [labels]
@@ -168,8 +179,8 @@ def build_prompts(labels: Sequence[str], templates: Union[str, Sequence[str]] = 
         raise InputError(f"duplicate labels: {', '.join(duplicates)}")
 
     if prompt_file is None:
-        chosen = _resolve_templates(templates)
-        return {label: [_fill(t, humanize(label)) for t in chosen] for label in labels}
+        chosen, name_of = _resolve_templates(templates)
+        return {label: [_fill(t, name_of(label)) for t in chosen] for label in labels}
 
     if isinstance(prompt_file, Mapping):
         table = _validate_prompts(dict(prompt_file), "prompt mapping")
@@ -196,10 +207,6 @@ def _cache_dir(cache_dir: Optional[PathLike]) -> Path:
         return Path(cache_dir).expanduser()
     env = os.environ.get(CACHE_ENV)
     return Path(env).expanduser() if env else DEFAULT_CACHE_DIR.expanduser()
-
-
-def _is_random(pretrained) -> bool:
-    return pretrained is None or str(pretrained).strip().lower() in ("", "none")
 
 
 def cache_key(model, prompts: Mapping[str, Sequence[str]]) -> str:
@@ -279,7 +286,7 @@ def text_features(model, prompts: Mapping[str, Sequence[str]],
     cache, and a model with random weights (pretrained "none") is never cached.
     """
     prompts = _validate_prompts(dict(prompts), "prompts")
-    use_cache = cache_dir is not False and not _is_random(getattr(model, "pretrained", None))
+    use_cache = cache_dir is not False and not is_random(getattr(model, "pretrained", None))
     path = None
     if use_cache:
         path = _cache_dir(None if cache_dir is True else cache_dir) / f"{cache_key(model, prompts)}.safetensors"

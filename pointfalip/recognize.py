@@ -8,20 +8,18 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from . import io, prompts
-from .configs import CONFIG_DIR, read_yaml
+from . import presets
 from .errors import InputError
 from .foveal import FovealConfig, from_occupancy
 from .model import FalipCLIP
 from .projection import DepthViews, project
 
-PRESET_DIR = CONFIG_DIR / "presets"
 ENCODER_BATCH = 64  # images per encoder call: bounds memory, keeps batches large
 
 
@@ -39,29 +37,17 @@ class RecognizerConfig:
     precision: str = "auto"  # what the command line loads the model in unless --precision says otherwise
     foveal: FovealConfig = field(default_factory=FovealConfig)
 
-    @classmethod
-    def from_dict(cls, values: dict) -> "RecognizerConfig":
-        values = dict(values)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise InputError(f"unknown preset keys: {', '.join(sorted(unknown))}")
-        values["foveal"] = FovealConfig(**(values.get("foveal") or {}))
-        return cls(**values)
 
 
 def list_presets() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    """Names of the packaged recognition presets (configs/presets/*.yaml)."""
+    return presets.list_presets("recognizer")
 
 
 def load_preset(name_or_path: str) -> RecognizerConfig:
     """A preset by name (configs/presets/NAME.yaml) or from a YAML file."""
-    path = Path(name_or_path)
-    if not path.is_file():
-        path = PRESET_DIR / f"{name_or_path}.yaml"
-    if not path.is_file():
-        raise InputError(f"unknown preset '{name_or_path}': choose one of {', '.join(list_presets())} or a YAML file")
-    return RecognizerConfig.from_dict(read_yaml(path))
+    return presets.from_mapping(RecognizerConfig, presets.load_preset("recognizer", name_or_path),
+                                f"preset {name_or_path}")
 
 
 def _as_clouds(points) -> tuple[list, bool]:
@@ -95,15 +81,19 @@ class Recognizer:
                                                                                       self.config.views)
         self.config = dataclasses.replace(self.config, **{k: v for k, v in overrides.items() if v is not None})
         self.falip = falip
+        if falip:
+            model.resolve_layers(self.config.foveal.layers)  # a preset's layers must fit the model before any work
         if dataset is not None:
-            self.labels = prompts.class_names(dataset)
+            names = prompts.raw_class_names(dataset)
+            self.labels = [prompts.humanize(n) for n in names]
         elif labels is not None:
-            self.labels = [str(label).strip() for label in labels]
+            names = self.labels = [str(label).strip() for label in labels]
         else:
             raise InputError("give labels or a dataset name")
         if not self.labels or not all(self.labels):
             raise InputError("the label list is empty: give at least one label")
-        prompt_sets = prompts.build_prompts(self.labels, self.config.templates, self.config.prompt_file)
+        # prompts from the dataset's raw names: a reference preset fills them by the reference's own rule
+        prompt_sets = prompts.build_prompts(names, self.config.templates, self.config.prompt_file)
         self.text = prompts.text_features(model, prompt_sets, cache_dir=cache_dir)  # (C, D), unit norm
         self.last_timings: dict[str, float] = {}
 

@@ -35,14 +35,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
 from . import io
-from .configs import CONFIG_DIR, read_yaml
+from . import presets
 from .errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ __all__ = [
     "segment_scene",
 ]
 
-CONFIG_FILE = CONFIG_DIR / "scene.yaml"
+CONFIG_FILE = presets.config_file("scene.yaml")
 
 _RANSAC_N = 3  # points a RANSAC hypothesis is drawn from (three define a plane)
 _PLANE_SPAN_PERCENTILES = (5.0, 95.0)  # a plane's in-plane span: that of the central 90 % of its points
@@ -112,11 +112,7 @@ class SegmentationConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "SegmentationConfig":
         """Build from a mapping of field names (unknown keys raise, missing ones keep their defaults)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise InputError(f"unknown segmentation settings {unknown}; known: {sorted(known)}")
-        return cls(**dict(values))
+        return presets.from_mapping(cls, values, "segmentation settings")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -139,16 +135,11 @@ def _check_int(cfg: SegmentationConfig, name: str, minimum: int) -> None:
     object.__setattr__(cfg, name, int(value))
 
 
-def _read_presets(path: Path) -> dict:
-    presets = read_yaml(path).get("presets")
-    if not isinstance(presets, dict) or not presets:
-        raise InputError(f"config file {path} has no 'presets' mapping (see configs/scene.yaml)")
-    return presets
-
-
 def list_segmentation_presets(config_file: str | Path | None = None) -> list[str]:
     """Names of the presets in ``configs/scene.yaml`` (or in ``config_file``)."""
-    return sorted(_read_presets(Path(config_file) if config_file else CONFIG_FILE))
+    if config_file is None:
+        return presets.list_presets("segmentation")
+    return sorted(presets.read_yaml(Path(config_file)).get("presets") or {})
 
 
 def load_segmentation_config(preset: str = "tabletop", *, config_file: str | Path | None = None,
@@ -161,15 +152,8 @@ def load_segmentation_config(preset: str = "tabletop", *, config_file: str | Pat
     Raises:
         InputError: unknown preset (the message lists them), unknown setting, invalid value.
     """
-    path = Path(config_file) if config_file else CONFIG_FILE
-    presets = _read_presets(path)
-    if preset not in presets:
-        raise InputError(f"unknown segmentation preset {preset!r}; choose one of {sorted(presets)}")
-    values = presets[preset] or {}
-    if not isinstance(values, dict):
-        raise InputError(f"{path}: preset {preset!r} must be a mapping of settings")
-    values = {k: v for k, v in values.items() if k != "description"}
-    return SegmentationConfig.from_dict({**values, **overrides})
+    values = presets.load_preset("segmentation", preset, config_file_=Path(config_file) if config_file else None)
+    return presets.from_mapping(SegmentationConfig, {**values, **overrides}, f"segmentation preset {preset}")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -444,3 +444,13 @@ def test_nothing_evaluable_exit_2(tmp_path, main, tiny_json, checkpoint):
     code, _, err = main_eval(main, tiny_json, checkpoint, tmp_path, tmp_path / "r.json")
     assert_one_line_error(code, err, "nothing to evaluate", "all 2 item(s)", "chair_0001.off")
     assert not (tmp_path / "r.json").exists() and not partial_path(tmp_path / "r.json").exists()
+
+
+def test_torchrun_ranks_share_one_random_model(tmp_path, env, tiny_json, mn40):
+    """pretrained='none' draws the same weights in every process: two ranks score like one process."""
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    one = tmp_path / "one.json"
+    two = tmp_path / "two.json"
+    cli_eval(env, tiny_json, "none", mn40[0], one)
+    cli_eval(env, tiny_json, "none", mn40[0], two, launcher=launcher)
+    assert results(json.loads(two.read_text())) == results(json.loads(one.read_text()))

@@ -262,3 +262,47 @@ def test_encode_image_pair_shares_the_trunk(tiny):
     torch.testing.assert_close(foveal_feats, tiny.encode_image(images, bias, layers=(-2, -1), normalize=True),
                                atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(plain, tiny.encode_image(images, normalize=True), atol=1e-5, rtol=1e-5)
+
+
+def test_random_weights_are_repeatable_and_leave_the_callers_rng_alone():
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    a, b = load_random("pf-tiny-16"), load_random("pf-tiny-16")
+    assert torch.equal(torch.get_rng_state(), state)
+    for (name, pa), (_, pb) in zip(a.clip.state_dict().items(), b.clip.state_dict().items()):
+        assert torch.equal(pa, pb), name
+
+
+def test_return_tokens_are_open_clips_patch_tokens(tiny):
+    images = torch.rand(2, 3, 64, 64)
+    feats, tokens = tiny.encode_image(images, return_tokens=True)
+    v = tiny.visual
+    v.output_tokens = True
+    try:
+        pooled, raw_tokens = v(images)
+    finally:
+        v.output_tokens = False
+    torch.testing.assert_close(feats, pooled)
+    torch.testing.assert_close(tokens, raw_tokens @ v.proj)
+    assert tokens.shape == (2, 16, 32)
+    bias = torch.rand(2, 4, 4)
+    f_bias, t_bias = tiny.encode_image(images, bias, return_tokens=True, normalize=True)
+    torch.testing.assert_close(f_bias, tiny.encode_image(images, bias, normalize=True))
+    torch.testing.assert_close(t_bias.norm(dim=-1), torch.ones(2, 16))
+    with pytest.raises(InputError, match="dense mode"):
+        tiny.encode_image(images, return_tokens=True, dense="sharp")
+
+
+def test_preset_layers_beyond_a_shallow_model_are_one_line(tmp_path):
+    import json
+
+    from conftest import TINY, raises_one_line
+
+    cfg = json.loads(json.dumps(TINY["pf-tiny-16"]))
+    cfg["vision_cfg"]["layers"] = 3
+    path = tmp_path / "pf-three-blocks.json"
+    path.write_text(json.dumps(cfg))
+    model = load_random(str(path))
+    msg = raises_one_line(pointfalip.Recognizer, model, labels=["a", "b"], preset="pointclip_v2")
+    assert "[-4, -3, -2, -1]" in msg and "3 blocks" in msg
+    pointfalip.Recognizer(model, labels=["a", "b"], falip=False)  # the baseline needs no foveal layer

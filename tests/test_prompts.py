@@ -107,9 +107,10 @@ def test_templates():
 
 
 def test_build_prompts_from_templates():
-    out = build_prompts(["chair", "night_stand"], "pointclip")
+    out = build_prompts(["chair", "night_stand"], "pointclip")  # PointCLIP's own rule: underscores to spaces
     assert out == {"chair": ["point cloud depth map of a chair."],
-                   "night_stand": ["point cloud depth map of a nightstand."]}
+                   "night_stand": ["point cloud depth map of a night stand."]}
+    assert build_prompts(["night_stand"], "depth")["night_stand"][0] == "point cloud depth map of a nightstand."
     out = build_prompts(["flower_pot"], ["a {}.", "the {} here."])
     assert out == {"flower_pot": ["a flower pot.", "the flower pot here."]}
     assert build_prompts(["cup"], "an image of a {}") == {"cup": ["an image of a cup"]}
@@ -290,3 +291,33 @@ def test_encode_is_build_then_features(model):
     feats = prompts.encode(model, ["chair", "cup"], "pointclip")
     torch.testing.assert_close(feats, _hand_features(model, build_prompts(["chair", "cup"], "pointclip")),
                                atol=1e-5, rtol=1e-5)
+
+
+# ModelNet40's shape_names.txt, written out here so that the check does not read the package's own list
+MODELNET40 = ("airplane bathtub bed bench bookshelf bottle bowl car chair cone cup curtain desk door dresser flower_pot "
+              "glass_box guitar keyboard lamp laptop mantel monitor night_stand person piano plant radio range_hood "
+              "sink sofa stairs stool table tent toilet tv_stand vase wardrobe xbox").split()
+
+
+class _RecordingModel:
+    """Stands in for FalipCLIP where only the prompt strings matter: records what it is asked to encode."""
+
+    name, pretrained, precision, device = "recorder", "none", "fp32", torch.device("cpu")
+
+    def __init__(self):
+        self.texts: list[str] = []
+        self.resolve_layers = lambda layers: list(layers)
+
+    def encode_text(self, texts, normalize=False):
+        self.texts.extend(texts)
+        return torch.randn(len(texts), 8)
+
+
+def test_pointclip_preset_prompts_are_pointclips_for_all_modelnet40_classes():
+    from pointfalip import Recognizer
+
+    model = _RecordingModel()
+    rec = Recognizer(model, dataset="modelnet40", preset="pointclip", falip=False)
+    reference = ["point cloud depth map of a {}.".format(name.replace("_", " ")) for name in MODELNET40]
+    assert model.texts == reference
+    assert len(rec.labels) == 40 and rec.labels[MODELNET40.index("night_stand")] == "nightstand"

@@ -1,0 +1,1 @@
+"""Recognition presets, one YAML file each (pointfalip.presets kind "recognizer")."""

@@ -1,0 +1,1 @@
+"""Packaged data (class names, templates), read through pointfalip.presets; shipped as pointfalip.data."""

@@ -1,0 +1,178 @@
+"""The one home of configuration: packaged presets and data found as package resources, YAML read with one clear
+error, and settings dataclasses built from mappings with every key and value checked.
+
+The repository keeps ``configs/`` and ``data/`` at its top; the wheel ships them as the packages
+``pointfalip.configs`` and ``pointfalip.data`` (see pyproject.toml), and this module reads them through
+`importlib.resources`, so an installed wheel works exactly as a source checkout. A user's own YAML file is read by
+path wherever a preset name is accepted.
+
+Preset kinds (`list_presets(kind)`, `preset_path(kind, name)`, `load_preset(kind, name_or_path)`):
+
+- ``recognizer``: one YAML file a preset in ``configs/presets/`` (`pointfalip.recognize.RecognizerConfig`);
+- ``views``: the ``presets:`` mapping of ``configs/views.yaml`` (`pointfalip.projection.view_preset`);
+- ``segmentation``: the ``presets:`` mapping of ``configs/scene.yaml`` (`pointfalip.scene.SegmentationConfig`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from functools import lru_cache
+from importlib import resources
+from importlib.abc import Traversable
+from pathlib import Path
+from typing import Any, Mapping, Optional, TypeVar, Union
+
+import yaml
+
+from .errors import InputError
+
+CONFIG_PACKAGE = "pointfalip.configs"
+DATA_PACKAGE = "pointfalip.data"
+
+# kind -> (resource package, file name of a shared mapping or None for one file a preset)
+_KINDS: dict[str, tuple[str, Optional[str]]] = {
+    "recognizer": (CONFIG_PACKAGE + ".presets", None),
+    "views": (CONFIG_PACKAGE, "views.yaml"),
+    "segmentation": (CONFIG_PACKAGE, "scene.yaml"),
+}
+_META_KEYS = ("description",)  # keys a preset may carry that are not settings
+
+T = TypeVar("T")
+Source = Union[str, Path, Traversable]
+
+
+# ---- resources -----------------------------------------------------------------------------------------
+def config_file(name: str) -> Traversable:
+    """A packaged file of ``configs/`` (e.g. ``"scene.yaml"``)."""
+    return resources.files(CONFIG_PACKAGE).joinpath(name)
+
+
+def data_file(name: str) -> Traversable:
+    """A packaged file of ``data/`` (e.g. ``"templates.json"``)."""
+    return resources.files(DATA_PACKAGE).joinpath(name)
+
+
+@lru_cache(maxsize=None)
+def read_data_json(name: str) -> Any:
+    """The parsed contents of a packaged JSON file of ``data/``."""
+    return json.loads(data_file(name).read_text(encoding="utf-8"))
+
+
+def read_yaml(source: Source) -> dict:
+    """The mapping a YAML file (a path or a packaged resource) holds; InputError when it is missing, unreadable,
+    invalid or not a mapping."""
+    try:
+        if isinstance(source, (str, Path)) and Path(source).is_dir():
+            raise InputError(f"config file {source} is a folder")
+        text = (Path(source) if isinstance(source, str) else source).read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
+    except FileNotFoundError as e:
+        raise InputError(f"config file {source} not found") from e
+    except PermissionError as e:
+        raise InputError(f"config file {source}: permission denied") from e
+    except UnicodeDecodeError as e:
+        raise InputError(f"config file {source} is not UTF-8 text") from e
+    except yaml.YAMLError as e:
+        raise InputError(f"config file {source} is not valid YAML: {' '.join(str(e).split())}") from e
+    if not isinstance(data, dict):
+        raise InputError(f"config file {source} must hold a mapping")
+    return data
+
+
+# ---- presets -------------------------------------------------------------------------------------------
+def _kind(kind: str) -> tuple[str, Optional[str]]:
+    if kind not in _KINDS:
+        raise ValueError(f"unknown preset kind {kind!r}: one of {', '.join(_KINDS)}")
+    return _KINDS[kind]
+
+
+def _shared_presets(kind: str, source: Source) -> dict:
+    presets = read_yaml(source).get("presets")
+    if not isinstance(presets, dict) or not presets:
+        raise InputError(f"config file {source} has no 'presets' mapping (see configs/{_kind(kind)[1]})")
+    return presets
+
+
+def list_presets(kind: str) -> list[str]:
+    """Names of the packaged presets of a kind (``recognizer``, ``views``, ``segmentation``)."""
+    package, shared = _kind(kind)
+    if shared is None:
+        return sorted(p.name[:-len(".yaml")] for p in resources.files(package).iterdir() if p.name.endswith(".yaml"))
+    return sorted(_shared_presets(kind, config_file(shared)))
+
+
+def preset_path(kind: str, name: str) -> Traversable:
+    """The packaged file that holds preset ``name`` of ``kind`` (for a shared mapping, the file of all of them)."""
+    package, shared = _kind(kind)
+    if name not in list_presets(kind):
+        raise InputError(f"unknown {kind} preset '{name}': choose one of {', '.join(list_presets(kind))} "
+                         "or a YAML file")
+    return config_file(shared) if shared else resources.files(package).joinpath(f"{name}.yaml")
+
+
+def load_preset(kind: str, name_or_path: Union[str, Path], config_file_: Optional[Source] = None) -> dict:
+    """The settings mapping of a preset: a packaged name, or a user's YAML file by path.
+
+    For a shared-mapping kind, ``config_file_`` names another file laid out like the packaged one (its
+    ``presets:`` mapping holds ``name_or_path``). ``description`` keys are dropped.
+    """
+    _, shared = _kind(kind)
+    if config_file_ is not None:
+        presets = _shared_presets(kind, config_file_)
+        if name_or_path not in presets:
+            raise InputError(f"unknown {kind} preset '{name_or_path}' in {config_file_}: choose one of "
+                             f"{', '.join(sorted(presets))}")
+        values, where = presets[name_or_path], f"{config_file_}: preset '{name_or_path}'"
+    elif Path(str(name_or_path)).is_file() or str(name_or_path).endswith((".yaml", ".yml")):
+        values, where = read_yaml(Path(name_or_path)), str(name_or_path)
+    elif shared is None:
+        values, where = read_yaml(preset_path(kind, str(name_or_path))), f"preset '{name_or_path}'"
+    else:
+        presets = _shared_presets(kind, config_file(shared))
+        if name_or_path not in presets:
+            raise InputError(f"unknown {kind} preset '{name_or_path}': choose one of {', '.join(sorted(presets))}")
+        values, where = presets[name_or_path], f"{kind} preset '{name_or_path}'"
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise InputError(f"{where} must be a mapping of settings")
+    return {k: v for k, v in values.items() if k not in _META_KEYS}
+
+
+# ---- settings from mappings ----------------------------------------------------------------------------
+def from_mapping(cls: type[T], data: Optional[Mapping[str, Any]], what: str) -> T:
+    """A settings dataclass from a mapping: unknown keys, wrong types and invalid values are one-line
+    InputErrors that name ``what`` and the key; nested dataclass fields take nested mappings."""
+    if data is None:
+        data = {}
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, Mapping):
+        raise InputError(f"{what} must be a mapping of settings, not {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(str(k) for k in data if k not in fields)
+    if unknown:
+        raise InputError(f"{what}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
+                         f"(known: {', '.join(fields)})")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for key, value in data.items():
+        nested = _dataclass_in(hints.get(key))
+        values[key] = from_mapping(nested, value, f"{what}.{key}") if nested and value is not None else value
+    try:
+        return cls(**values)
+    except InputError as e:
+        raise InputError(f"{what}: {e}") from e
+    except (TypeError, ValueError, OverflowError) as e:
+        raise InputError(f"{what}: invalid value ({' '.join(str(e).split())})") from e
+
+
+def _dataclass_in(hint) -> Optional[type]:
+    """The dataclass a field's type hint names (directly or inside Optional), else None."""
+    if dataclasses.is_dataclass(hint):
+        return hint
+    for arg in typing.get_args(hint):
+        if dataclasses.is_dataclass(arg):
+            return arg
+    return None

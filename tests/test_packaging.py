@@ -1,0 +1,41 @@
+"""The wheel a user installs carries every packaged preset and data file, and the code finds them as resources."""
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> zipfile.ZipFile:
+    out = tmp_path_factory.mktemp("wheel")
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                           "-w", str(out), str(REPO)], capture_output=True, text=True)
+    if proc.returncode != 0 and "No module named" in proc.stderr:
+        pytest.skip(f"cannot build a wheel here: {proc.stderr.strip().splitlines()[-1]}")
+    assert proc.returncode == 0, proc.stderr
+    (path,) = out.glob("pointfalip-*.whl")
+    return zipfile.ZipFile(path)
+
+
+@pytest.mark.parametrize("folder", ["configs", "data"])
+def test_every_config_and_data_file_is_in_the_wheel(wheel, folder):
+    tracked = subprocess.run(["git", "ls-files", folder], cwd=REPO, capture_output=True, text=True).stdout.split()
+    files = tracked or [str(p.relative_to(REPO)) for p in (REPO / folder).rglob("*")
+                        if p.is_file() and "__pycache__" not in p.parts]
+    assert files, f"{folder}/ is empty"
+    names = set(wheel.namelist())
+    missing = [f for f in files if f"pointfalip/{f}" not in names]
+    assert not missing, f"not in the wheel: {missing}"
+
+
+def test_resources_are_read_through_the_package():
+    from pointfalip import presets
+
+    assert presets.list_presets("recognizer") == sorted(p.stem for p in (REPO / "configs/presets").glob("*.yaml"))
+    assert presets.preset_path("recognizer", "pointclip").read_text() == (REPO / "configs/presets/pointclip.yaml"
+                                                                         ).read_text()
+    assert "modelnet40" in presets.read_data_json("classnames.json")
