@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pointfalip.projection import ProjectionConfig, project, view_preset
+from pointfalip.projection import RealisticConfig, SimpleConfig, project, view_preset
 
 # ------------------------------------------------------------------ reference structure (written for the bench)
 
@@ -58,10 +58,10 @@ def _reference_transform(points: torch.Tensor, views, translation) -> torch.Tens
     return torch.matmul(torch.matmul(pts, rot), bias) - shift
 
 
-def reference_realistic(points: torch.Tensor, views, size: int, cfg: ProjectionConfig) -> torch.Tensor:
+def reference_realistic(points: torch.Tensor, views, size: int, cfg: RealisticConfig) -> torch.Tensor:
     """PointCLIP V2's points2grid + Grid2Image + resize, structure kept (3-D ops over all depth slices)."""
-    pts = _reference_transform(points, views, cfg.realistic_translation)
-    m, res, depth = pts.shape[0], cfg.grid_size, cfg.grid_depth
+    pts = _reference_transform(points, views, cfg.translation)
+    m, res, depth = pts.shape[0], cfg.voxel_side, cfg.voxel_depth
     pmax, pmin = pts.max(dim=1)[0], pts.min(dim=1)[0]
     cent = ((pmax + pmin) / 2)[:, None, :]
     rng = (pmax - pmin).max(dim=-1)[0][:, None, None]
@@ -88,10 +88,10 @@ def reference_realistic(points: torch.Tensor, views, size: int, cfg: ProjectionC
     return F.interpolate(img, size=(size, size), mode="bilinear", align_corners=True)
 
 
-def reference_simple(points: torch.Tensor, views, size: int, cfg: ProjectionConfig) -> torch.Tensor:
+def reference_simple(points: torch.Tensor, views, size: int, cfg: SimpleConfig) -> torch.Tensor:
     """PointCLIP's points2depth/distribute with size 1, structure kept."""
     pts = _reference_transform(points, views, (0.0, 0.0, -cfg.camera_distance))
-    res, m = cfg.simple_resolution, pts.shape[0]
+    res, m = cfg.resolution, pts.shape[0]
     eps = torch.tensor([cfg.depth_epsilon])
     depth = pts[:, :, 2]
     cx = pts[:, :, 0] / (depth + eps) * (res / res)
@@ -155,7 +155,6 @@ def main(argv=None) -> None:
     default_threads = torch.get_num_threads()
     threads = ([int(t) for t in args.threads.split(",")] if args.threads
                else sorted({1, default_threads}))
-    cfg = ProjectionConfig()
     clouds = _clouds(args.batch, args.points)
     for preset in ("pointclip_v2", "pointclip"):  # the YAML presets give the references' matrices exactly
         ours = view_preset(preset)
@@ -165,8 +164,9 @@ def main(argv=None) -> None:
           f"images {args.size}x{args.size}, best of {args.repeats}")
     print(f"{'method':<11}{'views':>6}{'threads':>8}{'ours ms/obj':>13}{'reference ms/obj':>18}{'speed-up':>10}"
           f"{'max |diff|':>12}")
-    cases = [("realistic", "pointclip_v2", reference_realistic), ("simple", "pointclip", reference_simple)]
-    for method, preset, reference in cases:
+    cases = [("realistic", "pointclip_v2", reference_realistic, RealisticConfig()),
+             ("simple", "pointclip", reference_simple, SimpleConfig())]
+    for method, preset, reference, cfg in cases:
         views, ref_views = view_preset(preset), reference_views(preset)
         for n in threads:
             torch.set_num_threads(n)

@@ -27,7 +27,7 @@ from common import fp32_and_bf16  # noqa: E402
 
 from pointfalip import Recognizer  # noqa: E402
 from pointfalip.demo import demo_clouds  # noqa: E402
-from pointfalip.projection import ProjectionConfig, project  # noqa: E402
+from pointfalip.projection import RealisticConfig, project  # noqa: E402
 
 
 def best(fn, repeats):
@@ -80,7 +80,7 @@ def main():
     cloud = demo_clouds()["chair"]
     size = fp32.image_size[0]
     ref_views = reference_views("pointclip_v2")
-    cfg = ProjectionConfig()
+    cfg = RealisticConfig()
 
     def reference_pipeline():
         pts = torch.as_tensor(cloud)[None]

@@ -32,9 +32,8 @@ import hashlib
 import json
 import logging
 import os
-import shutil
+import re
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
@@ -45,8 +44,9 @@ import torch
 from . import __version__
 from .datasets import Dataset
 from .errors import InputError
+from .files import atomic_write, file_identity
 from .model import FalipCLIP
-from .recognize import ENCODER_BATCH, Recognizer, RecognizerConfig
+from .recognize import Recognizer, RecognizerConfig
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,8 @@ FALIP, BASELINE = "falip", "baseline"  # run names in the report
 PARTIAL_SUFFIX = ".partial"  # the resume cache: <report path> + this suffix, a folder
 _KEY_FILE = "key.json"
 _KEY_VERSION = 1  # bump when the batch files' contents change
+_MADE_BY = "pointfalip evaluate"  # the key file says who made the cache folder
+_OWN_FILE = re.compile(r"key\.json|batch_\d{9}\.npz|\..+\.tmp")  # the files the cache writes
 
 # confusion-matrix picture
 _CELL_MAX, _CELL_MIN = 28, 6  # pixels per cell, for few and for many classes
@@ -101,30 +103,19 @@ def run_names(compare: bool = False, falip: bool = True) -> tuple[str, ...]:
 
 
 def score_batch(rec: Recognizer, clouds: Sequence[np.ndarray], runs: Sequence[str]) -> dict[str, torch.Tensor]:
-    """Fused scores (B, C) of prepared clouds for each run, from one projection.
+    """Logits (B, C) of prepared clouds for each run, from one projection, through `Recognizer.embed` and
+    `Recognizer.logits`.
 
-    With both runs the recognizer must have FALIP on: each chunk of images goes through
-    `FalipCLIP.encode_image_pair`, which runs the blocks before the first foveal block once for both. The scores
-    equal those of two separate runs up to the float rounding of the model's dtype (bitwise-close in fp32; in
-    bf16 or fp16 a near-tie can flip a prediction).
+    With both runs the recognizer must have FALIP on: `Recognizer.embed(..., with_plain=True)` runs the blocks
+    before the first foveal block once for both. The logits equal those of two separate runs up to the float
+    rounding of the model's dtype (bitwise-close in fp32; in bf16 or fp16 a near-tie can flip a prediction).
     """
-    views = rec.project(clouds)
     if len(runs) == 1:
-        return {runs[0]: rec.fuse(rec.view_features(views))}
+        return {runs[0]: rec.logits(rec.embed(clouds, prepared=True))}
     if tuple(runs) != (FALIP, BASELINE) or not rec.falip:
         raise ValueError(f"runs {runs}: a pair is ('falip', 'baseline') with a FALIP recognizer")
-    images, bias = rec.encoder_input(views)
-    kwargs = rec.config.foveal.encoder_kwargs()
-    foveal, plain = [], []
-    with torch.inference_mode():
-        for start in range(0, images.shape[0], ENCODER_BATCH):
-            chunk = slice(start, start + ENCODER_BATCH)
-            f, p = rec.model.encode_image_pair(images[chunk], bias[chunk], normalize=True, **kwargs)
-            foveal.append(f)
-            plain.append(p)
-    b, v = views.images.shape[:2]
-    return {FALIP: rec.fuse(torch.cat(foveal).reshape(b, v, -1)),
-            BASELINE: rec.fuse(torch.cat(plain).reshape(b, v, -1))}
+    foveal, plain = rec.embed(clouds, with_plain=True, prepared=True)
+    return {FALIP: rec.logits(foveal), BASELINE: rec.logits(plain)}
 
 
 @dataclass
@@ -195,18 +186,12 @@ def _positions(dataset: Dataset, batch_size: int, lo: int, hi: int) -> Iterator[
 # resume cache
 # --------------------------------------------------------------------------------------------------
 
-def _checkpoint_identity(pretrained: str):
-    if os.path.isfile(pretrained):
-        stat = os.stat(pretrained)
-        return [os.path.abspath(pretrained), stat.st_size, stat.st_mtime_ns]
-    return pretrained
-
-
 def run_key(model: FalipCLIP, dataset: Dataset, preset: str, config: RecognizerConfig, runs: Sequence[str],
             batch_size: int) -> dict:
     """Everything that changes an evaluation's results, and its sha256 under "hash"."""
     prompt_file = config.prompt_file
     payload = {
+        "made_by": _MADE_BY,
         "version": _KEY_VERSION,
         "pointfalip": __version__,
         "dataset": dataset.name,
@@ -217,30 +202,16 @@ def run_key(model: FalipCLIP, dataset: Dataset, preset: str, config: RecognizerC
         "num_points": dataset.num_points,
         "classes": list(dataset.classes),
         "model": str(model.name),
-        "pretrained": _checkpoint_identity(str(model.pretrained)),
+        "pretrained": file_identity(str(model.pretrained)),
         "precision": str(model.precision),
         "preset": str(preset),
         "config": dataclasses.asdict(config),
-        "prompt_file": _checkpoint_identity(str(prompt_file)) if prompt_file else None,
+        "prompt_file": file_identity(str(prompt_file)) if prompt_file else None,
         "runs": list(runs),
         "batch_size": batch_size,
     }
     text = json.dumps(payload, sort_keys=True, default=str)
     return {**json.loads(text), "hash": hashlib.sha256(text.encode("utf-8")).hexdigest()}
-
-
-def _write_atomic(path: Path, write) -> None:
-    """``write(file)`` to a temporary file beside ``path``, synced, then renamed over it: never half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 class BatchCache:
@@ -257,17 +228,40 @@ class BatchCache:
         except (OSError, ValueError):
             return False
 
+    def _ours(self) -> bool:
+        """Whether the folder is a cache this tool made: its key file names pointfalip and it holds nothing else
+        than the files the cache writes."""
+        try:
+            key = json.loads((self.folder / _KEY_FILE).read_text())
+        except (OSError, ValueError):
+            return False
+        if not isinstance(key, dict) or key.get("made_by") != _MADE_BY:
+            return False
+        return all(_OWN_FILE.fullmatch(p.name) for p in self.folder.iterdir())
+
+    def check(self) -> None:
+        """InputError unless the folder is absent or a cache this tool made (run before any work)."""
+        if self.folder.exists() and not self.folder.is_dir():
+            raise InputError(f"{self.folder} is a file; the evaluation keeps its resume cache there: move it")
+        if self.folder.exists() and not self._ours():
+            raise InputError(f"{self.folder} exists and was not made by pointfalip evaluate; move it away or "
+                             "choose another --out")
+
     def open(self, fresh_if_stale: bool = True) -> bool:
-        """Make the folder ready for this key; True when it already held this key's batches."""
+        """Make the folder ready for this key; True when it already held this key's batches.
+
+        A stale cache of this tool is emptied; a folder the tool cannot prove it made (no key file of its own,
+        or files it does not write) is never touched: that is a one-line InputError."""
+        self.check()
         if self._matches():
             return True
         if not fresh_if_stale:
             return False
         if self.folder.exists():
             log.warning("%s holds results of other arguments; starting afresh", self.folder)
-            shutil.rmtree(self.folder, ignore_errors=True)
+            self.remove()
         self.folder.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.folder / _KEY_FILE, lambda f: f.write(json.dumps(self.key, indent=1).encode()))
+        atomic_write(self.folder / _KEY_FILE, lambda f: f.write(json.dumps(self.key, indent=1).encode()))
         return False
 
     def path(self, start: int) -> Path:
@@ -279,7 +273,7 @@ class BatchCache:
                   "skipped_source": np.array([s[1] for s in b.skipped], dtype=str),
                   "skipped_reason": np.array([s[2] for s in b.skipped], dtype=str)}
         arrays.update({f"pred_{r}": b.predictions[r] for r in self.runs})
-        _write_atomic(self.path(b.start), lambda f: np.savez(f, **arrays))
+        atomic_write(self.path(b.start), lambda f: np.savez(f, **arrays))
 
     def load(self, start: int) -> Optional[BatchResult]:
         path = self.path(start)
@@ -301,7 +295,14 @@ class BatchCache:
         return b
 
     def remove(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
+        """Delete the cache's own files and then the folder, if it is empty; nothing else."""
+        if not self.folder.is_dir():
+            return
+        for p in self.folder.iterdir():
+            if _OWN_FILE.fullmatch(p.name) and p.is_file():
+                p.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.folder.rmdir()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -373,6 +374,11 @@ def default_report_path(dataset_name: str) -> Path:
 def partial_path(out: Union[str, Path]) -> Path:
     """The resume cache of the report ``out``."""
     return Path(str(out) + PARTIAL_SUFFIX)
+
+
+def check_report_path(out: Union[str, Path]) -> None:
+    """InputError when the report's resume cache folder holds something this tool did not make."""
+    BatchCache(partial_path(out), {}, ()).check()
 
 
 def _progress(total: int, initial: int, enabled: bool, desc: str):
@@ -458,7 +464,7 @@ def evaluate(model: FalipCLIP, dataset: Dataset, preset: Union[str, RecognizerCo
     report["report"] = str(out)
     report["confusion_png"] = str(out.with_suffix("")) + ".confusion.png"
     if rank == 0:
-        _write_atomic(out, lambda f: f.write((_dumps(report) + "\n").encode("utf-8")))
+        atomic_write(out, lambda f: f.write((_dumps(report) + "\n").encode("utf-8")))
         save_confusion_png(report["confusion_png"], report)
         log.info("report written to %s", out)
     _barrier()

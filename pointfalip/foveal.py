@@ -167,15 +167,62 @@ class Geometry:
         return out > 0.5
 
 
-def check_box(box: Sequence[float], width: int, height: int) -> tuple[float, float, float, float]:
-    """A box (x0, y0, x1, y1) in pixels that lies inside a width × height image and is not empty."""
-    if len(box) != 4 or not all(math.isfinite(float(v)) for v in box):
-        raise InputError(f"box {tuple(box)} must be four finite numbers x0,y0,x1,y1")
-    x0, y0, x1, y1 = (float(v) for v in box)
+BOX_FORMAT = "x0,y0,x1,y1"  # pixels, x to the right, y down, ends exclusive
+
+
+def _box_text(box) -> str:
+    text = box if isinstance(box, str) else repr(box)
+    text = " ".join(text.split())
+    return repr(text if len(text) <= 60 else text[:57] + "...")
+
+
+def _real(value) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond float's range
+        return math.inf
+
+
+def parse_box(box) -> tuple[float, float, float, float]:
+    """Four finite numbers (x0, y0, x1, y1) from ``"x0,y0,x1,y1"`` or a sequence / array / tensor of four reals.
+
+    The one rule for reading a box; `check_box` adds the image's bounds. Raises InputError otherwise.
+    """
+    bad = InputError(f"box {_box_text(box)} must be four numbers {BOX_FORMAT}")
+    if isinstance(box, str):
+        try:
+            values = [float(v) for v in box.split(",")]
+        except ValueError:
+            raise bad from None
+    else:
+        if isinstance(box, torch.Tensor):
+            box = box.detach().cpu().tolist()
+        elif isinstance(box, np.ndarray):
+            box = box.tolist()
+        try:
+            values = list(box)
+        except TypeError:
+            raise bad from None
+        if not all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+                   for v in values):
+            raise bad
+        values = [_real(v) for v in values]
+    if len(values) != 4:
+        raise bad
+    if not all(math.isfinite(v) for v in values):
+        raise InputError(f"box {_box_text(box)} must be four finite numbers {BOX_FORMAT}")
+    x0, y0, x1, y1 = values
+    return x0, y0, x1, y1
+
+
+def check_box(box, width: int, height: int) -> tuple[float, float, float, float]:
+    """A box (`parse_box`'s forms) in pixels that lies inside a width × height image and is not empty."""
+    x0, y0, x1, y1 = parse_box(box)
     if x1 <= x0 or y1 <= y0:
         raise InputError(f"box {x0:g},{y0:g},{x1:g},{y1:g} is empty: need x0 < x1 and y0 < y1")
     if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
-        raise InputError(f"box {x0:g},{y0:g},{x1:g},{y1:g} lies outside the {width}x{height} image")
+        raise InputError(f"box {x0:g},{y0:g},{x1:g},{y1:g} lies outside the {width}x{height} image: "
+                         f"need 0 <= x0 < x1 <= {width} and 0 <= y0 < y1 <= {height}")
     return x0, y0, x1, y1
 
 

@@ -43,6 +43,23 @@ def _cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def check_device(device: Union[str, torch.device]) -> torch.device:
+    """The torch device, if this machine has it; else a one-line InputError."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise InputError(f"unknown device '{device}': use cpu or cuda") from e
+    available = {"cpu": True, "cuda": torch.cuda.is_available(),
+                 "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
+    if dev.type not in available:
+        raise InputError(f"device '{device}' cannot run the model: use cpu or cuda")
+    if not available[dev.type]:
+        raise InputError(f"device '{device}' is not available on this machine: use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InputError(f"device '{device}': this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return dev
+
+
 def default_precision(device: Union[str, torch.device]) -> str:
     """fp16 on CUDA (the references run CLIP in fp16 there), bf16 on CPUs with native bf16 (AVX512-BF16 or
     AMX: about 7x faster than fp32 for ViT-B-16, feature cosine ≥ 0.9999), fp32 elsewhere."""
@@ -95,6 +112,22 @@ def resolve_model_name(name: str) -> str:
         open_clip.add_model_config(name)
         return os.path.splitext(os.path.basename(name))[0]
     return name
+
+
+def config_grid(name: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Patch grid (gh, gw) and input size (h, w) of an open_clip ViT config, without building the model."""
+    name = resolve_model_name(name)
+    cfg = open_clip.get_model_config(name)
+    if cfg is None:
+        raise InputError(f"unknown model '{name}': choose one of open_clip.list_models(), e.g. ViT-B-16")
+    vision = cfg.get("vision_cfg", {})
+    patch = vision.get("patch_size")
+    if not patch or vision.get("timm_model_name"):
+        raise UnsupportedModel(f"model '{name}' is not a ViT: foveal masks need a patch grid")
+    size = vision.get("image_size", 224)
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    patch = (patch, patch) if isinstance(patch, int) else tuple(patch)
+    return (size[0] // patch[0], size[1] // patch[1]), size
 
 
 def _check_name(name: str) -> None:
@@ -170,10 +203,7 @@ def load_model(name: str = "ViT-B-16", pretrained: Optional[str] = "openai", dev
     QuickGELU), or "none" for random weights. precision: "fp32", "bf16" or "fp16": the dtype of the weights and
     of the computation; images and outputs stay float32 for the caller.
     """
-    try:
-        device = torch.device(device)
-    except RuntimeError as e:
-        raise InputError(f"unknown device '{device}'") from e
+    device = check_device(device)
     if precision == "auto":
         precision = default_precision(device)
     if precision not in PRECISIONS:

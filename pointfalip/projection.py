@@ -25,16 +25,18 @@ coordinates, ``+y`` is the image's up (towards row 0), azimuth turns about ``y``
 PointCLIP's first view; ``elevation = +90`` is PointCLIP's top view (depth along ``-y``). PointCLIP V2's
 ring views are exactly these with ``elevation = -20`` (its bias rotation ``Ry(20°)``).
 
-Presets live in ``configs/views.yaml``; settings in :class:`ProjectionConfig` (template
-``configs/projection.yaml``).
+Presets live in ``configs/views.yaml``. Each method is registered with :func:`register_projection` together
+with its settings class (:class:`RealisticConfig`, :class:`SimpleConfig`; template ``configs/projection.yaml``,
+one section a method); :func:`list_projection_methods` names them all.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -48,76 +50,203 @@ _GPU_CHUNK_FLOATS = 1 << 28  # the same on other devices (1 GiB): bounds memory 
 
 __all__ = [
     "DepthViews",
-    "ProjectionConfig",
+    "ProjectionFn",
+    "RealisticConfig",
+    "SimpleConfig",
     "ViewSet",
     "euler_to_matrix",
     "list_projection_methods",
     "list_view_presets",
+    "load_projection_config",
     "project",
+    "projection_config",
+    "register_projection",
     "view_preset",
 ]
 
 
 class DepthViews(NamedTuple):
-    """Projected views of a batch of clouds."""
+    """Projected views of a batch of clouds.
+
+    ``point_pixels`` and ``visible`` tie each input point to the images; methods that track points (the part
+    projection) fill them, the others leave them ``None``.
+    """
 
     images: torch.Tensor  # (B, V, 3, S, S) float32: exactly what the reference feeds to CLIP's encoder
     occupancy: torch.Tensor  # (B, V, S, S) bool: pixels the object covers in the image the model sees
+    point_pixels: torch.Tensor | None = None  # (B, V, N, 2) int64: (row, column) of each point in `images`
+    visible: torch.Tensor | None = None  # (B, V, N) bool: the point is seen in that view (not hidden, in the image)
+
+
+# ---------------------------------------------------------------------------------------------- settings
+
+def _integer(owner: object, name: str, minimum: int) -> None:
+    """Check that ``owner.name`` is an integer >= ``minimum`` and store it as an ``int``."""
+    value = getattr(owner, name)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        need = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise InputError(f"{type(owner).__name__}.{name} must be {need}, got {value!r}")
+    object.__setattr__(owner, name, int(value))
+
+
+def _real(owner: object, name: str) -> float:
+    """Check that ``owner.name`` is a finite real number, store it as a ``float`` and return it."""
+    value = getattr(owner, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(value):
+        raise InputError(f"{type(owner).__name__}.{name} must be a finite number, got {value!r}")
+    object.__setattr__(owner, name, float(value))
+    return float(value)
 
 
 @dataclass(frozen=True)
-class ProjectionConfig:
-    """Settings of both projections; the defaults are the references' (PointCLIP V2, PointCLIP)."""
+class RealisticConfig:
+    """Settings of the *realistic* projection; the defaults are PointCLIP V2's."""
 
-    # realistic (PointCLIP V2)
-    grid_size: int = 112  # side of the voxel grid, in cells (image: grid_size + 2*pool_padding - pool_size + 1)
-    grid_depth: int = 8  # depth bins of the voxel grid; points land in bins 1 .. grid_depth - 2
+    voxel_side: int = 112  # rows and columns of the voxel grid (image: voxel_side + 2*pool_padding - pool_size + 1)
+    voxel_depth: int = 8  # depth bins of the voxel grid; points land in bins 1 .. voxel_depth - 2
     pool_size: int = 7  # side of the max-pool window that densifies each depth slice
     pool_padding: int = 2  # padding of that max-pool (the reference's 2 makes a 110 x 110 image from 112)
     gaussian_size: int = 3  # side of the Gaussian smoothing window (odd; zero padding keeps the size)
     gaussian_sigma: float = 3.0  # standard deviation of the Gaussian, in pixels
     obj_ratio: float = 0.8  # share of the image the cloud's largest extent spans along rows and columns
     depth_bias: float = 0.2  # offset added to normalised depth before binning (keeps points off bin 0)
-    realistic_translation: tuple[float, float, float] = (-0.5, -0.5, -1.5)  # subtracted in the view frame
-    # simple (PointCLIP)
-    simple_resolution: int = 128  # side of the splatted depth image before the resize
-    camera_distance: float = 1.6  # the camera sits this far in front of the origin (translation (0, 0, -d))
-    depth_epsilon: float = 1e-12  # added to depths before dividing by them, as in the reference
-    # occupancy
-    occupancy_tolerance: float = 1e-6  # realistic: a pixel is covered where its image value < 1 - this
+    translation: tuple[float, float, float] = (-0.5, -0.5, -1.5)  # subtracted in the view frame (rounding only)
+    occupancy_tolerance: float = 1e-6  # a pixel is covered where its image value < 1 - this
 
     def __post_init__(self) -> None:
-        positive = ("grid_size", "grid_depth", "pool_size", "gaussian_size", "simple_resolution")
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise InputError(f"ProjectionConfig.{name} must be a positive integer, got {value!r}")
-        if self.grid_depth < 3:
-            raise InputError(f"ProjectionConfig.grid_depth must be at least 3, got {self.grid_depth}")
-        if self.grid_size < 3:
-            raise InputError(f"ProjectionConfig.grid_size must be at least 3, got {self.grid_size}")
-        if not 0 <= self.pool_padding <= self.pool_size // 2:
-            raise InputError(f"ProjectionConfig.pool_padding must be in [0, pool_size // 2], "
-                             f"got {self.pool_padding}")
-        if self.grid_size + 2 * self.pool_padding < self.pool_size:
-            raise InputError("ProjectionConfig.pool_size is larger than the padded grid")
+        owner = type(self).__name__
+        _integer(self, "voxel_side", 3)
+        _integer(self, "voxel_depth", 3)
+        _integer(self, "pool_size", 1)
+        _integer(self, "pool_padding", 0)
+        _integer(self, "gaussian_size", 1)
+        if self.pool_padding > self.pool_size // 2:
+            raise InputError(f"{owner}.pool_padding must be in [0, pool_size // 2], got {self.pool_padding}")
+        if self.voxel_side + 2 * self.pool_padding < self.pool_size:
+            raise InputError(f"{owner}.pool_size is larger than the padded voxel grid")
         if self.gaussian_size % 2 != 1:
-            raise InputError(f"ProjectionConfig.gaussian_size must be odd, got {self.gaussian_size}")
-        if not self.gaussian_sigma > 0:
-            raise InputError(f"ProjectionConfig.gaussian_sigma must be positive, got {self.gaussian_sigma}")
-        if not 0 < self.obj_ratio <= 1:
-            raise InputError(f"ProjectionConfig.obj_ratio must be in (0, 1], got {self.obj_ratio}")
-        if self.depth_bias < 0:
-            raise InputError(f"ProjectionConfig.depth_bias must be >= 0, got {self.depth_bias}")
-        if len(self.realistic_translation) != 3:
-            raise InputError("ProjectionConfig.realistic_translation must have 3 numbers")
-        object.__setattr__(self, "realistic_translation", tuple(float(t) for t in self.realistic_translation))
+            raise InputError(f"{owner}.gaussian_size must be odd, got {self.gaussian_size}")
+        if not _real(self, "gaussian_sigma") > 0:
+            raise InputError(f"{owner}.gaussian_sigma must be positive, got {self.gaussian_sigma}")
+        if not 0 < _real(self, "obj_ratio") <= 1:
+            raise InputError(f"{owner}.obj_ratio must be in (0, 1], got {self.obj_ratio}")
+        if _real(self, "depth_bias") < 0:
+            raise InputError(f"{owner}.depth_bias must be >= 0, got {self.depth_bias}")
+        if not 0 <= _real(self, "occupancy_tolerance") < 1:
+            raise InputError(f"{owner}.occupancy_tolerance must be in [0, 1), got {self.occupancy_tolerance}")
+        try:
+            shift = tuple(float(t) for t in self.translation)
+        except (TypeError, ValueError):
+            shift = ()
+        if len(shift) != 3 or not all(math.isfinite(t) for t in shift):
+            raise InputError(f"{owner}.translation must be 3 finite numbers, got {self.translation!r}")
+        object.__setattr__(self, "translation", shift)
 
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> "ProjectionConfig":
-        """Read settings from a YAML file laid out like ``configs/projection.yaml``."""
-        data = presets.read_yaml(Path(path))
-        return presets.from_mapping(cls, data.get("projection", data), f"projection settings in {path}")
+
+@dataclass(frozen=True)
+class SimpleConfig:
+    """Settings of the *simple* projection; the defaults are PointCLIP's."""
+
+    resolution: int = 128  # side of the splatted depth image before the resize
+    camera_distance: float = 1.6  # the camera sits this far in front of the origin (translation (0, 0, -d))
+    depth_epsilon: float = 1e-12  # added to depths before dividing by them, as in the reference
+
+    def __post_init__(self) -> None:
+        _integer(self, "resolution", 1)
+        _real(self, "camera_distance")
+        if _real(self, "depth_epsilon") < 0:
+            raise InputError(f"{type(self).__name__}.depth_epsilon must be >= 0, got {self.depth_epsilon}")
+
+
+# ---------------------------------------------------------------------------------------------- registry
+
+ProjectionFn = Callable[[torch.Tensor, "ViewSet", int, Any], DepthViews]
+"""``fn(points (B, N, 3) float32, views, image_size, config) -> DepthViews``; ``config`` is its method's class."""
+
+_Fn = TypeVar("_Fn", bound=Callable[..., DepthViews])
+
+
+@dataclass(frozen=True)
+class _Method:
+    fn: ProjectionFn
+    config_cls: type
+
+
+_PROJECTIONS: dict[str, _Method] = {}
+
+
+def register_projection(name: str, config_cls: type) -> Callable[[_Fn], _Fn]:
+    """Decorator that makes ``fn`` the projection ``method=name`` of :func:`project`, set up by ``config_cls``.
+
+    ``fn(points, views, image_size, config) -> DepthViews`` receives validated clouds ``(B, N, 3)`` float32 on
+    the caller's device, a :class:`ViewSet`, the output side ``S`` and an instance of ``config_cls`` (a frozen
+    dataclass whose defaults are the method's reference settings). The function is returned unchanged.
+    Registering a taken name again raises ValueError (unless it is the same function, e.g. a module reload).
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a projection name must be a non-empty string, got {name!r}")
+    if not (isinstance(config_cls, type) and dataclasses.is_dataclass(config_cls)):
+        raise TypeError(f"projection {name!r}: config_cls must be a dataclass, got {config_cls!r}")
+
+    def register(fn: _Fn) -> _Fn:
+        taken = _PROJECTIONS.get(name)
+        if taken is not None and (taken.fn.__module__, taken.fn.__qualname__) != (fn.__module__, fn.__qualname__):
+            raise ValueError(f"projection {name!r} is already registered by "
+                             f"{taken.fn.__module__}.{taken.fn.__qualname__}")
+        _PROJECTIONS[name] = _Method(fn, config_cls)
+        return fn
+
+    return register
+
+
+def list_projection_methods() -> list[str]:
+    """Names accepted by ``project(method=...)``, sorted."""
+    return sorted(_PROJECTIONS)
+
+
+def _method(method: str) -> _Method:
+    if not isinstance(method, str) or method not in _PROJECTIONS:
+        raise InputError(f"unknown projection method {method!r}; choose one of {list_projection_methods()}")
+    return _PROJECTIONS[method]
+
+
+def _checked_config(method: str, config: Any) -> Any:
+    """``config`` if it is an instance of the method's settings class, its defaults for ``None``."""
+    cls = _method(method).config_cls
+    if config is None:
+        return cls()
+    if not isinstance(config, cls):
+        raise InputError(f"config of projection {method!r} must be a {cls.__name__}, got {type(config).__name__} "
+                         f"(build one with projection_config({method!r}, {{...}}))")
+    return config
+
+
+def projection_config(method: str, values: Mapping[str, Any] | None = None) -> Any:
+    """The settings of ``method`` (its config class) from a mapping of field values; ``None``: the defaults.
+
+    Unknown keys and invalid values raise a one-line InputError naming the key; an instance of the method's
+    class is returned as it is.
+    """
+    if values is None or (dataclasses.is_dataclass(values) and not isinstance(values, type)):
+        return _checked_config(method, values)
+    return presets.from_mapping(_method(method).config_cls, values, f"{method} projection settings")
+
+
+def load_projection_config(method: str, path: str | Path | None = None) -> Any:
+    """The settings in the ``method:`` section of a YAML file laid out like ``configs/projection.yaml``
+    (``None``: the packaged file). An empty section gives the defaults; a user's file without the section is an
+    InputError (the packaged file gives the defaults of a method it does not list).
+    """
+    cls = _method(method).config_cls
+    source = presets.config_file("projection.yaml") if path is None else Path(path)
+    data = presets.read_yaml(source)
+    if method not in data and path is None:
+        return cls()
+    if method not in data:
+        raise InputError(f"config file {source} has no '{method}:' section "
+                         f"(one section a method, as in configs/projection.yaml)")
+    return presets.from_mapping(cls, data[method], f"{source}: '{method}' settings")
 
 
 @dataclass(frozen=True, eq=False)
@@ -301,16 +430,16 @@ def _to_view_frames(points: torch.Tensor, views: ViewSet, translation: Sequence[
     return frames.reshape(b * len(views), n, 3)
 
 
-def _gaussian_taps(cfg: ProjectionConfig) -> list[float]:
+def _gaussian_taps(cfg: RealisticConfig) -> list[float]:
     """1-D taps whose outer product is the reference's normalised 2-D Gaussian (separable)."""
     offsets = np.arange(cfg.gaussian_size, dtype=np.float64) - cfg.gaussian_size // 2
     taps = np.exp(-(offsets ** 2) / (2 * cfg.gaussian_sigma ** 2))
     return (taps / taps.sum()).tolist()
 
 
-def _voxelize(frames: torch.Tensor, cfg: ProjectionConfig) -> tuple[torch.Tensor, ...]:
+def _voxelize(frames: torch.Tensor, cfg: RealisticConfig) -> tuple[torch.Tensor, ...]:
     """Voxel of every point of ``(M, N, 3)`` view frames: depth bin, row, column (int64) and value, ``(M, N)``."""
-    res, depth = cfg.grid_size, cfg.grid_depth
+    res, depth = cfg.voxel_side, cfg.voxel_depth
     pmax, pmin = frames.amax(dim=1), frames.amin(dim=1)
     centre = (pmax + pmin) / 2
     extent = (pmax - pmin).amax(dim=-1)
@@ -324,14 +453,15 @@ def _voxelize(frames: torch.Tensor, cfg: ProjectionConfig) -> tuple[torch.Tensor
     return level.long(), row.long(), col.long(), value
 
 
-def _project_realistic(points: torch.Tensor, views: ViewSet, size: int, cfg: ProjectionConfig) -> DepthViews:
-    frames = _to_view_frames(points, views, cfg.realistic_translation)
+@register_projection("realistic", RealisticConfig)
+def _project_realistic(points: torch.Tensor, views: ViewSet, size: int, cfg: RealisticConfig) -> DepthViews:
+    frames = _to_view_frames(points, views, cfg.translation)
     level, row, col, value = _voxelize(frames, cfg)
     # Empty depth slices stay 0 through pooling and smoothing and cannot raise the max over depth (all
     # values are >= 0), so only the occupied range of slices is built.
     lo, hi = (int(t) for t in torch.aminmax(level))
     level, slices = level - lo, hi - lo + 1
-    side = cfg.grid_size + 2 * cfg.pool_padding
+    side = cfg.voxel_side + 2 * cfg.pool_padding
 
     def render(part: slice) -> torch.Tensor:
         img = _grid_to_image(level[part], row[part], col[part], value[part], slices, cfg)
@@ -373,14 +503,14 @@ def _split_views(images: torch.Tensor, occupancy: torch.Tensor, b: int, v: int) 
 
 
 def _grid_to_image(level: torch.Tensor, row: torch.Tensor, col: torch.Tensor, value: torch.Tensor, slices: int,
-                   cfg: ProjectionConfig) -> torch.Tensor:
+                   cfg: RealisticConfig) -> torch.Tensor:
     """Voxel grid -> max-pooled, Gaussian-smoothed slices -> max over depth: ``(M, H, W)``.
 
     Equals the reference's MaxPool3d / Conv3d (kernels of depth 1) / max over depth, computed per slice
     with 1-D passes of shifted maxima and sums. The grid is allocated with the pool's padding around it:
     zeros pad as well as -inf there because every window holds grid cells and all values are >= 0.
     """
-    m, res, pad, k = level.shape[0], cfg.grid_size, cfg.pool_padding, cfg.pool_size
+    m, res, pad, k = level.shape[0], cfg.voxel_side, cfg.pool_padding, cfg.pool_size
     side = res + 2 * pad
     grid = torch.zeros(m, slices * side * side, dtype=torch.float32, device=value.device)
     index = (level * side + (row + pad)) * side + (col + pad)
@@ -420,8 +550,9 @@ def _separable_filter(x: torch.Tensor, taps: list[float]) -> torch.Tensor:
     return x
 
 
-def _project_simple(points: torch.Tensor, views: ViewSet, size: int, cfg: ProjectionConfig) -> DepthViews:
-    res, eps = cfg.simple_resolution, cfg.depth_epsilon
+@register_projection("simple", SimpleConfig)
+def _project_simple(points: torch.Tensor, views: ViewSet, size: int, cfg: SimpleConfig) -> DepthViews:
+    res, eps = cfg.resolution, cfg.depth_epsilon
     frames = _to_view_frames(points, views, (0.0, 0.0, -cfg.camera_distance))
     depth = frames[..., 2]
     # pixel of each point: the reference's ceil(position - 0.5), i.e. rounding half down
@@ -441,20 +572,9 @@ def _project_simple(points: torch.Tensor, views: ViewSet, size: int, cfg: Projec
     return _split_views(images, occupancy, points.shape[0], len(views))
 
 
-_METHODS: dict[str, Callable[[torch.Tensor, ViewSet, int, ProjectionConfig], DepthViews]] = {
-    "realistic": _project_realistic,
-    "simple": _project_simple,
-}
-
-
-def list_projection_methods() -> list[str]:
-    """Names accepted by ``project(method=...)``."""
-    return sorted(_METHODS)
-
-
 @torch.no_grad()
 def project(points, method: str = "realistic", views: str | ViewSet | dict = "pointclip_v2",
-            image_size: int = 224, config: ProjectionConfig | None = None) -> DepthViews:
+            image_size: int = 224, config: Any = None) -> DepthViews:
     """Project point clouds into depth images, one a view.
 
     Args:
@@ -463,12 +583,14 @@ def project(points, method: str = "realistic", views: str | ViewSet | dict = "po
             ``realistic`` normalises each view's cloud itself (any scale works). ``simple`` does **not**
             normalise, as PointCLIP: give clouds centred and scaled into the unit sphere (ModelNet's h5
             data are), or the object leaves the camera's field of view.
-        method: ``"realistic"`` (PointCLIP V2) or ``"simple"`` (PointCLIP).
+        method: ``"realistic"`` (PointCLIP V2), ``"simple"`` (PointCLIP) or another name of
+            :func:`list_projection_methods`.
         views: a preset name from ``configs/views.yaml`` (``"pointclip_v2"``: 10 views, ``"pointclip"``: 6),
             a :class:`ViewSet`, or a dict ``{"azimuth": [...], "elevation": [...]}`` in degrees (or
             ``{"euler": [[x, y, z], ...], "bias_euler": [...]}``).
         image_size: side ``S`` of the output images (bilinear resize with ``align_corners=True``).
-        config: settings; ``None`` uses the references' defaults.
+        config: an instance of the method's settings class (:class:`RealisticConfig`, :class:`SimpleConfig`;
+            see :func:`projection_config`); ``None`` uses its defaults, the references'.
 
     Returns:
         :class:`DepthViews`: ``images (B, V, 3, S, S)`` float32, the three channels equal, without CLIP's
@@ -477,17 +599,15 @@ def project(points, method: str = "realistic", views: str | ViewSet | dict = "po
         with ``views="pointclip_v2"`` PointCLIP V2's images up to float rounding. ``simple``: raw depths
         (around the camera distance 1.6), background 0. ``occupancy (B, V, S, S)`` bool, the pixels the
         object covers in these images: realistic, value < ``1 - config.occupancy_tolerance``; simple, > 0.
+        ``point_pixels`` and ``visible`` are ``None`` for both (methods that track points fill them).
 
     Raises:
         InputError (a ValueError): unknown method or preset, malformed views, points or settings.
     """
-    if not isinstance(method, str) or method not in _METHODS:
-        raise InputError(f"unknown projection method {method!r}; choose one of {list_projection_methods()}")
+    fn = _method(method).fn
     if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1:
         raise InputError(f"image_size must be a positive integer, got {image_size!r}")
-    cfg = config if config is not None else ProjectionConfig()
-    if not isinstance(cfg, ProjectionConfig):
-        raise InputError(f"config must be a ProjectionConfig, got {type(cfg).__name__}")
+    cfg = _checked_config(method, config)
     view_set = _resolve_views(views)
     pts = _as_points(points)
-    return _METHODS[method](pts, view_set, int(image_size), cfg)
+    return fn(pts, view_set, int(image_size), cfg)

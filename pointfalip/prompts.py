@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence, Union
 
@@ -19,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError
+from .files import atomic_write, file_identity
 from .model import is_random
 from .presets import read_data_json
 
@@ -214,12 +214,8 @@ def cache_key(model, prompts: Mapping[str, Sequence[str]]) -> str:
 
     For a local checkpoint the file's size and modification time join the key, so a replaced file is re-encoded.
     """
-    pretrained = str(getattr(model, "pretrained", ""))
-    weights_file = None
-    if os.path.isfile(pretrained):
-        stat = os.stat(pretrained)
-        pretrained = os.path.abspath(pretrained)
-        weights_file = [stat.st_size, stat.st_mtime_ns]
+    identity = file_identity(str(getattr(model, "pretrained", "")))
+    pretrained, weights_file = (identity[0], identity[1:]) if isinstance(identity, list) else (identity, None)
     payload = {
         "version": _CACHE_VERSION,
         "model": str(getattr(model, "name", "")),
@@ -249,20 +245,14 @@ def _read_cache(path: Path, num_classes: int) -> Optional[torch.Tensor]:
 
 
 def _write_cache(path: Path, feats: torch.Tensor, model, num_classes: int) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     meta = {"model": str(getattr(model, "name", "")), "pretrained": str(getattr(model, "pretrained", "")),
             "precision": str(getattr(model, "precision", "")), "classes": str(num_classes)}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({_CACHE_TENSOR: feats.detach().cpu().contiguous()}, tmp, metadata=meta)
-            os.replace(tmp, path)  # atomic: readers never see a half-written file
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        data = save({_CACHE_TENSOR: feats.detach().cpu().contiguous()}, metadata=meta)
+        atomic_write(path, lambda f: f.write(data))  # readers never see a half-written file
     except OSError as e:
         log.warning("could not write text-feature cache %s: %s", path, e)
 

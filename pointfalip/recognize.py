@@ -1,7 +1,12 @@
-"""The 3D pipeline: points -> depth views -> foveal masks -> FALIP view features -> fused class scores.
+"""The 3D pipeline: points -> depth views -> foveal masks -> FALIP view features -> class logits.
 
-``score_c = Σ_v β_v cos(f_v, t_c)`` with view weights β (uniform unless a preset says otherwise); reported
-probabilities are ``softmax(logit_scale · score)``. ``falip=False`` runs the same code without the bias.
+Words used throughout: a **score** is the fused cosine ``score_c = Σ_v β_v cos(f_v, t_c)`` with view weights β
+(uniform unless a preset says otherwise); **logits** are ``logit_scale · score`` plus, with a few-shot cache,
+its term; a **probability** is ``softmax(logits)``. ``falip=False`` runs the same code without the bias.
+
+Every caller scores through two steps of `Recognizer`: `Recognizer.embed` (points -> view features, optionally
+with the plain-CLIP copy from the shared trunk) and `Recognizer.logits` (view features -> logits), which alone
+owns the text features and the view weights.
 """
 from __future__ import annotations
 
@@ -13,14 +18,15 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from . import io, prompts
-from . import presets
+from . import io, presets, prompts
 from .errors import InputError
 from .foveal import FovealConfig, from_occupancy
 from .model import FalipCLIP
 from .projection import DepthViews, project
 
 ENCODER_BATCH = 64  # images per encoder call: bounds memory, keeps batches large
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEFAULT_VIEWS = {"realistic": "pointclip_v2", "simple": "pointclip"}  # a projection's own views when not given
 
 
 @dataclass
@@ -36,6 +42,23 @@ class RecognizerConfig:
     up_axis: str = "y"
     precision: str = "auto"  # what the command line loads the model in unless --precision says otherwise
     foveal: FovealConfig = field(default_factory=FovealConfig)
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.up_axis not in io.UP_AXES:
+            raise InputError(f"up_axis must be one of {', '.join(io.UP_AXES)}, got {self.up_axis!r}")
+        if self.view_weights is not None:
+            weights = self.view_weights
+            if isinstance(weights, (str, bytes)) or not isinstance(weights, Sequence) or not weights:
+                raise InputError(f"view_weights must be a non-empty list of numbers or null, got {weights!r}")
+            try:
+                values = np.asarray(weights, dtype=np.float64)
+            except (TypeError, ValueError) as e:
+                raise InputError(f"view_weights must be numbers, got {weights!r}") from e
+            if values.ndim != 1 or not np.isfinite(values).all() or (values < 0).any() or values.sum() <= 0:
+                raise InputError(f"view_weights must be finite, non-negative and not all zero, got {weights!r}")
+            self.view_weights = [float(v) for v in values]
 
 
 
@@ -67,37 +90,52 @@ def _as_clouds(points) -> tuple[list, bool]:
 class Recognizer:
     """Zero-shot recognition of point clouds against a set of names.
 
-    labels: names to choose from; or dataset: a label set of `prompts.list_label_sets()`. Other keyword
-    arguments override the preset (projection, views, templates, prompt_file, up_axis, view_weights, foveal).
+    labels: names to choose from; or dataset: a label set of `prompts.list_label_sets()` (labels shown readable,
+    prompts built from the dataset's raw names). With neither, the Recognizer only embeds (e.g. to build a
+    few-shot cache). Other keyword arguments override the preset (projection, views, templates, prompt_file,
+    up_axis, view_weights, foveal, normalize_images).
     """
 
     def __init__(self, model: FalipCLIP, labels: Optional[Sequence[str]] = None, dataset: Optional[str] = None,
                  preset: Union[str, RecognizerConfig] = "pointclip_v2", falip: bool = True,
                  cache_dir=None, **overrides):
         self.model = model
-        self.config = preset if isinstance(preset, RecognizerConfig) else load_preset(preset)
+        self.preset = preset if isinstance(preset, str) else "custom"
+        config = preset if isinstance(preset, RecognizerConfig) else load_preset(preset)
+        overrides = {k: v for k, v in overrides.items() if v is not None}
         if overrides.get("projection") and "views" not in overrides:
-            overrides["views"] = {"realistic": "pointclip_v2", "simple": "pointclip"}.get(overrides["projection"],
-                                                                                      self.config.views)
-        self.config = dataclasses.replace(self.config, **{k: v for k, v in overrides.items() if v is not None})
+            overrides["views"] = DEFAULT_VIEWS.get(overrides["projection"], config.views)
+        if overrides:
+            values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+            values["foveal"] = dataclasses.asdict(config.foveal)
+            if isinstance(overrides.get("foveal"), FovealConfig):
+                overrides["foveal"] = dataclasses.asdict(overrides["foveal"])
+            config = presets.from_mapping(RecognizerConfig, {**values, **overrides}, "recognizer settings")
+        self.config = config
         self.falip = falip
+        height, width = model.image_size
+        if height != width:
+            raise InputError(f"model '{model.name}' takes {height}x{width} images but depth views are square: "
+                             "choose a model with square input")
         if falip:
             model.resolve_layers(self.config.foveal.layers)  # a preset's layers must fit the model before any work
+        self.text: Optional[torch.Tensor] = None
+        self.last_timings: dict[str, float] = {}
         if dataset is not None:
             names = prompts.raw_class_names(dataset)
             self.labels = [prompts.humanize(n) for n in names]
         elif labels is not None:
             names = self.labels = [str(label).strip() for label in labels]
+            if not self.labels or not all(self.labels):
+                raise InputError("the label list is empty: give at least one label")
         else:
-            raise InputError("give labels or a dataset name")
-        if not self.labels or not all(self.labels):
-            raise InputError("the label list is empty: give at least one label")
+            self.labels = []
+            return
         # prompts from the dataset's raw names: a reference preset fills them by the reference's own rule
         prompt_sets = prompts.build_prompts(names, self.config.templates, self.config.prompt_file)
         self.text = prompts.text_features(model, prompt_sets, cache_dir=cache_dir)  # (C, D), unit norm
-        self.last_timings: dict[str, float] = {}
 
-    # ---- stages ---------------------------------------------------------------------------------------
+    # ---- step 1: points -> view features -----------------------------------------------------------------
     def prepare(self, points) -> list[np.ndarray]:
         """Validated clouds, centred, scaled to the unit sphere and turned to the preset's frame."""
         clouds, _ = _as_clouds(points)
@@ -127,20 +165,43 @@ class Recognizer:
         bias = from_occupancy(views.occupancy.flatten(0, 1), self.model.grid_size, self.config.foveal)
         return images, bias
 
-    def view_features(self, views: DepthViews) -> torch.Tensor:
-        """Unit-norm features (B, V, D) of every view."""
+    def embed_views(self, views: DepthViews, with_plain: bool = False):
+        """Unit-norm features (B, V, D) of every view; with_plain (FALIP on): ``(foveal, plain)``, the plain copy
+        from the blocks the two share (`FalipCLIP.encode_image_pair`)."""
+        if with_plain and not self.falip:
+            raise InputError("the plain copy comes with FALIP: build the Recognizer with falip=True")
         images, bias = self.encoder_input(views)
         kwargs = self.config.foveal.encoder_kwargs() if bias is not None else {}
-        feats = []
+        foveal, plain = [], []
         with torch.inference_mode():
             for start in range(0, images.shape[0], ENCODER_BATCH):
                 chunk = slice(start, start + ENCODER_BATCH)
-                feats.append(self.model.encode_image(images[chunk], None if bias is None else bias[chunk],
-                                                     normalize=True, **kwargs))
+                if with_plain:
+                    f, p = self.model.encode_image_pair(images[chunk], bias[chunk], normalize=True, **kwargs)
+                    plain.append(p)
+                else:
+                    f = self.model.encode_image(images[chunk], None if bias is None else bias[chunk],
+                                                normalize=True, **kwargs)
+                foveal.append(f)
         b, v = views.images.shape[:2]
-        return torch.cat(feats).reshape(b, v, -1)
+        if with_plain:
+            return torch.cat(foveal).reshape(b, v, -1), torch.cat(plain).reshape(b, v, -1)
+        return torch.cat(foveal).reshape(b, v, -1)
 
+    def embed(self, points, with_plain: bool = False, prepared: bool = False):
+        """View features (B, V, D) of one cloud or a batch (`embed_views` of `project` of `prepare`);
+        ``prepared=True`` takes clouds that `prepare` already returned."""
+        t0 = time.perf_counter()
+        clouds = points if prepared else self.prepare(points)
+        views = self.project(clouds)
+        t1 = time.perf_counter()
+        feats = self.embed_views(views, with_plain=with_plain)
+        self.last_timings = {"projection": t1 - t0, "encoder": time.perf_counter() - t1}
+        return feats
+
+    # ---- step 2: view features -> logits ---------------------------------------------------------------
     def view_weights(self, num_views: int) -> torch.Tensor:
+        """β (V,), summing to one: the preset's view weights or uniform."""
         weights = self.config.view_weights
         if weights is None:
             return torch.full((num_views,), 1.0 / num_views, device=self.model.device)
@@ -149,46 +210,70 @@ class Recognizer:
         w = torch.tensor(weights, dtype=torch.float32, device=self.model.device)
         return w / w.sum()
 
-    def fuse(self, view_feats: torch.Tensor) -> torch.Tensor:
-        """Scores (B, C) = Σ_v β_v cos(f_v, t_c)."""
-        cos = view_feats @ self.text.T  # (B, V, C)
+    def _text(self) -> torch.Tensor:
+        if self.text is None:
+            raise InputError("this Recognizer has no labels: give labels or a dataset to score clouds")
+        return self.text
+
+    def score(self, view_feats: torch.Tensor) -> torch.Tensor:
+        """Scores (B, C) = Σ_v β_v cos(f_v, t_c) of view features (B, V, D)."""
+        cos = view_feats @ self._text().T  # (B, V, C)
         return torch.einsum("bvc,v->bc", cos, self.view_weights(view_feats.shape[1]))
 
+    def logits(self, view_feats: torch.Tensor) -> torch.Tensor:
+        """Logits (B, C) of view features (B, V, D): ``logit_scale · score``."""
+        return self.model.logit_scale * self.score(view_feats)
+
+    def view_logits(self, view_feats: torch.Tensor) -> torch.Tensor:
+        """Each view's own logits (B, V, C) against the text, before fusion (what each view alone would say)."""
+        return self.model.logit_scale * (view_feats @ self._text().T)
+
+    # ---- answers ---------------------------------------------------------------------------------------
     def scores(self, points) -> torch.Tensor:
         """Fused scores (B, C) for one cloud or a batch."""
-        return self._run(points)[0]
+        return self.score(self.embed(points))
 
-    def _run(self, points):
-        t0 = time.perf_counter()
-        clouds = self.prepare(points)
-        views = self.project(clouds)
-        t1 = time.perf_counter()
-        feats = self.view_features(views)
-        t2 = time.perf_counter()
-        self.last_timings = {"projection": t1 - t0, "encoder": t2 - t1}
-        return self.fuse(feats), feats, views
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """softmax over the labels of logits (..., C)."""
+        return logits.softmax(dim=-1)
 
-    # ---- answers -------------------------------------------------------------------------------------
-    def probabilities(self, scores: torch.Tensor) -> torch.Tensor:
-        return (self.model.logit_scale * scores).softmax(dim=-1)
-
-    def _ranked(self, probs: torch.Tensor, top_k: int) -> list[dict]:
-        values, idx = probs.topk(min(top_k, probs.shape[-1]))
-        return [{"label": self.labels[i], "score": float(v)} for v, i in zip(values.tolist(), idx.tolist())]
-
-    def classify(self, points, top_k: int = 5, per_view: bool = False):
-        """Best labels with probabilities: a list of {"label", "score"} for one cloud, a list of them for a batch.
-
-        per_view=True returns (predictions, views) where views holds each view's top label and score.
-        """
-        if top_k < 1:
-            raise InputError("top-k must be at least 1")
+    def classify(self, points, top_k: int = 5):
+        """Best labels with their probabilities: `Prediction` list for one cloud, a list of them for a batch."""
+        top_k = check_top_k(top_k)
         _, single = _as_clouds(points)
-        scores, feats, _ = self._run(points)
-        results = [self._ranked(p, top_k) for p in self.probabilities(scores)]
-        out = results[0] if single else results
-        if not per_view:
-            return out
-        view_probs = self.probabilities(feats @ self.text.T)  # (B, V, C)
-        views = [[self._ranked(p, 1)[0] for p in cloud] for cloud in view_probs]
-        return out, (views[0] if single else views)
+        probs = self.probabilities(self.logits(self.embed(points)))
+        results = [ranked(self.labels, p, top_k) for p in probs]
+        return results[0] if single else results
+
+    def classify_views(self, points) -> list:
+        """Each view's best label and its probability (view features against the text, no fusion): a list of
+        `Prediction` (one a view) for one cloud, a list of them for a batch."""
+        _, single = _as_clouds(points)
+        view_probs = self.probabilities(self.view_logits(self.embed(points)))
+        views = [[ranked(self.labels, p, 1)[0] for p in cloud] for cloud in view_probs]
+        return views[0] if single else views
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One label and its probability. In JSON the probability keeps the field name ``score`` (compatibility)."""
+
+    label: str
+    probability: float
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "score": self.probability}
+
+
+def check_top_k(top_k) -> int:
+    """top_k as a positive int: the one rule for every command and function that ranks labels."""
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise InputError(f"top-k must be at least 1, got {top_k!r}")
+    return int(top_k)
+
+
+def ranked(labels: Sequence[str], probs: torch.Tensor, top_k: Optional[int] = None) -> list[Prediction]:
+    """The top_k labels (all without it) of a probability vector (C,), best first."""
+    k = probs.shape[-1] if top_k is None else min(check_top_k(top_k), probs.shape[-1])
+    values, idx = probs.topk(k)
+    return [Prediction(labels[i], float(v)) for v, i in zip(values.tolist(), idx.tolist())]

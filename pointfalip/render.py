@@ -9,6 +9,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from .errors import InputError
+from .files import atomic_write
+
 OVERLAY_OPACITY = 0.6  # red strength at the peak foveal weight
 LABEL_HEIGHT = 14  # pixels under each tile for its caption
 
@@ -44,20 +47,27 @@ def contact_sheet(tiles: np.ndarray, captions: Optional[Sequence[str]] = None, c
     return sheet
 
 
+def save_image(image: Image.Image, path) -> Path:
+    """Write a picture atomically, in the format its suffix names."""
+    path = Path(path)
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise InputError(f"{path}: unknown image type '{path.suffix}'; use .png or .jpg")
+    return atomic_write(path, lambda f: image.save(f, format=fmt))
+
+
 def save_sheet(path, images: torch.Tensor, weights: Optional[torch.Tensor] = None,
                captions: Optional[Sequence[str]] = None, columns: int = 5) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    contact_sheet(view_tiles(images, weights), captions, columns).save(path)
-    return path
+    """A contact sheet of depth views (V, 3, S, S) with their foveal weights (V, gh, gw) written to ``path``."""
+    return save_image(contact_sheet(view_tiles(images, weights), captions, columns), path)
 
 
 SCENE_PIXELS = 640  # side of the top view
 BOX_COLOR = (220, 30, 30)
 
 
-def save_scene(path, points: np.ndarray, objects: Sequence[dict], up_axis: str = "z") -> Path:
-    """A top view of a scene (looking down the up axis) with each object's box and label."""
+def save_scene(path, points: np.ndarray, objects: Sequence, up_axis: str = "z") -> Path:
+    """A top view of a scene (looking down the up axis) with each `RecognizedObject`'s box and label."""
     up = "xyz".index(up_axis.lstrip("-"))
     u, v = [a for a in range(3) if a != up]
     pts = np.asarray(points, np.float64)[:, [u, v]]
@@ -74,10 +84,7 @@ def save_scene(path, points: np.ndarray, objects: Sequence[dict], up_axis: str =
     image = Image.fromarray(canvas)
     draw = ImageDraw.Draw(image)
     for obj in objects:
-        (c0, r0), (c1, r1) = pixel(np.array(obj["bbox_min"])[[u, v]]), pixel(np.array(obj["bbox_max"])[[u, v]])
+        (c0, r0), (c1, r1) = pixel(np.asarray(obj.bbox_min)[[u, v]]), pixel(np.asarray(obj.bbox_max)[[u, v]])
         draw.rectangle([min(c0, c1), min(r0, r1), max(c0, c1), max(r0, r1)], outline=BOX_COLOR, width=2)
-        draw.text((min(c0, c1) + 2, min(r0, r1) - 12), f"{obj['label']} {obj['score']:.0%}", fill=BOX_COLOR)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
-    return path
+        draw.text((min(c0, c1) + 2, min(r0, r1) - 12), f"{obj.label} {obj.probability:.0%}", fill=BOX_COLOR)
+    return save_image(image, path)

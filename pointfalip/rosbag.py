@@ -20,7 +20,7 @@ import functools
 import logging
 import os
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple, Sequence
+from typing import Any, Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -57,15 +57,24 @@ _MILLIMETRES_PER_METRE = 1000.0  # integer depth images are in millimetres unles
 
 
 class BagFrame(NamedTuple):
-    """One PointCloud2 message of a bag; unpacks as ``stamp_ns, points``."""
+    """One frame of points: a PointCloud2 message of a bag, or a single file (``stamp_ns`` None)."""
 
-    stamp_ns: int  # nanoseconds since the epoch (see read_bag's ``stamp`` for which clock)
+    stamp_ns: Optional[int]  # nanoseconds since the epoch (see read_bag's ``stamp`` for which clock)
     points: np.ndarray  # (N, 3) float32, metres, in the message's frame; NaN / inf points dropped (N may be 0)
+    frame_id: Optional[str] = None  # the message's header.frame_id (None when unknown)
 
     @property
     def stamp_s(self) -> float:
         """The stamp in seconds (float; nanoseconds lose precision beyond ~0.2 us at today's epoch)."""
         return self.stamp_ns * 1e-9
+
+
+class FrameSource(NamedTuple):
+    """What `read_frames` found: the frames, whether they are a sequence (a bag), and the input's up axis."""
+
+    frames: Iterator[BagFrame]
+    sequence: bool
+    up_axis: str  # "z" for robot and lidar frames, "-y" for camera frames (depth images: y down)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -289,7 +298,7 @@ def _iter_frames(path: Path, topic: str, stamp: str) -> Iterator[BagFrame]:
             if stamp == "header":
                 header_ns = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
                 stamp_ns = header_ns or stamp_ns
-            yield BagFrame(stamp_ns, points)
+            yield BagFrame(stamp_ns, points, str(msg.header.frame_id) or None)
     finally:
         reader.close()
 
@@ -373,36 +382,64 @@ def read_depth_image(path: str | os.PathLike, intrinsics: Sequence[float],
         InputError: missing or unreadable file, an 8-bit or colour image (not a depth map), bad intrinsics.
     """
     p = Path(path).expanduser()
+    if p.is_dir():
+        raise InputError(f"{p} is a folder; give a 16-bit PNG, float TIFF or .npy depth image")
     if not p.is_file():
         raise InputError(f"{p}: no such file; give a 16-bit PNG, float TIFF or .npy depth image")
     _check_intrinsics(intrinsics)
     if p.suffix.lower() == ".npy":
-        try:
-            depth = np.load(p, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            raise InputError(f"{p}: could not read it as a .npy depth image ({_reason(e)})") from e
+        from .io import read_npy
+
+        depth = np.asarray(read_npy(p))
     else:
         depth = _read_image_depth(p)
     return depth_to_points(depth, *intrinsics, depth_scale=depth_scale)
 
 
 def _read_image_depth(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    """The raw values of a depth image (16-bit integers or 32-bit floats, never scaled)."""
+    from .regions import open_image
 
-    try:
-        with Image.open(path) as img:
-            mode = img.mode
-            if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
-                depth = np.array(img).astype(np.uint16)
-            elif mode == "I":  # some readers give 16-bit PNGs as 32-bit integers
-                depth = np.array(img).astype(np.int64)
-            elif mode == "F":
-                depth = np.array(img).astype(np.float32)
-            else:
-                raise InputError(f"{path}: a {mode} image is not a depth map; give a 16-bit single-channel PNG "
-                                 "(millimetres) or a 32-bit float TIFF (metres)")
-    except InputError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise InputError(f"{path}: could not read it as an image ({_reason(e)})") from e
-    return depth
+    img = open_image(path, "depth image")
+    mode = img.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
+        return np.array(img).astype(np.uint16)
+    if mode == "I":  # some readers give 16-bit PNGs as 32-bit integers
+        return np.array(img).astype(np.int64)
+    if mode == "F":
+        return np.array(img).astype(np.float32)
+    raise InputError(f"{path}: a {mode} image is not a depth map; give a 16-bit single-channel PNG "
+                     "(millimetres) or a 32-bit float TIFF (metres)")
+
+
+BAG_SUFFIXES = (".db3", ".mcap")
+DEPTH_IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
+
+
+def read_frames(path: str | os.PathLike, topic: str | None = None, intrinsics: Sequence[float] | None = None,
+                depth_scale: float | None = None) -> FrameSource:
+    """The frames of a scene input, dispatched on what it is: a ROS 2 bag (folder, ``.db3``, ``.mcap``), a depth
+    image (``.png``/``.tif``, or ``.npy`` when ``intrinsics`` are given) or a point file (`io.load_points`).
+
+    Everything is checked before the first frame is read (a wrong topic, missing intrinsics, bad intrinsics).
+    """
+    from . import io
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise InputError(f"{p} does not exist")
+    suffix = p.suffix.lower()
+    if p.is_dir() or suffix in BAG_SUFFIXES:
+        return FrameSource(read_bag(p, topic), True, "z")
+    if intrinsics is not None:
+        intrinsics = _check_intrinsics(intrinsics)
+    if suffix in DEPTH_IMAGE_SUFFIXES or (suffix == ".npy" and intrinsics is not None):
+        if intrinsics is None:
+            raise InputError(f"{p} is a depth image: give the camera's intrinsics fx,fy,cx,cy (--intrinsics)")
+        points = read_depth_image(p, intrinsics, depth_scale=depth_scale)
+        return FrameSource(iter([BagFrame(None, points)]), False, "-y")
+    if intrinsics is not None or depth_scale is not None:
+        raise InputError(f"{p} is a point file: --intrinsics and --depth-scale are for depth images "
+                         f"({', '.join(DEPTH_IMAGE_SUFFIXES)}, .npy)")
+    points = io.load_points(p, max_points=None, drop_nonfinite=True)
+    return FrameSource(iter([BagFrame(None, points)]), False, "z")

@@ -24,8 +24,9 @@ generator seeded with ``SegmentationConfig.seed``, local to the call (so threads
 open3d's outlier removal and DBSCAN do not draw random numbers.
 
 :class:`SceneRecognizer` glues segmentation to a recognizer (anything with
-``classify(list_of_clouds, top_k=k) -> list[list[{"label", "score"}]]``, e.g. :class:`pointfalip.Recognizer`):
-one ``classify`` call a frame for all of its objects.
+``classify(list_of_clouds, top_k=k) -> list[list[Prediction]]``, e.g. :class:`pointfalip.Recognizer`):
+one ``classify`` call a frame for all of its objects, answered as a :class:`SceneResult` of
+:class:`RecognizedObject` (dataclasses; ``to_dict()`` where JSON is printed).
 
 Settings: :class:`SegmentationConfig` (defaults: the ``tabletop`` preset); presets in ``configs/scene.yaml``
 (``tabletop``, ``room``) through :func:`load_segmentation_config`.
@@ -37,7 +38,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple, Optional
 
 import numpy as np
 
@@ -50,6 +51,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "CONFIG_FILE",
     "Plane",
+    "RecognizedObject",
     "SceneObject",
     "SceneRecognizer",
     "SceneResult",
@@ -440,9 +442,46 @@ def _cluster(points: np.ndarray, cfg: SegmentationConfig) -> np.ndarray:
 # segmentation + recognition
 # --------------------------------------------------------------------------------------------------
 
-class SceneResult(NamedTuple):
-    objects: list[dict]  # as SceneRecognizer.__call__ returns them
-    timings: dict[str, float]  # seconds, as SceneRecognizer.last_timings
+@dataclass(eq=False)
+class RecognizedObject:
+    """A segmented object with its recognition: its place in the input frame and its best labels."""
+
+    label: str  # the best label
+    probability: float  # its probability
+    predictions: list  # [Prediction] best first (top_k of them)
+    points: np.ndarray  # (M, 3) float32: the object's full-resolution input points
+    indices: np.ndarray  # (M,) int64: their rows in the frame's points
+    centroid: np.ndarray  # (3,) float64, metres
+    bbox_min: np.ndarray  # (3,) float64: axis-aligned box in the input frame, lower corner
+    bbox_max: np.ndarray  # (3,) float64: upper corner
+    num_points: int  # M
+    id: Optional[int] = None  # track id, when a tracker follows the objects over frames
+    track_label: Optional[str] = None  # the label smoothed over the track
+
+    def to_dict(self) -> dict:
+        """JSON-ready: label, score (the probability), top_k, centroid, bbox_min, bbox_max, num_points, and id and
+        track_label when tracked."""
+        out = {"label": self.label, "score": self.probability, "top_k": [p.to_dict() for p in self.predictions],
+               "centroid": [float(v) for v in self.centroid], "bbox_min": [float(v) for v in self.bbox_min],
+               "bbox_max": [float(v) for v in self.bbox_max], "num_points": int(self.num_points)}
+        if self.id is not None:
+            out.update(id=int(self.id), track_label=self.track_label)
+        return out
+
+
+@dataclass
+class SceneResult:
+    """One frame's recognised objects (nearest first), when it was taken, in which frame, and what it cost."""
+
+    objects: list  # [RecognizedObject]
+    timings: dict  # seconds by stage (see SceneRecognizer.last_timings)
+    stamp_ns: Optional[int] = None  # acquisition time (a bag's header stamp), None for a single file
+    frame_id: Optional[str] = None  # the coordinate frame of the points (PointCloud2 header.frame_id)
+
+    def to_dict(self) -> dict:
+        return {"stamp": None if self.stamp_ns is None else self.stamp_ns / 1e9, "frame_id": self.frame_id,
+                "objects": [o.to_dict() for o in self.objects],
+                "timings": {k: round(v, 4) for k, v in self.timings.items()}}
 
 
 class SceneRecognizer:
@@ -455,7 +494,7 @@ class SceneRecognizer:
 
     Args:
         recognizer: an object with ``classify(list_of_point_arrays, top_k=k)`` returning, for each array, a list
-            of ``{"label": str, "score": float}`` best first (e.g. :class:`pointfalip.Recognizer`). Arrays are
+            of `pointfalip.recognize.Prediction` best first (e.g. :class:`pointfalip.Recognizer`). Arrays are
             the objects' full-resolution points, float32 ``(M_i, 3)`` in the scene's frame and metres (M_i
             differ); normalisation is the recognizer's job. If it has a ``last_timings`` mapping (e.g.
             ``projection``, ``encoder``), it is merged into this object's.
@@ -464,15 +503,15 @@ class SceneRecognizer:
     """
 
     def __init__(self, recognizer: Any, config: SegmentationConfig | None = None, top_k: int = 5):
+        from .recognize import check_top_k
+
         if not callable(getattr(recognizer, "classify", None)):
             raise TypeError(f"recognizer must have a classify(clouds, top_k=...) method, got {type(recognizer).__name__}")
-        if isinstance(top_k, (bool, np.bool_)) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-            raise InputError(f"top_k must be a positive integer, got {top_k!r}")
         if config is not None and not isinstance(config, SegmentationConfig):
             raise InputError(f"config must be a SegmentationConfig, got {type(config).__name__}")
         self.recognizer = recognizer
         self.config = config if config is not None else SegmentationConfig()
-        self.top_k = int(top_k)
+        self.top_k = check_top_k(top_k)
         self._model_lock = threading.Lock()
         self._last_timings: dict[str, float] = {}
 
@@ -483,15 +522,13 @@ class SceneRecognizer:
         keys (a key that clashes gets the prefix ``recognizer_``). A copy."""
         return dict(self._last_timings)
 
-    def __call__(self, points: Any) -> list[dict]:
-        """Objects of the frame with their predictions: a list of JSON-serialisable dicts with ``label`` and
-        ``score`` (the best prediction), ``top_k`` (list of ``{"label", "score"}``), ``centroid``, ``bbox_min``,
-        ``bbox_max`` (lists of 3 floats, metres, in the input frame) and ``num_points``; ordered as
-        :func:`segment` orders objects (nearest first). ``[]`` when the scene holds no object."""
+    def __call__(self, points: Any) -> list[RecognizedObject]:
+        """The frame's objects with their predictions, ordered as :func:`segment` orders objects (nearest
+        first); ``[]`` when the scene holds no object."""
         return self.recognize(points).objects
 
-    def recognize(self, points: Any) -> SceneResult:
-        """As calling the object, returning this call's timings with the objects."""
+    def recognize(self, points: Any, stamp_ns: Optional[int] = None, frame_id: Optional[str] = None) -> SceneResult:
+        """As calling the object, returning this call's timings, stamp and frame with the objects."""
         t0 = time.perf_counter()
         objects = segment(points, self.config)
         t1 = time.perf_counter()
@@ -516,21 +553,24 @@ class SceneRecognizer:
             predictions = _check_predictions(predictions, len(objects))
         results = []
         for obj, preds in zip(objects, predictions):
-            top = [{"label": str(p["label"]), "score": float(p["score"])} for p in preds[: self.top_k]]
-            results.append({"label": top[0]["label"], "score": top[0]["score"], "top_k": top, **obj.to_dict()})
+            top = list(preds[: self.top_k])
+            results.append(RecognizedObject(label=top[0].label, probability=float(top[0].probability),
+                                            predictions=top, points=obj.points, indices=obj.indices,
+                                            centroid=obj.centroid, bbox_min=obj.bbox_min, bbox_max=obj.bbox_max,
+                                            num_points=obj.num_points))
         timings["total"] = time.perf_counter() - t0
         self._last_timings = timings  # a fresh dict each call, replaced in one step, never mutated after
-        return SceneResult(results, dict(timings))
+        return SceneResult(results, dict(timings), stamp_ns=stamp_ns, frame_id=frame_id)
 
 
 def _check_predictions(predictions: Any, count: int) -> list:
     preds = list(predictions)
-    if count == 1 and preds and isinstance(preds[0], Mapping):  # a recognizer that unwraps a batch of one
+    if count == 1 and preds and hasattr(preds[0], "label"):  # a recognizer that unwraps a batch of one
         preds = [preds]
     if len(preds) != count:
         raise RuntimeError(f"the recognizer returned {len(preds)} prediction lists for {count} objects")
     for p in preds:
-        if not p or not all(isinstance(x, Mapping) and "label" in x and "score" in x for x in p):
-            raise RuntimeError("the recognizer must return, for each cloud, a non-empty list of "
-                               "{'label': ..., 'score': ...} dicts")
+        if not p or not all(hasattr(x, "label") and hasattr(x, "probability") for x in p):
+            raise RuntimeError("the recognizer must return, for each cloud, a non-empty list of Predictions "
+                               "(label, probability)")
     return preds

@@ -3,12 +3,13 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TINY, assert_user_error
+from conftest import TINY, assert_user_error, load_random
 
 
 @pytest.fixture(scope="module")
@@ -55,16 +56,23 @@ def picture(tmp_path_factory):
 
 
 def test_classify_json_and_per_view(env, tiny_json, cloud):
+    """The command's answers equal the Recognizer's in this process: random weights come from a fixed seed, so the
+    subprocess holds the same model."""
     proc = pf(env, "classify", cloud, cloud, "--labels", "chair,table,lamp", "--model", tiny_json,
-              "--pretrained", "none", "--json", "--per-view", "--top-k", "3")
+              "--pretrained", "none", "--precision", "fp32", "--json", "--per-view", "--top-k", "3")
     out = json.loads(proc.stdout)
     assert [item["file"] for item in out] == [str(cloud)] * 2
+    from pointfalip import Recognizer
+
+    rec = Recognizer(load_random("pf-tiny-16"), labels=["chair", "table", "lamp"], cache_dir=False)
+    points = np.load(cloud)
+    expected = rec.classify(points, top_k=3)
+    views = rec.classify_views(points)
     for item in out:
-        scores = [p["score"] for p in item["predictions"]]
-        assert sorted(scores, reverse=True) == scores and sum(scores) == pytest.approx(1, abs=1e-5)
-        assert {p["label"] for p in item["predictions"]} == {"chair", "table", "lamp"}
-        assert len(item["views"]) == 10 and all("label" in v and "score" in v for v in item["views"])
-    assert out[0]["predictions"] == out[1]["predictions"]
+        assert [p["label"] for p in item["predictions"]] == [p.label for p in expected]
+        assert [p["score"] for p in item["predictions"]] == pytest.approx([p.probability for p in expected], abs=1e-5)
+        assert [v["label"] for v in item["views"]] == [v.label for v in views]
+        assert [v["score"] for v in item["views"]] == pytest.approx([v.probability for v in views], abs=1e-5)
 
 
 def test_classify_real_mesh_against_dataset(env, tiny_json, shared_data):
@@ -218,3 +226,143 @@ def test_render_and_demo_bad_input(env, bad_files, tmp_path):
     assert_user_error(pf(env, "render", bad_files / "missing.off", ok=False), "missing.off")
     assert_user_error(pf(env, "render", bad_files / "few.npy", "--model", "RN50", ok=False), "not a vit")
     assert_user_error(pf(env, "demo", "--model", "ViT-B-16", ok=False), "--pretrained")  # offline, nothing cached
+
+
+# ---- structure: the registry, presets and output paths ----------------------------------------------------
+@pytest.fixture
+def main(capsys):
+    """`pointfalip.cli.main` in this process: (exit code, stdout, stderr); logging levels are restored."""
+    import logging
+
+    from pointfalip.cli import main as cli_main
+
+    level = logging.getLogger().level
+
+    def run(*args):
+        code = cli_main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    yield run
+    logging.getLogger().setLevel(level)
+
+
+def one_line_error(code, err, *words):
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for w in words:
+        assert w.lower() in lines[0].lower(), lines[0]
+
+
+def test_a_command_is_one_registration(main, monkeypatch):
+    """A toy command, nested under a group, registered once: it parses, runs and prints through main."""
+    from pointfalip import cli
+
+    monkeypatch.setattr(cli, "COMMANDS", dict(cli.COMMANDS))
+    shown = []
+
+    @cli.command("toy echo", "say a word back", lambda p: p.add_argument("word"), printer=shown.append)
+    def run_toy(args):
+        if args.word == "bad":
+            raise cli.InputError("bad word")
+        return {"word": args.word}
+
+    assert {"classify", "render", "demo", "scene", "classify-image", "refer", "evaluate", "toy echo"} <= set(
+        cli.list_commands())
+    assert main("toy", "echo", "hi") == (0, "", "") and shown == [{"word": "hi"}]
+    assert json.loads(main("toy", "echo", "hi", "--json")[1]) == {"word": "hi"}
+    one_line_error(*main("toy", "echo", "bad")[::2], "bad word")
+
+
+@pytest.mark.parametrize("section,key", [("foveal", "alpah"), ("", "view_wieghts")])
+def test_misspelt_preset_key_is_one_line(main, tmp_path, cloud, tiny_json, section, key):
+    import yaml
+
+    preset = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs/presets/pointclip_v2.yaml").read_text())
+    (preset[section] if section else preset)[key] = 1
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(preset))
+    code, _, err = main("classify", cloud, "--labels", "a,b", "--preset", path, "--model", tiny_json,
+                        "--pretrained", "none")
+    one_line_error(code, err, key)
+
+
+@pytest.mark.parametrize("weights", ["[0, 0, 0, 0, 0, 0, 0, 0, 0, 0]", "[.nan, 1, 1, 1, 1, 1, 1, 1, 1, 1]", "abc"])
+def test_bad_view_weights_never_print_nan(main, tmp_path, cloud, tiny_json, weights):
+    path = tmp_path / "w.yaml"
+    path.write_text(f"view_weights: {weights}\n")
+    code, out, err = main("classify", cloud, "--labels", "a,b", "--preset", path, "--model", tiny_json,
+                          "--pretrained", "none", "--json")
+    one_line_error(code, err, "view_weights")
+    assert "nan" not in out.lower()
+
+
+def test_non_square_model_is_one_line_and_the_grid_is_the_models(main, cloud, tmp_path):
+    from pointfalip.model import config_grid
+
+    rect = tmp_path / "pf-rect.json"
+    rect.write_text(json.dumps(TINY["pf-tiny-16-rect"]))
+    assert config_grid(str(rect)) == ((3, 5), (48, 80))
+    code, _, err = main("render", cloud, "-o", tmp_path / "v.png", "--model", rect)
+    one_line_error(code, err, "square")
+    assert not (tmp_path / "v.png").exists()
+
+
+@pytest.mark.parametrize("top_k", ["0", "-2", "x"])
+def test_top_k_is_one_rule_everywhere(main, picture, cloud, top_k):
+    for args in (["classify", cloud, "--labels", "a,b"], ["classify-image", picture / "scene.png", "--labels", "a,b"],
+                 ["scene", cloud, "--labels", "a,b"]):
+        code, out, err = main(*args, "--top-k", top_k)
+        assert code == 2 and out == "" and "--top-k" in err and len(err.strip().splitlines()) == 1
+
+
+def test_outputs_are_checked_before_the_work(main, cloud, tmp_path, tiny_json):
+    folder = tmp_path / "taken"
+    folder.mkdir()
+    under_file = tmp_path / "file.txt"
+    under_file.write_text("mine")
+    for out, words in ((folder, ["folder"]), (under_file / "v.png", ["not a folder"]),
+                       (tmp_path / "v.bmpx", ["unknown file type"]), (tmp_path / "no" / "v.png", ["does not exist"])):
+        code, _, err = main("render", cloud, "-o", out, "--model", tiny_json)
+        one_line_error(code, err, *words)
+    assert under_file.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "taken"]
+
+
+def test_scene_render_never_overwrites_its_input(main, tmp_path, tiny_json):
+    depth = tmp_path / "depth.png"
+    Image.fromarray(np.full((16, 16), 1000, np.uint16)).save(depth)
+    before = depth.read_bytes()
+    code, _, err = main("scene", depth, "--intrinsics", "20,20,8,8", "--labels", "a,b", "--render", depth,
+                        "--model", tiny_json, "--pretrained", "none")
+    one_line_error(code, err, "input")
+    assert depth.read_bytes() == before
+
+
+def test_evaluate_never_deletes_a_folder_it_did_not_make(main, tmp_path, tiny_json):
+    root = tmp_path / "objects"
+    for label in ("box", "plank"):
+        (root / label).mkdir(parents=True)
+        np.save(root / label / "0.npy", np.random.default_rng(0).normal(size=(300, 3)).astype(np.float32))
+    partial = tmp_path / "mine.json.partial"
+    partial.mkdir()
+    (partial / "notes.txt").write_text("my notes")
+    code, _, err = main("evaluate", "--dataset", "folder", "--root", root, "--out", tmp_path / "mine.json",
+                        "--model", tiny_json, "--pretrained", "none")
+    one_line_error(code, err, "not made by pointfalip")
+    assert (partial / "notes.txt").read_text() == "my notes"
+    report = tmp_path / "r.json"
+    report.write_text("{}")
+    report.chmod(0o644)
+    code, _, err = main("evaluate", "--dataset", "folder", "--root", root, "--out", report, "--model", tiny_json,
+                        "--pretrained", "none")
+    assert code == 0, err
+    assert (report.stat().st_mode & 0o777) == 0o644 and json.loads(report.read_text())["n"] == 2
+    assert not (tmp_path / "r.json.partial").exists()
+
+
+def test_random_weights_warning_is_one_line(main, cloud, tiny_json):
+    code, _, err = main("classify", cloud, "--labels", "a,b", "--model", tiny_json, "--pretrained", "none")
+    assert code == 0
+    assert [line for line in err.splitlines() if line.strip()] == [
+        "pointfalip: model 'pf-cli-16' has random weights (pretrained='none'); its predictions are meaningless"]

@@ -104,7 +104,7 @@ def clouds() -> np.ndarray:
 def top1(model, clouds, labels, falip=True, **kwargs) -> list[int]:
     """Each cloud's best label by Recognizer.classify, as an index into ``labels``."""
     rec = Recognizer(model, labels=labels, falip=falip, cache_dir=False, **kwargs)
-    return [labels.index(p[0]["label"]) for p in rec.classify(list(clouds), top_k=1)]
+    return [labels.index(p[0].label) for p in rec.classify(list(clouds), top_k=1)]
 
 
 @pytest.fixture(scope="module")
@@ -421,7 +421,7 @@ BAD = {
                                                  label=np.zeros((0, 1), np.uint8)), [], ["empty"]),
     "compare without falip": (lambda tmp: tmp, ["--compare", "--no-falip"], ["--no-falip"]),
     "batch size 0": (lambda tmp: _modelnet40_h5(tmp, data=shapes(2), label=np.array([[3], [4]])),
-                     ["--batch-size", "0"], ["batch size"]),  # given last, it wins over the helper's
+                     ["--batch-size", "0"], ["batch-size", "outside"]),  # given last, it wins over the helper's
 }
 
 

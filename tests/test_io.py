@@ -1,5 +1,6 @@
 """pointfalip.io: every format round-trips a cloud the test writes; meshes sample their surface; bad input
 raises InputError with one line; normalize is a centring, a scaling and a proper rotation."""
+import re
 from pathlib import Path
 
 import numpy as np
@@ -325,7 +326,7 @@ def test_missing_file(tmp_path):
 
 def test_directory_is_not_a_file(tmp_path):
     (tmp_path / "dir.ply").mkdir()
-    _raises_one_line(load_points, tmp_path / "dir.ply", match="not a file")
+    _raises_one_line(load_points, tmp_path / "dir.ply", match="is a folder")
 
 
 @pytest.mark.parametrize("ext", sorted(set(pio.MESH_EXTENSIONS + pio.POINT_EXTENSIONS)))
@@ -520,3 +521,170 @@ def test_drop_nonfinite_keeps_the_finite_points():
     cloud[9, 1] = np.inf
     out = load_points(cloud, drop_nonfinite=True)
     np.testing.assert_array_equal(out, np.delete(cloud, [3, 7, 9], axis=0))
+
+
+# --------------------------------------------------------------------------------------------------
+# headers that lie, content that is not what the extension says, sizes, warnings
+# --------------------------------------------------------------------------------------------------
+
+def _o3d_pcd(path: Path, cloud: np.ndarray, kind: str) -> bytes:
+    import open3d as o3d
+
+    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(cloud))
+    assert o3d.io.write_point_cloud(str(path), pcd, write_ascii=kind == "ascii", compressed=kind == "binary_compressed")
+    return path.read_bytes()
+
+
+def _claim_points(data: bytes, n: int) -> bytes:
+    """The same PCD with its WIDTH and POINTS lines claiming n points."""
+    head, body = data.split(b"DATA ", 1)
+    head = re.sub(rb"\nWIDTH \d+", b"\nWIDTH %d" % n, head)
+    head = re.sub(rb"\nPOINTS \d+", b"\nPOINTS %d" % n, head)
+    return head + b"DATA " + body
+
+
+@pytest.mark.parametrize("kind", ["ascii", "binary", "binary_compressed"])
+def test_pcd_header_claiming_more_points_than_the_body_fails(tmp_path, cloud, kind):
+    """open3d fills the missing points from uninitialised memory (or zeros); the header check refuses first."""
+    path = tmp_path / f"lying_{kind}.pcd"
+    data = _o3d_pcd(path, cloud[:100], kind)
+    path.write_bytes(_claim_points(data, 5000))
+    msg = _raises_one_line(load_points, path, match="5000")
+    assert "truncated or corrupt" in msg
+    path.write_bytes(_claim_points(data, 50))  # fewer: points would be dropped silently
+    _raises_one_line(load_points, path, match="50 points")
+
+
+@pytest.mark.parametrize("kind", ["ascii", "binary", "binary_compressed"])
+def test_pcd_header_without_data_fails_the_same_way_every_time(tmp_path, cloud, kind):
+    path = tmp_path / f"header_{kind}.pcd"
+    data = _o3d_pcd(path, cloud, kind)
+    path.write_bytes(data[: data.index(b"DATA ")] + f"DATA {kind}\n".encode())
+    messages = {_raises_one_line(load_points, path) for _ in range(3)}
+    assert len(messages) == 1 and "500 points" in messages.pop()
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "binary"])
+def test_ply_header_counts_must_match_the_body(tmp_path, cloud, encoding):
+    path = tmp_path / f"cloud_{encoding}.ply"
+    trimesh.PointCloud(cloud).export(path, encoding=encoding)
+    data = path.read_bytes()
+    assert b"element vertex 500\n" in data
+    for claimed in (5000, 499):
+        path.write_bytes(data.replace(b"element vertex 500\n", b"element vertex %d\n" % claimed, 1))
+        _raises_one_line(load_points, path, match=str(claimed))
+    body_start = data.index(b"end_header\n") + len(b"end_header\n")
+    path.write_bytes(data[:body_start])  # a header and nothing else
+    _raises_one_line(load_points, path, match="500 'vertex' elements")
+
+
+def test_stl_ascii_and_binary_with_a_solid_header_still_load(tmp_path):
+    box = trimesh.creation.box()
+    ascii_path, solid_path = tmp_path / "ascii.stl", tmp_path / "solid.stl"
+    box.export(ascii_path, file_type="stl_ascii")
+    assert ascii_path.read_bytes().startswith(b"solid")
+    binary = box.export(file_type="stl")
+    solid_path.write_bytes(b"solid exported by a CAD tool".ljust(80, b" ") + binary[80:])  # a binary STL quirk
+    for path in (ascii_path, solid_path):
+        _assert_on_box(load_points(path, num_points=100))
+
+
+@pytest.mark.parametrize("ext", [".npy", ".npz", ".ply", ".pcd", ".glb", ".xyz"])
+def test_content_of_another_format_names_what_it_is(tmp_path, cloud, ext):
+    writers = {".npy": lambda p: np.save(p, cloud), ".npz": lambda p: np.savez(p, points=cloud),
+               ".ply": lambda p: trimesh.PointCloud(cloud).export(p), ".pcd": lambda p: _o3d_pcd(p, cloud, "binary"),
+               ".glb": lambda p: trimesh.creation.box().export(p), ".xyz": lambda p: np.savetxt(p, cloud)}
+    names = {".npy": "NumPy .npy", ".npz": "ZIP archive", ".ply": "PLY file", ".pcd": "PCD", ".glb": "glTF",
+             ".xyz": "text file"}
+    real = tmp_path / f"real{ext}"
+    writers[ext](real)
+    for other in (".npy", ".npz", ".ply", ".pcd", ".glb"):
+        if other == ext:
+            continue
+        wrong = tmp_path / f"wrong{other}"
+        wrong.write_bytes(real.read_bytes())
+        if ext == ".xyz" and other == ".pcd":  # text may be a PCD header: its check speaks
+            _raises_one_line(load_points, wrong, match="not a valid PCD file")
+            continue
+        msg = _raises_one_line(load_points, wrong, match=f"not a valid \\{other} file")
+        assert names[ext] in msg and "allow_pickle" not in msg
+
+
+def test_utf8_bom_is_skipped_and_other_encodings_are_refused(tmp_path, cloud):
+    text = "\n".join(" ".join(repr(float(v)) for v in row) for row in cloud) + "\n"
+    path = tmp_path / "bom.xyz"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    np.testing.assert_array_equal(load_points(path), cloud.astype(np.float32))  # the first point is kept
+    path.write_bytes(("# scann\xe9\n" + text).encode("latin-1"))
+    _raises_one_line(load_points, path, match="not UTF-8")
+    path.write_bytes(text.encode("utf-16"))
+    _raises_one_line(load_points, path, match="UTF-16")
+
+
+def test_pts_count_line_must_match_the_rows(tmp_path, cloud):
+    path = tmp_path / "cloud.pts"
+    _write_text(path, cloud, ["500"], " ")
+    assert load_points(path).shape == (500, 3)
+    _write_text(path, cloud, ["5000"], " ")
+    _raises_one_line(load_points, path, match="count line declares 5000 points")
+
+
+def test_npy_header_shape_must_match_the_data(tmp_path, cloud):
+    path = tmp_path / "cloud.npy"
+    np.save(path, cloud)
+    data = path.read_bytes()
+    path.write_bytes(data.replace(b"(500, 3)", b"(900, 3)", 1))
+    _raises_one_line(load_points, path, match=r"\(900, 3\)")
+    path.write_bytes(data + data[-240:])  # ten more rows than the header says
+    _raises_one_line(load_points, path, match=r"\(500, 3\)")
+
+
+def test_float64_beyond_float32_says_so():
+    big = np.random.default_rng(0).normal(size=(50, 3)) * 1e39
+    for source in (big, torch.from_numpy(big)):
+        msg = _raises_one_line(load_points, source, match="overflow float32")
+        assert "infinite" not in msg
+    assert load_points(big / 1e10).dtype == np.float32
+
+
+@pytest.mark.parametrize("value", [100_000_000_000, 10_000_001, 7, 0, -1, 2.5, True, "2048"])
+def test_num_points_outside_its_range_is_refused_before_sampling(tmp_path, monkeypatch, value):
+    path = tmp_path / "box.off"
+    trimesh.creation.box().export(path)
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampled before checking num_points")
+
+    monkeypatch.setattr(trimesh.sample, "sample_surface", no_sampling)
+    msg = _raises_one_line(load_points, path, num_points=value)
+    assert msg.startswith("num_points") and f"from {pio.MIN_POINTS} to {pio.MAX_NUM_POINTS}" in msg
+
+
+def test_max_points_and_seed_are_checked(cloud):
+    _raises_one_line(load_points, cloud, max_points=3, match="max_points")
+    _raises_one_line(load_points, cloud, seed=-1, match="seed")
+    _raises_one_line(load_points, cloud, seed="0", match="seed")
+    assert load_points(cloud, max_points=pio.MIN_POINTS).shape == (pio.MIN_POINTS, 3)
+
+
+def test_reader_warnings_never_escape(tmp_path, cloud, recwarn):
+    """With every warning turned into an error, hostile reads still end in InputError (never a warning)."""
+    import warnings
+
+    path = tmp_path / "big.xyz"
+    _write_text(path, cloud * 1e300, [], " ")
+    comments = tmp_path / "comments.txt"
+    comments.write_text("# nothing\n# but comments\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _raises_one_line(load_points, path, match="float32")
+        _raises_one_line(load_points, comments, match="no rows")
+        _raises_one_line(load_points, cloud * 1e300, match="float32")
+    assert len(recwarn) == 0
+
+
+def test_npz_arrays_too_large_to_decompress_are_refused(tmp_path, cloud, monkeypatch):
+    path = tmp_path / "cloud.npz"
+    np.savez_compressed(path, points=cloud)
+    monkeypatch.setattr(pio, "MAX_ARCHIVE_ARRAY_BYTES", 1000)
+    _raises_one_line(load_points, path, match="save the points as .npy")

@@ -3,6 +3,7 @@
 Expected pixels are computed here from the references' formulas (numpy, hand-written rotations), never
 from numbers the code printed.
 """
+import dataclasses
 import math
 from pathlib import Path
 
@@ -10,13 +11,19 @@ import numpy as np
 import pytest
 import torch
 
+from pointfalip import presets, projection
+from pointfalip.errors import InputError
 from pointfalip.projection import (
     DepthViews,
-    ProjectionConfig,
+    RealisticConfig,
+    SimpleConfig,
     ViewSet,
     list_projection_methods,
     list_view_presets,
+    load_projection_config,
     project,
+    projection_config,
+    register_projection,
     view_preset,
 )
 
@@ -149,7 +156,7 @@ def test_realistic_images_are_in_unit_range_with_white_background():
     views = project(pts)
     assert views.images.shape == (2, 10, 3, 224, 224)
     assert views.images.min() >= 0 and views.images.max() <= 1
-    assert torch.equal(views.occupancy, views.images[:, :, 0] < 1 - ProjectionConfig().occupancy_tolerance)
+    assert torch.equal(views.occupancy, views.images[:, :, 0] < 1 - RealisticConfig().occupancy_tolerance)
     assert (views.images[:, :, 0][~views.occupancy] > 1 - 1e-6).all()
     assert views.images[:, :, 0].amin(dim=(-2, -1)).max() < 1e-6  # each image's maximum becomes 0 (black)
 
@@ -157,9 +164,9 @@ def test_realistic_images_are_in_unit_range_with_white_background():
 # ----------------------------------------------------------------------------------------- simple
 
 
-def _simple_pixel(p_view: np.ndarray, res: int = 128) -> tuple[int, int, float]:
+def _simple_pixel(p_view: np.ndarray, res: int = 128, distance: float = 1.6) -> tuple[int, int, float]:
     """PointCLIP's pixel of a view-frame point: depth z + 1.6, pixel ceil((x / depth + 1) * res / 2 - 0.5)."""
-    depth = p_view[2] + 1.6
+    depth = p_view[2] + distance
     pos = (p_view[:2] / depth + 1) * res / 2 - 0.5
     assert (np.abs(pos - np.round(pos)) > 1e-3).all(), "test geometry too close to a pixel boundary"
     return int(math.ceil(pos[0])), int(math.ceil(pos[1])), depth
@@ -327,8 +334,26 @@ def test_every_yaml_preset_loads():
 
 
 def test_projection_yaml_holds_the_defaults():
-    assert ProjectionConfig.from_yaml(CONFIGS / "projection.yaml") == ProjectionConfig()
-    assert list_projection_methods() == ["realistic", "simple"]
+    assert {"realistic", "simple"} <= set(list_projection_methods())
+    data = presets.read_yaml(CONFIGS / "projection.yaml")
+    for method, cls in (("realistic", RealisticConfig), ("simple", SimpleConfig)):
+        assert set(data[method]) == {f.name for f in dataclasses.fields(cls)}, method  # every setting, no other
+        assert load_projection_config(method, CONFIGS / "projection.yaml") == cls()
+        assert load_projection_config(method) == cls()  # the packaged copy
+        assert projection_config(method) == cls() and projection_config(method, {}) == cls()
+
+
+def test_load_projection_config_reads_one_section(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("realistic:\n  voxel_side: 64\n  translation: [0, 0, -2]\nsimple:\n")
+    assert load_projection_config("realistic", path) == RealisticConfig(voxel_side=64, translation=(0.0, 0.0, -2.0))
+    assert load_projection_config("simple", path) == SimpleConfig()  # an empty section: the defaults
+    path.write_text("projection:\n  grid_size: 112\n")  # the former single-section layout
+    with pytest.raises(InputError, match="no 'realistic:' section"):
+        load_projection_config("realistic", path)
+    path.write_text("simple:\n  simple_resolution: 64\n")
+    with pytest.raises(InputError, match="unknown key simple_resolution"):
+        load_projection_config("simple", path)
 
 
 # ----------------------------------------------------------------------------------------- bad input
@@ -362,6 +387,147 @@ def test_invalid_points_raise_value_error(points, message):
 
 def test_invalid_config_raises_value_error():
     with pytest.raises(ValueError, match="gaussian_size must be odd"):
-        ProjectionConfig(gaussian_size=4)
-    with pytest.raises(ValueError, match="unknown projection settings"):
-        ProjectionConfig.from_dict({"grid": 64})
+        RealisticConfig(gaussian_size=4)
+    with pytest.raises(ValueError, match="unknown key grid"):
+        projection_config("realistic", {"grid": 64})
+
+
+@pytest.mark.parametrize("method, values, message", [
+    ("realistic", {"grid_size": 64}, "unknown key grid_size"),  # renamed voxel_side
+    ("realistic", {"realistic_translation": [0, 0, 0]}, "unknown key realistic_translation"),
+    ("simple", {"camera": 2.0, "simple_resolution": 64}, "unknown keys camera, simple_resolution"),
+    ("realistic", {"resolution": 128}, "unknown key resolution"),  # a simple setting
+    ("realistic", {"voxel_side": "big"}, "voxel_side must be an integer"),
+    ("realistic", {"voxel_depth": 2}, "voxel_depth must be an integer >= 3"),
+    ("realistic", {"pool_padding": 4}, r"pool_padding must be in \[0, pool_size // 2\]"),
+    ("realistic", {"gaussian_sigma": 0}, "gaussian_sigma must be positive"),
+    ("realistic", {"obj_ratio": 1.5}, r"obj_ratio must be in \(0, 1\]"),
+    ("realistic", {"translation": [0, 0]}, "translation must be 3 finite numbers"),
+    ("realistic", {"occupancy_tolerance": "small"}, "occupancy_tolerance must be a finite number"),
+    ("simple", {"resolution": 0}, "resolution must be a positive integer"),
+    ("simple", {"resolution": True}, "resolution must be a positive integer"),
+    ("simple", {"camera_distance": float("nan")}, "camera_distance must be a finite number"),
+    ("simple", {"depth_epsilon": -1.0}, "depth_epsilon must be >= 0"),
+    ("simple", [1, 2], "must be a mapping of settings"),
+])
+def test_projection_config_rejects_bad_settings_in_one_line(method, values, message):
+    with pytest.raises(InputError, match=message) as info:
+        projection_config(method, values)
+    assert "\n" not in str(info.value) and str(info.value).startswith(f"{method} projection settings")
+
+
+def test_projection_config_builds_each_methods_class():
+    realistic = projection_config("realistic", {"voxel_side": 56, "pool_padding": 1})
+    assert isinstance(realistic, RealisticConfig) and (realistic.voxel_side, realistic.pool_padding) == (56, 1)
+    simple = projection_config("simple", {"resolution": 64, "camera_distance": 2})
+    assert simple == SimpleConfig(resolution=64, camera_distance=2.0)
+    assert projection_config("simple", simple) is simple
+    with pytest.raises(InputError, match="must be a SimpleConfig, got RealisticConfig"):
+        projection_config("simple", realistic)
+    with pytest.raises(InputError, match="unknown projection method 'fancy'; choose one of .*'realistic', 'simple'"):
+        projection_config("fancy", {})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        realistic.voxel_side = 64
+
+
+def test_project_uses_the_given_settings():
+    # one point, a 64-pixel canvas and the camera 3.2 away: the pixel and depth of PointCLIP's formula
+    point = np.array([0.3, -0.4, 0.1])
+    config = SimpleConfig(resolution=64, camera_distance=3.2)
+    image = project(point[None], "simple", IDENTITY_VIEW, image_size=64, config=config).images[0, 0, 0].numpy()
+    row, col, depth = _simple_pixel(point, res=64, distance=3.2)
+    assert image[row, col] == pytest.approx(depth, rel=1e-6) and np.count_nonzero(image) == 1
+    # a coarser voxel grid gives a different image; the defaults passed explicitly give the same one
+    pts = torch.rand(1, 300, 3) - 0.5
+    default = project(pts, "realistic", "pointclip_v2", image_size=64)
+    assert torch.equal(project(pts, "realistic", "pointclip_v2", 64, RealisticConfig()).images, default.images)
+    coarse = project(pts, "realistic", "pointclip_v2", 64, projection_config("realistic", {"voxel_side": 56}))
+    assert not torch.equal(coarse.images, default.images)
+
+
+@pytest.mark.parametrize("method, config, expected", [
+    ("realistic", SimpleConfig(), "must be a RealisticConfig, got SimpleConfig"),
+    ("simple", RealisticConfig(), "must be a SimpleConfig, got RealisticConfig"),
+    ("simple", {"resolution": 64}, "must be a SimpleConfig, got dict"),
+])
+def test_project_rejects_a_config_of_another_method(method, config, expected):
+    with pytest.raises(InputError, match=expected):
+        project(np.zeros((10, 3)), method, config=config)
+
+
+# ----------------------------------------------------------------------------------------- registry
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """A private copy of the registry for the test, so that toy methods vanish afterwards."""
+    monkeypatch.setattr(projection, "_PROJECTIONS", dict(projection._PROJECTIONS))
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyConfig:
+    shade: float = 0.5  # value of every pixel
+
+    def __post_init__(self):
+        if not 0 <= self.shade <= 1:
+            raise InputError(f"ToyConfig.shade must be in [0, 1], got {self.shade}")
+
+
+def _toy(points: torch.Tensor, views: ViewSet, image_size: int, config: ToyConfig) -> DepthViews:
+    """Flat images; each point at the pixel of its first two coordinates' signs, seen in even views."""
+    assert points.ndim == 3 and points.dtype == torch.float32 and isinstance(views, ViewSet)
+    b, n, _ = points.shape
+    v = len(views)
+    images = torch.full((b, v, 3, image_size, image_size), config.shade)
+    pixels = ((points[..., :2] > 0).long() * (image_size - 1)).unsqueeze(1).expand(b, v, n, 2)
+    visible = (torch.arange(v) % 2 == 0).view(1, v, 1).expand(b, v, n)
+    return DepthViews(images, images[:, :, 0] > 0, pixels, visible)
+
+
+def test_registry_round_trip(registry):
+    assert register_projection("toy", ToyConfig)(_toy) is _toy  # the decorator returns the function
+    assert "toy" in list_projection_methods() and {"realistic", "simple"} <= set(list_projection_methods())
+    pts = np.array([[[1.0, -1.0, 0.0], [-2.0, 3.0, 1.0]]])
+    out = project(pts, "toy", "pointclip", image_size=8)
+    assert out.images.shape == (1, 6, 3, 8, 8) and (out.images == 0.5).all()  # ToyConfig's defaults
+    assert out.point_pixels.tolist()[0][0] == [[7, 0], [0, 7]] and out.point_pixels.shape == (1, 6, 2, 2)
+    assert out.visible[0, :, 0].tolist() == [True, False] * 3
+    assert (project(pts, "toy", config=ToyConfig(0.25)).images == 0.25).all()
+    assert projection_config("toy", {"shade": 0.1}) == ToyConfig(0.1)
+    assert load_projection_config("toy") == ToyConfig()  # the packaged file has no section for it: defaults
+    with pytest.raises(InputError, match="toy projection settings: ToyConfig.shade must be in"):
+        projection_config("toy", {"shade": 2})
+    with pytest.raises(InputError, match="toy projection settings: unknown key colour"):
+        projection_config("toy", {"colour": 1})
+    with pytest.raises(InputError, match="config of projection 'toy' must be a ToyConfig, got RealisticConfig"):
+        project(pts, "toy", config=RealisticConfig())
+    with pytest.raises(InputError, match="unknown projection method 'toys'; choose one of") as info:
+        project(pts, "toys")
+    assert all(repr(name) in str(info.value) for name in ("realistic", "simple", "toy"))
+
+
+def test_register_projection_as_a_decorator_rejects_clashes(registry):
+    @register_projection("toy", ToyConfig)
+    def toy(points, views, image_size, config):
+        return _toy(points, views, image_size, config)
+
+    assert project(np.zeros((4, 3)), "toy", IDENTITY_VIEW, image_size=4).images.shape == (1, 1, 3, 4, 4)
+    register_projection("toy", ToyConfig)(toy)  # the same function again (a module reload) is fine
+    with pytest.raises(ValueError, match="'toy' is already registered"):
+        register_projection("toy", ToyConfig)(_toy)
+    with pytest.raises(ValueError, match="'realistic' is already registered"):
+        register_projection("realistic", RealisticConfig)(_toy)
+    with pytest.raises(TypeError, match="config_cls must be a dataclass"):
+        register_projection("other", dict)
+    with pytest.raises(ValueError, match="non-empty string"):
+        register_projection("", ToyConfig)
+
+
+@pytest.mark.parametrize("method", ["realistic", "simple"])
+def test_reference_methods_leave_point_fields_unset(method):
+    views = project(torch.rand(2, 50, 3) - 0.5, method, image_size=32)
+    assert views.point_pixels is None and views.visible is None
+    images, occupancy = torch.zeros(1, 1, 3, 2, 2), torch.zeros(1, 1, 2, 2, dtype=torch.bool)
+    plain = DepthViews(images, occupancy)
+    assert plain.point_pixels is None and plain.visible is None and len(plain) == 4
+    assert DepthViews._fields == ("images", "occupancy", "point_pixels", "visible")

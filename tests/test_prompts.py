@@ -303,6 +303,7 @@ class _RecordingModel:
     """Stands in for FalipCLIP where only the prompt strings matter: records what it is asked to encode."""
 
     name, pretrained, precision, device = "recorder", "none", "fp32", torch.device("cpu")
+    image_size = (224, 224)
 
     def __init__(self):
         self.texts: list[str] = []

@@ -5,7 +5,9 @@ import torch
 from conftest import load_random
 from PIL import Image
 
-from pointfalip import foveal, io
+import torch.nn.functional as F
+
+from pointfalip import foveal, io, prompts
 from pointfalip.errors import InputError
 from pointfalip.projection import project
 from pointfalip.prompts import build_prompts, text_features
@@ -56,23 +58,55 @@ def test_view_weights_and_probabilities(model, clouds):
     preds = rec.classify(clouds, top_k=3)
     probs = (model.logit_scale * scores).softmax(-1)
     for b, cloud_preds in enumerate(preds):
-        assert [p["label"] for p in cloud_preds] == [LABELS[i] for i in probs[b].argsort(descending=True)]
-        assert [p["score"] for p in cloud_preds] == pytest.approx(probs[b].sort(descending=True).values.tolist())
+        assert [p.label for p in cloud_preds] == [LABELS[i] for i in probs[b].argsort(descending=True)]
+        assert [p.probability for p in cloud_preds] == pytest.approx(probs[b].sort(descending=True).values.tolist())
+        assert cloud_preds[0].to_dict() == {"label": cloud_preds[0].label, "score": cloud_preds[0].probability}
 
 
 def test_single_cloud_batch_and_ragged(model, clouds):
     rec = Recognizer(model, labels=LABELS)
     single = rec.classify(clouds[0], top_k=2)
-    assert len(single) == 2 and single[0]["label"] in LABELS
+    assert len(single) == 2 and single[0].label in LABELS
     ragged = rec.classify([clouds[0], clouds[1][:200]], top_k=2)
-    assert [p["label"] for p in ragged[0]] == [p["label"] for p in single]
-    assert [p["score"] for p in ragged[0]] == pytest.approx([p["score"] for p in single], abs=1e-5)
+    assert [p.label for p in ragged[0]] == [p.label for p in single]
+    assert [p.probability for p in ragged[0]] == pytest.approx([p.probability for p in single], abs=1e-5)
     batch = rec.scores(clouds)
     loop = torch.cat([rec.scores(c) for c in clouds])
     torch.testing.assert_close(batch, loop, atol=1e-5, rtol=1e-5)
-    preds, views = rec.classify(clouds[0], per_view=True)
-    assert len(views) == 10 and all(v["label"] in LABELS for v in views)
     assert set(rec.last_timings) == {"projection", "encoder"}
+
+
+def test_each_view_alone_against_the_text(model, clouds):
+    """classify_views: each view's own best label, from the encoder's view features and the text by hand."""
+    rec = Recognizer(model, labels=LABELS)
+    views = rec.classify_views(clouds[0])
+    cfg = load_preset("pointclip_v2")
+    depth = project(io.normalize(clouds[0], "y"), method=cfg.projection, views=cfg.views, image_size=64)
+    bias = foveal.from_occupancy(depth.occupancy[0], (4, 4), cfg.foveal)
+    with torch.no_grad():
+        f = model.encode_image(depth.images[0], bias, normalize=True)
+    text = text_features(model, build_prompts(LABELS, cfg.templates))
+    probs = (model.logit_scale * f @ text.T).softmax(-1)
+    assert [v.label for v in views] == [LABELS[int(i)] for i in probs.argmax(-1)]
+    assert [v.probability for v in views] == pytest.approx(probs.max(-1).values.tolist(), abs=1e-5)
+
+
+def test_embed_only_recognizer_and_the_two_steps(model, clouds):
+    """A Recognizer without labels embeds (for few-shot caches); logits are logit_scale times the fused score."""
+    bare = Recognizer(model)
+    feats = bare.embed(clouds)
+    assert feats.shape == (2, 10, 32)
+    torch.testing.assert_close(feats.norm(dim=-1), torch.ones(2, 10))
+    with pytest.raises(InputError, match="no labels"):
+        bare.logits(feats)
+    rec = Recognizer(model, labels=LABELS)
+    torch.testing.assert_close(rec.embed(clouds), feats)
+    torch.testing.assert_close(rec.logits(feats), model.logit_scale * by_hand(model, clouds, "pointclip_v2"),
+                               atol=1e-4, rtol=1e-5)
+    foveal_feats, plain = rec.embed(clouds, with_plain=True)
+    torch.testing.assert_close(foveal_feats, feats, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(plain, Recognizer(model, labels=LABELS, falip=False).embed(clouds),
+                               atol=1e-5, rtol=1e-5)
 
 
 def test_dataset_labels_and_errors(model):
@@ -90,8 +124,20 @@ def test_dataset_labels_and_errors(model):
 def test_real_meshes_classify(model, shared_data):
     meshes = sorted((shared_data / "meshes").glob("*.off"))
     clouds = [io.load_points(m, num_points=512) for m in meshes]
-    preds = Recognizer(model, dataset="modelnet40", up_axis="z").classify(clouds, top_k=3)
-    assert len(preds) == len(meshes) and all(len(p) == 3 for p in preds)
+    rec = Recognizer(model, dataset="modelnet40", up_axis="z")
+    preds = rec.classify(clouds, top_k=3)
+    cfg = load_preset("pointclip_v2")
+    raw = prompts.raw_class_names("modelnet40")
+    text = text_features(model, build_prompts(raw, cfg.templates))
+    for cloud, cloud_preds in zip(clouds, preds):
+        depth = project(io.normalize(cloud, "z"), method=cfg.projection, views=cfg.views, image_size=64)
+        bias = foveal.from_occupancy(depth.occupancy[0], (4, 4), cfg.foveal)
+        with torch.no_grad():
+            f = model.encode_image(depth.images[0], bias, normalize=True)
+        probs = (model.logit_scale * (f @ text.T).mean(0)).softmax(-1)
+        top = probs.topk(3)
+        assert [p.label for p in cloud_preds] == [prompts.humanize(raw[i]) for i in top.indices.tolist()]
+        assert [p.probability for p in cloud_preds] == pytest.approx(top.values.tolist(), abs=1e-5)
 
 
 # ---- 2D ---------------------------------------------------------------------------------------------------
@@ -101,15 +147,22 @@ def picture():
     return Image.fromarray(rng.integers(0, 255, (90, 150, 3), dtype=np.uint8))
 
 
-def test_classify_region_is_falip_on_the_box(model, picture):
-    box = (20, 10, 100, 70)
-    preds = classify_region(model, picture, ["cat", "dog"], box=box)
-    bias = foveal.from_box(box, picture.size, model.preprocess_cfg, model.grid_size)
+def test_classify_region_is_falip_on_the_box(model):
+    """A box on a 64x64 image (no resize, no crop for the 64-pixel model) covers token rows 2-3 and columns 1-2 of
+    the 4x4 grid: the paper's Gaussian over a 2x2 token box is flat, so the bias is α there and 0 elsewhere."""
+    rng = np.random.default_rng(3)
+    picture = Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    preds = classify_region(model, picture, ["cat", "dog"], box=(16, 32, 48, 64))
+    bias = torch.zeros(1, 4, 4)
+    bias[0, 2:4, 1:3] = foveal.FovealConfig().alpha
     with torch.no_grad():
-        f = model.encode_image(model.preprocess(picture)[None], bias[None], normalize=True)
-    text = text_features(model, build_prompts(["cat", "dog"], "photo"))
-    probs = (model.logit_scale * f[0] @ text.T).softmax(-1)
-    assert {p["label"]: p["score"] for p in preds} == pytest.approx({"cat": probs[0].item(), "dog": probs[1].item()})
+        f = F.normalize(model.encode_image(model.preprocess(picture)[None], bias), dim=-1)[0]
+        per_prompt = F.normalize(model.encode_text([t.format(n) for n in ("cat", "dog")
+                                                    for t in prompts.templates("photo")]), dim=-1)
+    text = F.normalize(per_prompt.reshape(2, -1, per_prompt.shape[-1]).mean(1), dim=-1)
+    probs = (model.logit_scale * f @ text.T).softmax(-1)
+    got = {p.label: p.probability for p in preds}
+    assert got == pytest.approx({"cat": probs[0].item(), "dog": probs[1].item()})
 
 
 def test_rank_boxes_batches_one_pass_per_box(model, picture):
@@ -120,5 +173,5 @@ def test_rank_boxes_batches_one_pass_per_box(model, picture):
         f = model.encode_image(crops, normalize=True)
     t = model.encode_text(["a red car"], normalize=True)[0]
     probs = (model.logit_scale * f @ t).softmax(-1)
-    assert {p["label"]: p["score"] for p in preds} == pytest.approx({"0,0,50,50": probs[0].item(),
+    assert {p.label: p.probability for p in preds} == pytest.approx({"0,0,50,50": probs[0].item(),
                                                                      "60,20,150,90": probs[1].item()})

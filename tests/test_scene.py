@@ -16,9 +16,11 @@ import trimesh
 
 from pointfalip.errors import InputError
 from pointfalip.io import load_points
+from pointfalip.recognize import Prediction
 from pointfalip.scene import (
     CONFIG_FILE,
     SceneObject,
+    RecognizedObject,
     SceneRecognizer,
     SegmentationConfig,
     list_segmentation_presets,
@@ -272,7 +274,7 @@ def test_overrides_and_bad_settings():
     assert cfg.cluster_tolerance == load_segmentation_config("room").cluster_tolerance
     with pytest.raises(InputError, match="unknown segmentation preset 'kitchen'.*room.*tabletop"):
         load_segmentation_config("kitchen")
-    with pytest.raises(InputError, match="unknown segmentation settings"):
+    with pytest.raises(InputError, match="segmentation preset tabletop: unknown key voxel"):
         load_segmentation_config(voxel=0.01)
     for bad in ({"voxel_size": -0.01}, {"plane_distance": 0}, {"cluster_tolerance": float("nan")},
                 {"min_plane_fraction": 1.5}, {"max_planes": -1}, {"min_object_points": 0},
@@ -336,7 +338,7 @@ class FakeRecognizer:
             logits = -np.abs(np.log(len(cloud)) - np.log(self.SIZES))
             scores = np.exp(logits) / np.exp(logits).sum()
             order = np.argsort(-scores, kind="stable")[:top_k]
-            out.append([{"label": self.LABELS[i], "score": np.float32(scores[i])} for i in order])
+            out.append([Prediction(self.LABELS[i], float(scores[i])) for i in order])
         self.last_timings = {"projection": 0.001, "encoder": 0.002}
         self.active -= 1
         return out
@@ -346,10 +348,16 @@ def test_scene_recognizer_outputs_one_entry_per_object(tabletop):
     scene, _, _ = tabletop
     fake = FakeRecognizer()
     sr = SceneRecognizer(fake, top_k=2)
-    results = sr(scene)
+    recognized = sr(scene)
     objects = segment(scene)
-    assert len(results) == len(objects) == 5
+    assert len(recognized) == len(objects) == 5
     assert fake.calls == [[o.num_points for o in objects]]  # one batched call for all objects
+    for rec_obj, obj in zip(recognized, objects):  # typed results keep each object's points and rows
+        assert isinstance(rec_obj, RecognizedObject)
+        np.testing.assert_array_equal(rec_obj.indices, obj.indices)
+        np.testing.assert_array_equal(rec_obj.points, obj.points)
+        assert rec_obj.probability == rec_obj.predictions[0].probability
+    results = [o.to_dict() for o in recognized]
     for res, obj in zip(results, objects):
         assert set(res) == {"label", "score", "top_k", "centroid", "bbox_min", "bbox_max", "num_points"}
         assert len(res["top_k"]) == 2
@@ -373,7 +381,7 @@ def test_scene_recognizer_without_objects_does_not_call_the_model():
     fake = FakeRecognizer()
     sr = SceneRecognizer(fake)
     rng = np.random.default_rng(7)
-    assert sr(_plane(rng, *TABLE_SIDE, 20000, TABLE_NOISE)) == []
+    assert sr(_plane(rng, *TABLE_SIDE, 20000, TABLE_NOISE)) == []  # no object: an empty list, not an error
     assert sr(np.full((100, 3), np.nan)) == []
     assert fake.calls == []
     assert sr.last_timings["recognition"] == 0.0
@@ -403,7 +411,7 @@ def test_scene_recognizer_from_two_threads_matches_sequential_calls(tabletop, tm
 
     sequential = SceneRecognizer(FakeRecognizer())
     expected = [sequential(f) for f in frames]
-    assert expected[0] != expected[1]
+    assert [o.to_dict() for o in expected[0]] != [o.to_dict() for o in expected[1]]
 
     fake = FakeRecognizer(delay=0.02)
     shared = SceneRecognizer(fake)
@@ -425,5 +433,5 @@ def test_scene_recognizer_from_two_threads_matches_sequential_calls(tabletop, tm
     assert not errors
     assert fake.max_active == 1  # the model is never entered twice at once
     for i in range(len(frames)):
-        assert got[i].objects == expected[i]
+        assert [o.to_dict() for o in got[i].objects] == [o.to_dict() for o in expected[i]]
         assert {"segmentation", "recognition", "projection", "encoder"} <= set(got[i].timings)
