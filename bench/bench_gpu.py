@@ -2,8 +2,9 @@
 
     python bench/bench_gpu.py --device cuda --objects 2468 --precision fp16 bf16
 
-Synthetic clouds (2048 points on random boxes) keep the run free of downloads; timing does not depend on
-the data or on the weights' values (random ViT-B-16). Runs on CPU too with a small --objects for a smoke check.
+Synthetic clouds (2048 points on random boxes, already centred and in the unit cube) keep the run free of
+downloads; timing does not depend on the data or on the weights' values (random ViT-B-16). Scored through
+`Recognizer.embed` and `Recognizer.logits`, as `evaluate` scores. Runs on CPU too with a small --objects for a smoke check.
 """
 import argparse
 import time
@@ -11,9 +12,7 @@ import warnings
 
 import torch
 
-from pointfalip import load_model
-from pointfalip.foveal import FovealConfig, from_occupancy
-from pointfalip.projection import project
+from pointfalip import Recognizer, load_model
 
 
 def synthetic_clouds(n: int, points: int, device) -> torch.Tensor:
@@ -27,22 +26,15 @@ def synthetic_clouds(n: int, points: int, device) -> torch.Tensor:
     return (p * extents).to(device)
 
 
-def run(model, clouds, batch, compare, text):
-    cfg = FovealConfig()
-    grid = model.grid_size
+def run(rec: Recognizer, clouds: torch.Tensor, batch: int, compare: bool) -> float:
+    """Seconds to score every cloud through the Recognizer's one scoring path (embed, then logits)."""
     sync = torch.cuda.synchronize if clouds.is_cuda else (lambda: None)
     sync()
     t0 = time.perf_counter()
-    with torch.inference_mode():
-        for start in range(0, len(clouds), batch):
-            views = project(clouds[start:start + batch], image_size=model.image_size[0])
-            images = views.images.flatten(0, 1)
-            bias = from_occupancy(views.occupancy.flatten(0, 1), grid, cfg)
-            if compare:
-                feats = torch.cat(model.encode_image_pair(images, bias, normalize=True))
-            else:
-                feats = model.encode_image(images, bias, normalize=True)
-            (feats @ text.T).reshape(-1, views.images.shape[1], text.shape[0]).mean(1).argmax(-1)
+    for start in range(0, len(clouds), batch):
+        feats = rec.embed(clouds[start:start + batch], with_plain=compare, prepared=True)
+        for f in (feats if compare else (feats,)):
+            rec.logits(f).argmax(-1)
     sync()
     return time.perf_counter() - t0
 
@@ -64,10 +56,10 @@ def main():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = load_model(args.model, pretrained="none", device=args.device, precision=precision)
-        text = torch.nn.functional.normalize(torch.randn(40, model.visual.output_dim, device=args.device), dim=-1)
-        run(model, clouds[: args.batch], args.batch, True, text)  # warm-up
-        one = run(model, clouds, args.batch, False, text)
-        both = run(model, clouds, args.batch, True, text)
+        rec = Recognizer(model, dataset="modelnet40", cache_dir=False)
+        run(rec, clouds[: args.batch], args.batch, True)  # warm-up
+        one = run(rec, clouds, args.batch, False)
+        both = run(rec, clouds, args.batch, True)
         n = args.objects
         print(f"| {precision} | {one:.1f} | {n / one:.0f} | {both:.1f} | {n / both:.0f} | {both / one:.2f} |")
 

@@ -1,20 +1,38 @@
-"""Latency per frame of `SceneRecognizer` and its split by stage (not a test).
+"""Latency per frame of `SceneRecognizer` by stage, and what Foxglove output adds to a frame (not a test).
 
-    python bench/bench_scene.py [--model ViT-B-16] [--repeats 3]
+    python bench/bench_scene.py [--model ViT-B-16] [--repeats 3] [--logs 20]
 
 A 50k-point tabletop scene: a 1.2 m x 0.8 m table (2 mm noise) with four demo objects (chair, lamp, bottle,
-cone) scaled to 12-25 cm, z up, in metres. Random weights: timing does not depend on the weights' values.
+cone) scaled to 12-25 cm, z up, in metres; each repeat moves it 1 cm so the tracker follows the objects. Stages:
+segmentation, projection and encoder (the recognizer's own timings), tracking, then the Foxglove output of the
+frame (`SceneChannels.log_frame`: the coloured cloud, the SceneUpdate and the transform): to an MCAP file, to the
+live WebSocket server with a loopback client subscribed to every channel (the cost is the caller's: encoding and
+queueing; the server sends from its own threads), and to both at once as `pointfalip scene --mcap --serve` does.
+Recognition stages are the best of ``--repeats`` frames; Foxglove times are medians of ``--logs`` calls (the
+MCAP's closing time shared out over them). Random weights: timing does not depend on the weights' values.
 """
 import argparse
+import json
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from common import fp32_and_bf16
+from common import cpu_name, fp32_and_bf16
 
 from pointfalip import Recognizer
 from pointfalip.demo import demo_clouds
+from pointfalip.foxglove import LiveServer, McapRecording, SceneChannels
 from pointfalip.scene import SceneRecognizer, load_segmentation_config
+from pointfalip.tracking import load_tracking_config
+
+OVERHEAD_TARGET = 0.05  # MCAP + live streaming may add at most this share to a frame
+STEP = np.array([0.01, 0.0, 0.0], dtype=np.float32)  # metres the scene moves between repeats
+FRAME_NS = 100_000_000  # 10 Hz stamps
 
 
 def tabletop(num_points: int = 50_000, seed: int = 0) -> np.ndarray:
@@ -33,29 +51,120 @@ def tabletop(num_points: int = 50_000, seed: int = 0) -> np.ndarray:
     return np.concatenate([table] + parts).astype(np.float32)
 
 
+class Subscriber:
+    """A loopback Foxglove WebSocket client, in a thread, subscribed to every channel; counts what it receives."""
+
+    def __init__(self, url: str, topics: int):
+        from websockets.sync.client import connect
+
+        self.ws = connect(url, subprotocols=["foxglove.sdk.v1"], open_timeout=10).__enter__()
+        channels = {}
+        while len(channels) < topics:
+            reply = self.ws.recv(timeout=10)
+            if isinstance(reply, str) and json.loads(reply)["op"] == "advertise":
+                channels.update({c["topic"]: c["id"] for c in json.loads(reply)["channels"]})
+        self.ws.send(json.dumps({"op": "subscribe", "subscriptions": [
+            {"id": i, "channelId": cid} for i, cid in enumerate(channels.values())]}))
+        self.messages = 0
+        self.bytes = 0
+        self.thread = threading.Thread(target=self._drain, daemon=True)
+        self.thread.start()
+
+    def _drain(self) -> None:
+        try:
+            for reply in self.ws:
+                if isinstance(reply, bytes):
+                    self.messages += 1
+                    self.bytes += len(reply)
+        except Exception:  # noqa: BLE001 - the server closed the connection
+            pass
+
+    def close(self) -> None:
+        self.ws.close()
+        self.thread.join(5)
+
+
+def median_log_time(channels: SceneChannels, points: np.ndarray, result, count: int, stamp_ns: int) -> float:
+    times = []
+    for i in range(count):
+        t0 = time.perf_counter()
+        channels.log_frame(points, result, stamp_ns=stamp_ns + i * FRAME_NS)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def foxglove_costs(points: np.ndarray, result, labels: list[str], count: int) -> dict[str, float]:
+    """Seconds a frame's log_frame costs: to an MCAP file, to a live server with a subscriber, and to both."""
+    out = {}
+    with tempfile.TemporaryDirectory() as folder:
+        channels = SceneChannels(labels=labels)
+        recording = McapRecording(Path(folder) / "mcap.mcap", scene=channels).__enter__()
+        per_call = median_log_time(channels, points, result, count, result.stamp_ns)
+        t0 = time.perf_counter()
+        recording.close()
+        out["mcap"] = per_call + (time.perf_counter() - t0) / count
+        out["mcap_bytes"] = (Path(folder) / "mcap.mcap").stat().st_size / count
+
+        channels = SceneChannels(labels=labels)
+        with LiveServer(port=0, scene=channels) as server:
+            client = Subscriber(server.url, topics=3)
+            server.wait_for_subscriber(timeout=10)
+            out["live"] = median_log_time(channels, points, result, count, result.stamp_ns)
+            time.sleep(0.5)
+            out["live_received"] = client.messages
+            client.close()
+
+        channels = SceneChannels(labels=labels)
+        recording = McapRecording(Path(folder) / "both.mcap", scene=channels).__enter__()
+        with LiveServer(port=0, scene=channels) as server:
+            client = Subscriber(server.url, topics=3)
+            server.wait_for_subscriber(timeout=10)
+            per_call = median_log_time(channels, points, result, count, result.stamp_ns)
+            t0 = time.perf_counter()
+            recording.close()
+            out["both"] = per_call + (time.perf_counter() - t0) / count
+            client.close()
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="ViT-B-16")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--logs", type=int, default=20, help="log_frame calls a Foxglove time is the median of")
     args = ap.parse_args()
     scene = tabletop()
     fp32, bf16 = fp32_and_bf16(args.model)
-    print(f"{args.model}, {len(scene)}-point tabletop scene, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}; best of {args.repeats} frames")
-    print("| precision | objects | segmentation (s) | projection (s) | encoder (s) | total per frame (s) |")
-    print("|---|---|---|---|---|---|")
+    print(f"{args.model}, {len(scene)}-point tabletop scene, CPU: {cpu_name()}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}; recognition: best of {args.repeats} frames, Foxglove: median of {args.logs} calls")
+    print("| precision | objects | segmentation (s) | projection (s) | encoder (s) | tracking (ms) | MCAP write (ms) | "
+          "live stream (ms) | MCAP + live (ms) | total per frame (s) | MCAP + live share |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    notes = []
     for name, model in (("fp32", fp32), ("bf16", bf16)):
         recognizer = SceneRecognizer(Recognizer(model, dataset="modelnet40", up_axis="z"),
-                                     load_segmentation_config("tabletop"), top_k=3)
-        recognizer(scene)  # warm-up
+                                     load_segmentation_config("tabletop"), top_k=3, track=True,
+                                     tracking=load_tracking_config("tabletop"))
+        recognizer.recognize(scene, stamp_ns=0)  # warm-up
         best = None
-        for _ in range(args.repeats):
-            result = recognizer.recognize(scene)
+        for i in range(1, args.repeats + 1):
+            result = recognizer.recognize(scene + i * STEP, stamp_ns=i * FRAME_NS, frame_id="camera")
             if best is None or result.timings["total"] < best.timings["total"]:
-                best = result
+                best, best_points = result, scene + i * STEP
+        assert len({o.id for o in best.objects}) == len(best.objects) and all(o.id is not None for o in best.objects)
+        fox = foxglove_costs(best_points, best, recognizer.recognizer.labels, args.logs)
         t = best.timings
+        frame = t["total"] + fox["both"]
+        share = fox["both"] / frame
         print(f"| {name} | {len(best.objects)} | {t['segmentation']:.2f} | {t.get('projection', 0):.3f} | "
-              f"{t.get('encoder', 0):.2f} | {t['total']:.2f} |")
+              f"{t.get('encoder', 0):.2f} | {t['tracking'] * 1e3:.2f} | {fox['mcap'] * 1e3:.1f} | "
+              f"{fox['live'] * 1e3:.1f} | {fox['both'] * 1e3:.1f} | {frame:.2f} | {share:.2%} |")
+        notes.append(f"{name}: MCAP {fox['mcap_bytes'] / 1e6:.2f} MB a frame; the live client received "
+                     f"{fox['live_received']} of {3 * args.logs} messages; MCAP + live share {share:.2%} "
+                     f"({'within' if share <= OVERHEAD_TARGET else 'ABOVE'} the {OVERHEAD_TARGET:.0%} target)")
+    print()
+    for line in notes:
+        print(line)
 
 
 if __name__ == "__main__":

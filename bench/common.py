@@ -1,6 +1,8 @@
-"""Shared set-up of the bench scripts: one random-weight model in fp32 and a bf16 copy of it."""
+"""Shared set-up of the bench scripts: one random-weight model in fp32 and a bf16 copy of it, the CPU's name."""
 import copy
+import platform
 import warnings
+from pathlib import Path
 
 from pointfalip import load_model
 
@@ -11,3 +13,14 @@ def fp32_and_bf16(name: str):
         warnings.simplefilter("ignore")
         fp32 = load_model(name, pretrained="none", precision="fp32")
     return fp32, type(fp32)(copy.deepcopy(fp32.clip), fp32.tokenizer, name=fp32.name, precision="bf16")
+
+
+def cpu_name() -> str:
+    """The CPU model as /proc/cpuinfo names it (every bench table names the CPU it ran on)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

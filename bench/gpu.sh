@@ -6,5 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --no-deps --no-index .wheels/*.whl
+python3 -m pip install -q --no-deps --no-build-isolation .
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-PYTHONPATH=. PYTHONUNBUFFERED=1 python3 bench/bench_gpu.py --device cuda --objects 2468 --batch 64 --precision fp16 bf16
+repo=$(pwd)
+cd /tmp  # the installed package (its presets are package resources), not the checkout
+PYTHONUNBUFFERED=1 python3 "$repo/bench/bench_gpu.py" --device cuda --objects 2468 --batch 64 --precision fp16 bf16

@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 import warnings
 from dataclasses import dataclass
@@ -108,7 +109,7 @@ def bounded_float(lo: float, hi: float) -> Callable[[str], float]:
 MAX_POINTS = io.MAX_NUM_POINTS
 top_k_type = bounded_int(1, 10_000)
 num_points_type = bounded_int(io.MIN_POINTS, io.MAX_NUM_POINTS)
-metres_type = bounded_float(0.0, 100.0)
+metres_type = bounded_float(1e-4, 100.0)  # 0.1 mm to 100 m: smaller voxels overflow the grid's integer indices
 
 
 # ---- shared option groups ------------------------------------------------------------------------------
@@ -145,12 +146,13 @@ def recognizer_args(p: argparse.ArgumentParser, up_default: str = "the preset's,
     p.add_argument("--prompt-file", help="per-class prompts in PointCLIP V2's JSON layout")
     p.add_argument("--num-points", type=num_points_type, default=2048,
                    help="points sampled on meshes (default %(default)s)")
+    p.add_argument("--fewshot", metavar="FILE", help="a few-shot cache (pointfalip fewshot build) of labelled examples")
 
 
 def recognizer_options(args) -> dict:
     """The keyword arguments of `Recognizer` that the command line sets: the one reading of them."""
     return {"preset": args.preset, "falip": args.falip, "projection": args.projection, "up_axis": args.up_axis,
-            "prompt_file": args.prompt_file}
+            "prompt_file": args.prompt_file, "fewshot": getattr(args, "fewshot", None)}
 
 
 def load_model(args):
@@ -323,6 +325,78 @@ def run_demo(args) -> dict:
                         for n, p in zip(names, probs)]}
 
 
+# ---- parts ---------------------------------------------------------------------------------------------
+def _segment_args(p):
+    p.add_argument("cloud", metavar="CLOUD", help="point file or mesh")
+    p.add_argument("--parts", help="comma-separated part names, e.g. 'back,seat,leg,arm'")
+    p.add_argument("--category", help="what the object is (filled into the prompts); a ShapeNetPart category "
+                                      "gives its parts when --parts is absent")
+    p.add_argument("--preset", default="pointclip_v2_parts",
+                   help="configs/parts name or YAML file (default %(default)s)")
+    p.add_argument("--dense", choices=("tokens", "clearclip"), help="dense features (default: the preset's)")
+    p.add_argument("-o", "--output", help="write the points as a PLY with one colour per part")
+    p.add_argument("--render", help="write a contact sheet of the views coloured by part, with a legend (.png/.jpg)")
+    p.add_argument("--per-point", help="write the part index of every point as .npy")
+    p.add_argument("--up-axis", choices=io.UP_AXES, help="up axis of the input (default: the preset's, y)")
+    p.add_argument("--num-points", type=num_points_type, default=2048, help="points sampled on meshes "
+                   "(default %(default)s; point files keep all their points)")
+    model_args(p)
+
+
+def _print_segment(result: dict) -> None:
+    print(f"{result['file']}: {result['points']} points, {len(result['parts'])} parts — {result['model']} "
+          f"({result['pretrained']}), dense {result['dense']}")
+    for part in result["parts"]:
+        print(f"  {part['index']:>2}  {part['part'][:24]:<24} {part['points']:>8}  {part['share']:>6.1%}")
+    written = [f"{k}: {result[k]}" for k in ("output", "render", "per_point") if result.get(k)]
+    if written:
+        print("   ".join(written))
+
+
+@command("segment", "zero-shot part segmentation: a part name for every point", _segment_args, _print_segment)
+def run_segment(args) -> dict:
+    import numpy as np
+
+    from .files import IMAGE_SUFFIXES, atomic_write, check_output
+    from .parts import PartSegmenter, load_part_preset, resolve_parts
+    from .render import part_colors, save_part_sheet
+
+    names = resolve_parts(args.parts, args.category)
+    targets = {"output": (args.output, "-o/--output", (".ply",)), "render": (args.render, "--render", IMAGE_SUFFIXES),
+               "per_point": (args.per_point, "--per-point", (".npy",))}
+    paths = {k: check_output(path, what, inputs=[args.cloud], suffixes=suffixes)
+             for k, (path, what, suffixes) in targets.items() if path is not None}
+    preset = load_part_preset(args.preset)
+    cloud = io.load_points(args.cloud, num_points=args.num_points, max_points=None)
+    if args.precision is None:
+        args.precision = preset.precision
+    model = load_model(args)
+    seg = PartSegmenter(model, parts=names, category=args.category, preset=preset, dense=args.dense)
+    prediction = seg.predict(io.normalize(cloud, args.up_axis or preset.up_axis))
+    labels = prediction.scores[seg.dense][0].argmax(dim=-1).cpu()
+    index = labels.numpy().astype(np.int64)
+    counts = np.bincount(index, minlength=len(seg.parts))
+    result = {"file": str(args.cloud), "points": int(len(index)), "category": seg.category, "dense": seg.dense,
+              "preset": str(args.preset), "model": model.name, "pretrained": model.pretrained,
+              "parts": [{"index": k, "part": p, "points": int(c), "share": float(c / len(index))}
+                        for k, (p, c) in enumerate(zip(seg.parts, counts))],
+              "output": None, "render": None, "per_point": None}
+    if "output" in paths:
+        import trimesh
+
+        colors = np.concatenate([part_colors(len(seg.parts)), np.full((len(seg.parts), 1), 255, np.uint8)], axis=1)
+        ply = trimesh.PointCloud(cloud, colors=colors[index]).export(file_type="ply")
+        result["output"] = str(atomic_write(paths["output"], lambda f: f.write(ply)))
+    if "render" in paths:
+        views = prediction.views
+        v = views.images.shape[1]
+        result["render"] = str(save_part_sheet(paths["render"], views.images[0], views.point_pixels[0],
+                                               views.visible[0], labels, seg.parts, [f"view {i}" for i in range(v)]))
+    if "per_point" in paths:
+        result["per_point"] = str(atomic_write(paths["per_point"], lambda f: np.save(f, index)))
+    return result
+
+
 # ---- scenes --------------------------------------------------------------------------------------------
 def _intrinsics(text: str) -> list[float]:
     try:
@@ -339,16 +413,32 @@ def _scene_args(p):
     label_args(p)
     p.add_argument("--topic", help="PointCloud2 topic of a bag (default: its only one)")
     p.add_argument("--intrinsics", type=_intrinsics, help="fx,fy,cx,cy of a depth image")
-    p.add_argument("--depth-scale", type=bounded_float(0.0, 1e9),
+    p.add_argument("--depth-scale", type=bounded_float(1e-6, 1e9),
                    help="raw depth units per metre (default 1000 for 16-bit)")
-    p.add_argument("--scene-preset", default="tabletop", help="segmentation preset: tabletop or room")
+    p.add_argument("--scene-preset", default="tabletop",
+                   help="segmentation and tracking preset of configs/scene.yaml: tabletop or room")
     p.add_argument("--voxel-size", type=metres_type, help="metres")
     p.add_argument("--cluster-tolerance", type=metres_type, help="metres (DBSCAN eps)")
     p.add_argument("--plane-distance", type=metres_type, help="metres")
     p.add_argument("--min-object-points", type=bounded_int(1, MAX_POINTS))
     p.add_argument("--max-object-points", type=bounded_int(1, MAX_POINTS))
+    p.add_argument("--no-track", action="store_true",
+                   help="no object ids across frames (a bag's objects are tracked unless this is given)")
     p.add_argument("--top-k", type=top_k_type, default=3)
     p.add_argument("--render", help="write a top view with each object's box and label to this PNG")
+    g = p.add_argument_group("Foxglove")
+    g.add_argument("--mcap", metavar="FILE.mcap",
+                   help="record every frame's cloud and objects to this MCAP file (open it in Foxglove)")
+    g.add_argument("--serve", action="store_true", help="stream the frames live to Foxglove (WebSocket)")
+    g.add_argument("--port", type=bounded_int(0, 65535), default=8765,
+                   help="port of --serve (0: any free port; default %(default)s)")
+    g.add_argument("--host", default="127.0.0.1",
+                   help="address --serve listens on (default %(default)s: this machine only; 0.0.0.0: every network)")
+    g.add_argument("--wait", type=bounded_int(0, 86_400), default=60, metavar="SECONDS",
+                   help="with --serve: wait this long for a viewer before the first frame (0: start at once; "
+                        "default %(default)s)")
+    g.add_argument("--realtime", action="store_true", help="with --serve: play a bag at the pace of its stamps")
+    g.add_argument("--loop", action="store_true", help="with --serve: repeat the input until Ctrl-C")
     recognizer_args(p, up_default="z; -y for depth images")
     model_args(p)
 
@@ -367,43 +457,120 @@ def _print_scene(result: dict) -> None:
     for frame in frames:
         head = result["file"] + ("" if frame["stamp"] is None else f"  t={frame['stamp']:.3f}s")
         print(f"{head}: {len(frame['objects'])} object(s)")
+        tracked = any("id" in obj for obj in frame["objects"])
         if frame["objects"]:
-            print(f"  {'#':>2} {'label':<16} {'prob.':>7} {'points':>7}  centroid (m)")
+            print(f"  {'#':>2} {'id':>4} {'label':<16} {'prob.':>7} {'points':>7}  centroid (m)" if tracked else
+                  f"  {'#':>2} {'label':<16} {'prob.':>7} {'points':>7}  centroid (m)")
         for i, obj in enumerate(frame["objects"]):
             c = ", ".join(f"{v:.3f}" for v in obj["centroid"])
-            print(f"  {i:>2} {obj['label']:<16} {obj['score']:>7.1%} {obj['num_points']:>7}  ({c})")
+            row = f"{obj['label']:<16} {obj['score']:>7.1%} {obj['num_points']:>7}  ({c})"
+            if tracked:
+                smoothed = obj.get("track_label")
+                note = f"  track: {smoothed}" if smoothed and smoothed != obj["label"] else ""
+                print(f"  {i:>2} {obj['id']:>4} {row}{note}")
+            else:
+                print(f"  {i:>2} {row}")
+    if result.get("mcap"):
+        print(f"wrote {result['mcap']}")
 
 
 @command("scene", "segment a scene (point file, depth image or ROS 2 bag) and recognise each object", _scene_args,
          _print_scene)
 def run_scene(args) -> dict:
+    """Frames in, objects out (JSON, --render, --mcap, --serve). Ctrl-C or SIGTERM: outputs cleaned up, exit 130."""
+    import signal
+    import threading
+    import time
+    from contextlib import ExitStack
+
     from .files import IMAGE_SUFFIXES, check_output
     from .rosbag import read_frames
     from .scene import SceneRecognizer
+    from .tracking import list_tracking_presets, load_tracking_config
 
-    labels, dataset = read_labels(args)
-    render = check_output(args.render, "--render", inputs=[args.input], suffixes=IMAGE_SUFFIXES) if args.render \
-        else None
-    source = read_frames(args.input, args.topic, intrinsics=args.intrinsics, depth_scale=args.depth_scale)
-    if args.up_axis is None:  # sensor frames: z-up robots and lidars; camera frames (depth images) have y down
-        args.up_axis = source.up_axis
-    config = _scene_config(args)
-    rec = build_recognizer(args, load_model(args), labels, dataset)
-    scene = SceneRecognizer(rec, config, top_k=args.top_k)
-    results, last = [], None
-    for frame in source.frames:
-        result = scene.recognize(frame.points, stamp_ns=frame.stamp_ns, frame_id=frame.frame_id)
-        results.append(result.to_dict())
-        last = (frame.points, result.objects)
-    if not results:
-        raise InputError(f"{args.input}: no frames to recognise")
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    repeat_s = 1.0  # --serve --loop of a single file: the frame is sent again this often (seconds)
+    on_main = threading.current_thread() is threading.main_thread()  # only the main thread may set handlers
+    previous = signal.signal(signal.SIGTERM, interrupt) if on_main else None
+    try:
+        if (args.loop or args.realtime) and not args.serve:
+            raise InputError("--loop and --realtime pace the live view: add --serve (or drop them)")
+        labels, dataset = read_labels(args)
+        render = check_output(args.render, "--render", inputs=[args.input], suffixes=IMAGE_SUFFIXES) \
+            if args.render else None
+        mcap = check_output(args.mcap, "--mcap", inputs=[args.input], suffixes=(".mcap",)) if args.mcap else None
+        source = read_frames(args.input, args.topic, intrinsics=args.intrinsics, depth_scale=args.depth_scale)
+        if args.up_axis is None:  # sensor frames: z-up robots and lidars; camera frames (depth images) have y down
+            args.up_axis = source.up_axis
+        config = _scene_config(args)
+        tracking = load_tracking_config(args.scene_preset) if args.scene_preset in list_tracking_presets() else None
+        with ExitStack() as outputs:
+            channels = server = recording = None
+            if mcap is not None or args.serve:
+                from .foxglove import LiveServer, McapRecording, RealtimePacer, SceneChannels
+
+                channels = SceneChannels(labels=labels)
+            if args.serve:
+                server = outputs.enter_context(LiveServer(args.port, args.host, scene=channels))
+                print(f"pointfalip scene: Foxglove live view at {server.url} (Foxglove: Open connection, "
+                      "Foxglove WebSocket)", file=sys.stderr, flush=True)
+            rec = build_recognizer(args, load_model(args), labels, dataset)
+            scene = SceneRecognizer(rec, config, top_k=args.top_k, track=source.sequence and not args.no_track,
+                                    tracking=tracking)
+            if channels is not None:
+                channels.labels = list(rec.labels)
+            if mcap is not None:
+                recording = outputs.enter_context(McapRecording(mcap, scene=channels, overwrite=True, metadata={
+                    "input": str(args.input), "topic": args.topic or "", "model": str(args.model),
+                    "pretrained": str(args.pretrained), "labels": ",".join(rec.labels)}))
+            if server is not None and args.wait and not server.wait_for_subscriber(timeout=args.wait):
+                print(f"pointfalip scene: no viewer subscribed within {args.wait} s; streaming anyway",
+                      file=sys.stderr, flush=True)
+            pacer = RealtimePacer() if args.realtime else None
+            results, last, frames, first_pass = [], None, source.frames, True
+            while True:
+                for frame in frames:
+                    if pacer is not None:
+                        pacer.wait(frame.stamp_ns)
+                    result = scene.recognize(frame.points, stamp_ns=frame.stamp_ns, frame_id=frame.frame_id)
+                    out = result.to_dict()
+                    if channels is not None:  # a repeated pass goes to the live view at the time now
+                        t0 = time.perf_counter()
+                        channels.log_frame(frame.points, result, stamp_ns=None if first_pass else time.time_ns())
+                        out["timings"]["foxglove"] = round(time.perf_counter() - t0, 4)
+                    if first_pass:
+                        results.append(out)
+                        last = (frame.points, result)
+                if first_pass:
+                    if not results:
+                        raise InputError(f"{args.input}: no frames to recognise")
+                    if recording is not None:
+                        recording.close()
+                    first_pass = False
+                if not args.loop:
+                    break
+                if source.sequence:
+                    frames = read_frames(args.input, args.topic).frames
+                else:
+                    time.sleep(repeat_s)
+                    channels.log_frame(last[0], last[1], stamp_ns=time.time_ns())
+                    frames = ()
+    except KeyboardInterrupt:
+        print("pointfalip scene: interrupted", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
+    finally:
+        if on_main:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
     if render is not None:
         from .render import save_scene
 
-        save_scene(render, *last, up_axis=rec.config.up_axis)
+        save_scene(render, last[0], last[1].objects, up_axis=rec.config.up_axis)
+    extra = {"mcap": str(mcap)} if mcap is not None else {}
     if source.sequence:
-        return {"file": str(args.input), "topic": args.topic, "frames": results}
-    return {"file": str(args.input), "objects": results[0]["objects"], "timings": results[0]["timings"]}
+        return {"file": str(args.input), "topic": args.topic, "frames": results, **extra}
+    return {"file": str(args.input), "objects": results[0]["objects"], "timings": results[0]["timings"], **extra}
 
 
 # ---- 2D ------------------------------------------------------------------------------------------------
@@ -429,7 +596,8 @@ def _print_predictions(result: dict) -> None:
 @command("classify-image", "which label fits a region of an image", _classify_image_args, _print_predictions)
 def run_classify_image(args) -> dict:
     from .foveal import check_box, parse_box
-    from .regions import classify_region, load_image, load_mask
+    from .images import load_image, load_mask
+    from .regions import classify_region
 
     labels, _ = read_labels(args)
     image = load_image(args.image)
@@ -455,7 +623,8 @@ def _refer_args(p):
 @command("refer", "rank candidate boxes for a referring expression", _refer_args, _print_predictions)
 def run_refer(args) -> dict:
     from .foveal import check_box, parse_box
-    from .regions import load_image, rank_boxes
+    from .images import load_image
+    from .regions import rank_boxes
 
     image = load_image(args.image)
     boxes = [parse_box(b) for b in args.boxes.split(";") if b.strip()]
@@ -468,16 +637,76 @@ def run_refer(args) -> dict:
     return {"file": str(args.image), "caption": args.caption, "predictions": _predictions(preds)}
 
 
+# ---- few-shot ------------------------------------------------------------------------------------------
+def _fewshot_build_args(p):
+    p.add_argument("--dataset", required=True,
+                   help="folder (ROOT/<label>/<files>) or a release: modelnet40, modelnet10, scanobjectnn[-variant]")
+    p.add_argument("--root", required=True, help="folder holding the labelled examples")
+    p.add_argument("--split", default="train", choices=("train", "test"),
+                   help="the release's split the shots are drawn from (default %(default)s; a folder has one)")
+    p.add_argument("--shots", type=bounded_int(1, 10_000), default=16, help="examples per label (default %(default)s)")
+    p.add_argument("--seed", type=bounded_int(0, 2**31 - 1), default=0, help="which examples are drawn")
+    p.add_argument("--tune", action="store_true", help="pick the cache's alpha and beta by leave-one-out on the shots")
+    p.add_argument("--adapter", action="store_true", help="also train PointCLIP's inter-view adapter on the shots")
+    p.add_argument("--adapter-epochs", type=bounded_int(1, 10_000), default=250,
+                   help="adapter training epochs (default %(default)s, PointCLIP's)")
+    p.add_argument("-o", "--output", required=True, help="the cache file to write (.fewshot or .safetensors)")
+    recognizer_args(p, up_default="the dataset's")
+    model_args(p)
+
+
+def _print_fewshot_build(result: dict) -> None:
+    extra = (" + inter-view adapter" if result["adapter"] else "") + (" (alpha, beta tuned)" if result["tuned"] else "")
+    print(f"few-shot cache {result['output']}: {result['examples']} examples of {len(result['labels'])} labels, "
+          f"{result['shots']} shots asked, alpha {result['alpha']:g}, beta {result['beta']:g}{extra}")
+    for label, n in result["per_label"].items():
+        print(f"  {n:>4}  {label}")
+
+
+@command("fewshot build", "cache a few labelled examples per label for few-shot recognition", _fewshot_build_args,
+         _print_fewshot_build)
+def run_fewshot_build(args) -> dict:
+    from .datasets import open_dataset
+    from .fewshot import build_from_dataset, save_cache
+    from .files import check_output
+    from .recognize import Recognizer
+
+    output = check_output(args.output, "--output", inputs=[args.root], suffixes=(".fewshot", ".safetensors"))
+    if args.fewshot:
+        raise InputError("--fewshot reads a cache; fewshot build writes one with -o")
+    split = "test" if args.dataset.lower() == "folder" else args.split
+    dataset = open_dataset(args.dataset, args.root, split=split, num_points=args.num_points, up_axis=args.up_axis)
+    model = load_model(args)
+    options = recognizer_options(args)
+    options["up_axis"] = options["up_axis"] or dataset.up_axis
+    rec = Recognizer(model, labels=list(dataset.classes), **options)
+    cache = build_from_dataset(rec, dataset, args.shots, seed=args.seed, tune_cache=args.tune, adapter=args.adapter,
+                               adapter_epochs=args.adapter_epochs, progress=sys.stderr.isatty())
+    save_cache(output, cache)
+    return {"output": str(output), "examples": len(cache.targets), "labels": cache.labels, "shots": args.shots,
+            "per_label": cache.shot_counts(), "alpha": cache.alpha, "beta": cache.beta, "tuned": args.tune,
+            "adapter": cache.adapter is not None}
+
+
 # ---- evaluation ----------------------------------------------------------------------------------------
 def _evaluate_args(p):
     p.add_argument("--dataset", required=True,
-                   help="modelnet40, modelnet10, scanobjectnn[-obj_only|-obj_bg|-pb_t50_rs] or folder")
+                   help="modelnet40, modelnet10, scanobjectnn[-obj_only|-obj_bg|-pb_t50_rs], folder, or shapenetpart "
+                        "(part segmentation)")
     p.add_argument("--root", required=True, help="folder holding the dataset's release")
     p.add_argument("--split", default="test", choices=("test", "train"))
     p.add_argument("--limit", type=bounded_int(1, 10**9), help="the first N objects only")
-    p.add_argument("--compare", action="store_true", help="FALIP and the plain-CLIP baseline from the same views")
+    p.add_argument("--compare", action="store_true", help="FALIP and the plain-CLIP baseline from the same views "
+                   "(shapenetpart: tokens and clearclip dense features)")
+    g = p.add_argument_group("part segmentation (--dataset shapenetpart; --preset defaults to pointclip_v2_parts)")
+    g.add_argument("--category", help="one ShapeNetPart category only, e.g. chair")
+    g.add_argument("--dense", choices=("tokens", "clearclip"), help="dense features (default: the preset's)")
     p.add_argument("--batch-size", type=bounded_int(1, 4096), default=16, help="objects per batch (default %(default)s)")
     p.add_argument("--out", help="report path, .json (default evaluate_<dataset>.json); the confusion PNG goes beside it")
+    g = p.add_argument_group("few-shot protocol (K examples per class from the train split, several seeds)")
+    g.add_argument("--shots", type=bounded_int(1, 10_000), help="examples per class for a few-shot cache per seed")
+    g.add_argument("--seeds", default="1", help="comma-separated seeds of the example draws (default %(default)s)")
+    g.add_argument("--train-root", help="folder of the release's train split (default --root)")
     recognizer_args(p, up_default="the dataset's")
     model_args(p)
 
@@ -486,17 +715,24 @@ _EVALUATE_ROWS = 40  # classes listed on screen; the report holds them all
 
 
 def _print_evaluate(report: dict) -> None:
+    if report.get("task") == "part segmentation":
+        return _print_part_evaluation(report)
     runs = list(report["runs"])
+    w = max(10, max(len(r) for r in runs) + 2)  # column width
     print(f"pointfalip evaluate — {report['dataset']} ({report['split']}): {report['n']} objects, "
           f"{len(report['skipped'])} skipped — {report['model']} ({report['pretrained']}), preset {report['preset']}")
-    print(f"{'':<20}" + "".join(f"{r:>10}" for r in runs))
+    print(f"{'':<20}" + "".join(f"{r:>{w}}" for r in runs))
     for key, name in (("overall_accuracy", "overall"), ("mean_class_accuracy", "mean class")):
-        print(f"{name:<20}" + "".join(f"{report['runs'][r][key]:>10.2%}" for r in runs))
-    print(f"{'class':<20}" + "".join(f"{r:>10}" for r in runs) + f"{'n':>6}")
+        print(f"{name:<20}" + "".join(f"{report['runs'][r][key]:>{w}.2%}" for r in runs))
+        if any(f"{key}_std" in report["runs"][r] for r in runs):
+            print(f"{'  ± over seeds':<20}" + "".join(
+                f"{report['runs'][r][key + '_std']:>{w}.2%}" if f"{key}_std" in report["runs"][r] else f"{'':>{w}}"
+                for r in runs))
+    print(f"{'class':<20}" + "".join(f"{r:>{w}}" for r in runs) + f"{'n':>6}")
     confusion = report["runs"][runs[0]]["confusion"]
     present = [(k, c) for k, c in enumerate(report["classes"]) if sum(confusion[k])]
     for k, c in present[:_EVALUATE_ROWS]:
-        print(f"{c[:19]:<20}" + "".join(f"{report['runs'][r]['per_class'][c]:>10.1%}" for r in runs)
+        print(f"{c[:19]:<20}" + "".join(f"{report['runs'][r]['per_class'][c]:>{w}.1%}" for r in runs)
               + f"{sum(confusion[k]):>6}")
     if len(present) > _EVALUATE_ROWS:
         print(f"... and {len(present) - _EVALUATE_ROWS} more classes in the report")
@@ -508,44 +744,125 @@ def _print_evaluate(report: dict) -> None:
 def run_evaluate(args) -> dict:
     import os
 
-    from .datasets import open_dataset
+    from .datasets import is_part_dataset, open_dataset
     from .evaluate import check_report_path, default_report_path, distributed, evaluate, run_names
     from .files import check_output
 
-    run_names(args.compare, args.falip)  # refuse --compare with --no-falip before reading anything
+    if is_part_dataset(args.dataset):
+        return _evaluate_parts(args)
+    if args.category or args.dense:
+        raise InputError("--category and --dense apply to --dataset shapenetpart (part segmentation) only")
+    run_names(args.compare, args.falip, bool(args.fewshot))  # refuse bad combinations before reading anything
     dataset = open_dataset(args.dataset, args.root, split=args.split, limit=args.limit, num_points=args.num_points,
                            up_axis=args.up_axis)
     out = check_output(args.out or default_report_path(dataset.name), "--out", suffixes=(".json",))
     check_report_path(out)
+    protocol = {}
+    if args.shots is not None:
+        try:
+            seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
+        except ValueError:
+            raise InputError(f"--seeds '{args.seeds}' must be comma-separated integers") from None
+        train_split = "test" if args.dataset.lower() == "folder" else "train"
+        train = open_dataset(args.dataset, args.train_root or args.root, split=train_split,
+                             num_points=args.num_points, up_axis=args.up_axis)
+        protocol = {"shots": args.shots, "seeds": seeds, "train_dataset": train}
     with distributed(args.device) as device:  # torchrun: one shard of the batches per rank
         args.device = device
         model = load_model(args)
         options = recognizer_options(args)
         preset = options.pop("preset")
         report = evaluate(model, dataset, preset=preset, compare=args.compare, batch_size=args.batch_size,
-                          out=out, **options)
+                          out=out, **protocol, **options)
     if int(os.environ.get("RANK", "0")) != 0:  # every rank holds the report; rank 0 alone prints it
         sys.stdout = open(os.devnull, "w")
     return report
 
 
+def _evaluate_parts(args) -> dict:
+    """`evaluate --dataset shapenetpart`: zero-shot part segmentation (pointfalip.evaluate_parts)."""
+    import os
+
+    from .datasets import open_dataset
+    from .evaluate import check_report_path, distributed
+    from .evaluate_parts import evaluate_parts, part_report_path, part_runs
+    from .files import check_output
+    from .parts import list_part_presets, load_part_preset
+
+    classification_only = (("--projection", args.projection), ("--no-falip", not args.falip),
+                           ("--prompt-file", args.prompt_file), ("--fewshot", getattr(args, "fewshot", None)),
+                           ("--shots", getattr(args, "shots", None)))
+    unused = [flag for flag, value in classification_only if value]
+    if unused:
+        raise InputError(f"{', '.join(unused)} do(es) not apply to part segmentation (--dataset shapenetpart); "
+                         "set its options in a parts preset")
+    preset = args.preset
+    if preset in list_part_presets() or preset.endswith((".yaml", ".yml")) or Path(preset).is_file():
+        settings = load_part_preset(preset)
+    elif f"{preset}_parts" in list_part_presets():
+        preset = f"{preset}_parts"
+        settings = load_part_preset(preset)
+    else:
+        raise InputError(f"'{preset}' is not a parts preset: choose one of {', '.join(list_part_presets())} "
+                         "or a YAML file")
+    part_runs(args.compare, args.dense, settings)
+    dataset = open_dataset("shapenetpart", args.root, split=args.split, num_points=args.num_points,
+                           up_axis=args.up_axis).restrict(args.category, args.limit)
+    out = check_output(args.out or part_report_path(dataset.category), "--out", suffixes=(".json",))
+    check_report_path(out)
+    with distributed(args.device) as device:
+        args.device = device
+        if args.precision is None:
+            args.precision = settings.precision
+        model = load_model(args)
+        report = evaluate_parts(model, dataset, preset=preset, dense=args.dense, compare=args.compare,
+                                batch_size=args.batch_size, out=out)
+    if int(os.environ.get("RANK", "0")) != 0:
+        sys.stdout = open(os.devnull, "w")
+    return report
+
+
+def _print_part_evaluation(report: dict) -> None:
+    runs = list(report["runs"])
+    w = max(10, max(len(r) for r in runs) + 2)
+    print(f"pointfalip evaluate — {report['dataset']} ({report['split']}): {report['n']} shapes, part segmentation "
+          f"— {report['model']} ({report['pretrained']}), preset {report['preset']}")
+    print(f"{'category (IoU)':<20}" + "".join(f"{r:>{w}}" for r in runs) + f"{'n':>6}")
+    for c, info in report["categories"].items():
+        print(f"{c[:19]:<20}" + "".join(f"{report['runs'][r]['per_category'][c]:>{w}.1%}" for r in runs)
+              + f"{info['n']:>6}")
+    for key, name in (("instance_miou", "instance mIoU"), ("class_miou", "class mIoU"), ("accuracy", "accuracy")):
+        print(f"{name:<20}" + "".join(f"{report['runs'][r][key]:>{w}.1%}" for r in runs))
+    print(f"report: {report['report']}   predictions: {report['predictions']}")
+
+
 # ---- main ----------------------------------------------------------------------------------------------
-class _Warnings:
-    """Our own warnings, each as one line, shown once the command has succeeded (an error stays one line);
-    third-party warnings (numpy, PIL, open3d) stay quiet."""
+class _Held(logging.Handler):
+    """Our warnings (Python warnings and log records) held until the command ends: shown, one line each, when it
+    succeeds; dropped when a user error ends it, so that the error stays one line. Third-party warnings (numpy,
+    PIL, open3d) stay quiet."""
 
     def __init__(self):
+        super().__init__(logging.WARNING)
         self.lines: list[str] = []
 
-    def show(self, message, category, filename, lineno, file=None, line=None) -> None:
-        text = " ".join(str(message).split())
+    def _add(self, text: str) -> None:
+        text = " ".join(text.split())
+        if text and text not in self.lines:
+            self.lines.append(text)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name.split(".")[0] == "pointfalip":
+            self._add(f"pointfalip: warning: {record.getMessage()}")
+
+    def show_warning(self, message, category, filename, lineno, file=None, line=None) -> None:
+        text = str(message)
         if text.startswith("pointfalip:"):
-            if text not in self.lines:
-                self.lines.append(text)
+            self._add(text)
         else:
             log.debug("%s: %s", category.__name__, text)
 
-    def flush(self) -> None:
+    def flush_lines(self) -> None:
         for text in self.lines:
             print(text, file=sys.stderr)
 
@@ -555,30 +872,51 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help, --version, or a usage error (one line on stderr, exit 2)
         return e.code if isinstance(e.code, int) else 0
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s",
-                        stream=sys.stderr)
-    if not args.verbose:  # third-party chatter (open_clip logs download failures on the root logger) stays quiet;
-        logging.getLogger().setLevel(logging.CRITICAL)  # our own warnings still reach the handler
-        logging.getLogger("pointfalip").setLevel(logging.WARNING)
-        logging.getLogger("huggingface_hub").setLevel(logging.CRITICAL)  # its download retries log their own lines
+    held = _Held()
+    root = logging.getLogger()
+    ours = logging.getLogger("pointfalip")
+    saved = (root.level, list(root.handlers), ours.level)
+    root.handlers = [held]
+    if args.verbose:  # what the model saw, timings: shown as it happens
+        verbose = logging.StreamHandler(sys.stderr)
+        verbose.setFormatter(logging.Formatter("%(message)s"))
+        verbose.setLevel(logging.INFO)
+        verbose.addFilter(lambda record: record.levelno < logging.WARNING)
+        root.handlers.append(verbose)
+        root.setLevel(logging.INFO)
+    else:  # third-party chatter (open_clip logs download failures on the root logger) stays quiet
+        root.setLevel(logging.CRITICAL)
+        ours.setLevel(logging.WARNING)
+    logging.getLogger("huggingface_hub").setLevel(logging.CRITICAL)  # its download retries log their own lines
     cmd = COMMANDS[args.command]
-    caught = _Warnings()
-    with warnings.catch_warnings():
-        warnings.simplefilter("always")
-        warnings.showwarning = caught.show
-        try:
-            result = cmd.run(args)
-        except InputError as e:
-            print(f"pointfalip {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
-            return 2
-    caught.flush()
-    if args.json:
-        json.dump(result, sys.stdout, indent=2, allow_nan=False)
-        print()
-    elif cmd.printer is not None:
-        cmd.printer(result)
-    else:
-        print(json.dumps(result, indent=2, allow_nan=False))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = held.show_warning
+            try:
+                result = cmd.run(args)
+            except InputError as e:
+                print(f"pointfalip {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
+                return 2
+            except KeyboardInterrupt:
+                print(f"pointfalip {args.command}: interrupted", file=sys.stderr)
+                return 130
+    finally:
+        root.setLevel(saved[0])
+        root.handlers = saved[1]
+        ours.setLevel(saved[2])
+    held.flush_lines()
+    try:
+        if args.json:
+            json.dump(result, sys.stdout, indent=2, allow_nan=False)
+            print()
+        elif cmd.printer is not None:
+            cmd.printer(result)
+        else:
+            print(json.dumps(result, indent=2, allow_nan=False))
+        sys.stdout.flush()
+    except BrokenPipeError:  # `pointfalip ... --json | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

@@ -15,12 +15,18 @@ name                        layout under ``root``                               
 ``scanobjectnn-obj_bg``     ``main_split/test_objectdataset.h5``                                          y
 ``scanobjectnn-pb_t50_rs``  ``main_split/test_objectdataset_augmentedrot_scale75.h5``                     y
 ``folder``                  ``<class name>/<any file io.load_points reads>`` (sub-folders searched too)   y [#]_
+``shapenetpart``            h5 release ``shapenet_part_seg_hdf5_data`` (``ply_data_test*.h5``,            y
+                            ``test_hdf5_file_list.txt``), directly, in ``hdf5_data/`` or in that
+                            folder's name; part segmentation (`ShapeNetPartDataset`)
 ==========================  ==========================================================================  =======
 
 .. [#] A folder of the user's own scans has no known frame: ``y`` is assumed (the frame of the references);
    pass ``up_axis=`` to `open_dataset` (or set ``dataset.up_axis``) when the scans are z-up.
 
 ScanObjectNN's ``--root`` is the folder holding ``main_split*/`` (its ``h5_files/`` parent is accepted too).
+ShapeNetPart's classes are its 16 categories (`pointfalip.parts.list_categories`, the release's label order); each
+item also has a part label per point (``pid``, the release's global part ids 0-49), read with
+`ShapeNetPartDataset.iter_segments`.
 ``split="train"`` reads the releases' training files (``ply_data_train*.h5``, ``training_objectdataset*.h5``,
 ``<class>/train/``).
 
@@ -59,7 +65,11 @@ DEFAULT_NUM_POINTS = 2048  # points of the h5 releases' clouds; raw meshes are s
 _DATA_KEY = "data"
 _LABEL_KEY = "label"
 
+_PART_KEY = "pid"  # ShapeNetPart: (N, P) global part id of every point
+
 _MODELNET40_H5_DIR = "modelnet40_ply_hdf5_2048"
+_SHAPENETPART_DIRS = ("hdf5_data", "shapenet_part_seg_hdf5_data", "shapenet_part_seg_hdf5_data/hdf5_data")
+_SHAPENETPART_LIST = "{split}_hdf5_file_list.txt"
 _SHAPE_NAMES = "shape_names.txt"
 # ScanObjectNN's h5_files release: variant -> (folder, file name with the split's word in it)
 _SCANOBJECTNN_FILES = {
@@ -532,6 +542,171 @@ def _folder(root: Path, split: str, num_points: int) -> Dataset:
         raise InputError(f"{root}: no point-cloud or mesh files in its class folders; the dataset is empty "
                          f"(supported: {' '.join(pio.SUPPORTED_EXTENSIONS)})")
     return FileDataset("folder", root, split, classes, "y", items, num_points, layout="folder")
+
+
+# --------------------------------------------------------------------------------------------------
+# ShapeNetPart (part segmentation)
+# --------------------------------------------------------------------------------------------------
+
+class ShapeNetPartDataset(H5Dataset):
+    """ShapeNetPart's h5 release: clouds, their category (the class label) and a part id per point.
+
+    `restrict` keeps one category and / or the first items; `iter_segments` streams
+    ``(indices, clouds, categories, part ids)``. Part ids are checked as they are read: an id outside the item's
+    category (`pointfalip.parts.category_labels`) is a one-line InputError naming the file and item.
+    """
+
+    def __init__(self, root: Path, split: str, files: Sequence[Path], num_points: int):
+        from .parts import list_categories
+
+        super().__init__("shapenetpart", root, split, list_categories(), files, num_points)
+        sizes = set()
+        for f in self.files:
+            with _open_h5(f) as h5:
+                if _PART_KEY not in h5:
+                    raise InputError(f"{f}: no '{_PART_KEY}' key (it has: {', '.join(sorted(h5.keys()))}); "
+                                     "is this shapenet_part_seg_hdf5_data?")
+                data, pid = h5[_DATA_KEY], h5[_PART_KEY]
+                if pid.ndim != 2 or tuple(pid.shape) != tuple(data.shape[:2]):
+                    raise InputError(f"{f}: '{_PART_KEY}' has shape {tuple(pid.shape)}, expected "
+                                     f"{tuple(data.shape[:2])} (a part id per point of '{_DATA_KEY}')")
+                if pid.dtype.kind not in "iu":
+                    raise InputError(f"{f}: '{_PART_KEY}' holds {pid.dtype} values, expected integer part ids")
+                sizes.add(min(int(data.shape[1]), num_points))
+        if len(sizes) != 1:
+            raise InputError(f"{root}: the h5 files hold clouds of different sizes ({sorted(sizes)} points); "
+                             "give --num-points at most the smallest")
+        self.points_per_cloud = sizes.pop()
+        self._release_rows = np.arange(len(self.labels), dtype=np.int64)  # release row of each item
+        self.category: str | None = None  # the one category `restrict` kept
+
+    def restrict(self, category: str | None = None, limit: int | None = None) -> "ShapeNetPartDataset":
+        """Keep the items of ``category`` only (a ShapeNetPart name) and then the first ``limit``; returns self."""
+        if category is not None:
+            from .parts import list_categories
+
+            key = " ".join(str(category).split()).lower()
+            if key not in self.classes:
+                raise InputError(f"unknown category '{category}': choose one of {', '.join(list_categories())}")
+            keep = self.labels == self.classes.index(key)
+            if not keep.any():
+                raise InputError(f"{self.root}: no {key} shapes in the {self.split} split")
+            self._release_rows, self.labels = self._release_rows[keep], self.labels[keep]
+            self.category = key
+        if limit is not None:
+            self._truncate(_positive_int(limit, "limit"))
+        return self
+
+    def _truncate(self, n: int) -> None:
+        super()._truncate(n)
+        self._release_rows = self._release_rows[:n]
+
+    def release_rows(self) -> np.ndarray:
+        """``(len(self),)`` int64: the row of each item in the release's files taken end to end."""
+        return self._release_rows.copy()
+
+    def _locate(self, i: int) -> tuple[int, int]:
+        return super()._locate(int(self._release_rows[i]))
+
+    def _read_items(self, h5s: dict, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Clouds ``(B, P, 3)`` float32 and part ids ``(B, P)`` int64 of items, checked against their category."""
+        clouds, pids = [], []
+        located = [self._locate(i) for i in indices]
+        for k in dict.fromkeys(k for k, _ in located):
+            rows = [r for kk, r in located if kk == k]
+            if k not in h5s:
+                h5s[k] = _open_h5(self.files[k])
+            h5, p = h5s[k], self.points_per_cloud
+            lo, hi = rows[0], rows[-1] + 1
+            which = slice(lo, hi) if hi - lo == len(rows) else rows  # h5py: increasing rows, no repeats
+            try:
+                clouds.append(np.asarray(h5[_DATA_KEY][which, :p, :3], dtype=np.float32))
+                pids.append(np.asarray(h5[_PART_KEY][which, :p], dtype=np.int64))
+            except (OSError, KeyError, ValueError, TypeError) as e:
+                raise InputError(f"{self.files[k]}: cannot read rows {lo}-{hi - 1} of '{_DATA_KEY}' or "
+                                 f"'{_PART_KEY}' ({pio._reason(e)}); the file may be truncated") from e
+        clouds_, pids_ = np.concatenate(clouds), np.concatenate(pids)
+        self._check_parts(indices, pids_)
+        return clouds_, pids_
+
+    def _check_parts(self, indices: Sequence[int], pids: np.ndarray) -> None:
+        from .parts import category_labels
+
+        for j, i in enumerate(indices):
+            category = self.classes[int(self.labels[i])]
+            allowed = category_labels(category)
+            bad = (pids[j] < allowed.start) | (pids[j] >= allowed.stop)
+            if bad.any():
+                k, row = self._locate(i)
+                raise InputError(f"{self.files[k]}[{row}] (item {i}): '{_PART_KEY}' holds part "
+                                 f"{int(pids[j][bad][0])}, outside the {category} parts {allowed.start}-"
+                                 f"{allowed.stop - 1} ({int(bad.sum())} point(s)); the release may be damaged")
+
+    def _read(self, i: int) -> np.ndarray:
+        return self.segment(i)[0]
+
+    def segment(self, i: int) -> tuple[np.ndarray, int, np.ndarray]:
+        """``(points (P, 3) float32, category index, part ids (P,) int64)`` of item ``i``."""
+        i = self._index(i)
+        h5s: dict = {}
+        try:
+            clouds, pids = self._read_items(h5s, [i])
+        finally:
+            for h in h5s.values():
+                h.close()
+        return clouds[0], int(self.labels[i]), pids[0]
+
+    def iter_segments(self, batch_size: int, start: int = 0
+                      ) -> Iterator[tuple[list[int], np.ndarray, np.ndarray, np.ndarray]]:
+        """Stream ``(indices, clouds (B, P, 3) float32, categories (B,) int64, part ids (B, P) int64)`` in
+        dataset order from item ``start`` on, ``batch_size`` items a batch; h5 files stay open while streaming."""
+        batch_size = _positive_int(batch_size, "batch_size")
+        if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or not 0 <= start <= len(self):
+            raise InputError(f"start must be an integer from 0 to {len(self)} (the dataset's size), got {start!r}")
+        h5s: dict = {}
+        try:
+            for lo in range(int(start), len(self), batch_size):
+                indices = list(range(lo, min(lo + batch_size, len(self))))
+                clouds, pids = self._read_items(h5s, indices)
+                yield indices, clouds, self.labels[indices].copy(), pids
+        finally:
+            for h in h5s.values():
+                h.close()
+
+    def _batches(self, batch_size: int, start: int) -> Iterator[tuple[list[int], Clouds, np.ndarray]]:
+        for indices, clouds, labels, _ in self.iter_segments(batch_size, start):
+            yield indices, clouds, labels
+
+
+def is_part_dataset(name: str) -> bool:
+    """Whether ``name`` is a part-segmentation dataset (``shapenetpart``), whatever its case and separators."""
+    return _fold(name) == _fold("shapenetpart")
+
+
+@register_dataset("shapenetpart")
+def _shapenetpart(root: Path, split: str, num_points: int) -> Dataset:
+    listing_name = _SHAPENETPART_LIST.format(split=split)
+
+    def holds(d: Path) -> bool:
+        return (d / listing_name).is_file() or any(d.glob(f"ply_data_{split}*.h5"))
+
+    folder = next((d for d in (root, *(root / s for s in _SHAPENETPART_DIRS)) if d.is_dir() and holds(d)), None)
+    if folder is None:
+        raise InputError(f"{root}: no ShapeNetPart found; expected shapenet_part_seg_hdf5_data ({listing_name} "
+                         f"and ply_data_{split}*.h5, directly or in hdf5_data/)")
+    listing = folder / listing_name
+    if listing.is_file():
+        try:
+            lines = listing.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"{listing}: cannot read the file list ({pio._reason(e)})") from e
+        files = [_resolve_listed(line.strip(), folder, listing, n) for n, line in enumerate(lines, 1)
+                 if line.strip()]
+        if not files:
+            raise InputError(f"{listing}: lists no h5 files; the dataset is empty")
+    else:
+        files = sorted(folder.glob(f"ply_data_{split}*.h5"), key=_natural_key)
+    return ShapeNetPartDataset(root, split, files, num_points)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -51,6 +51,7 @@ from .recognize import Recognizer, RecognizerConfig
 log = logging.getLogger(__name__)
 
 FALIP, BASELINE = "falip", "baseline"  # run names in the report
+FEWSHOT_SUFFIX = "+fewshot"  # a run scored with a few-shot cache
 PARTIAL_SUFFIX = ".partial"  # the resume cache: <report path> + this suffix, a folder
 _KEY_FILE = "key.json"
 _KEY_VERSION = 1  # bump when the batch files' contents change
@@ -95,27 +96,43 @@ def metrics(labels: Sequence[int], predictions: Sequence[int], classes: Sequence
 # one batch
 # --------------------------------------------------------------------------------------------------
 
-def run_names(compare: bool = False, falip: bool = True) -> tuple[str, ...]:
-    """The runs an evaluation makes: ("falip", "baseline") to compare, else the one configuration."""
+def run_names(compare: bool = False, falip: bool = True, fewshot: bool = False) -> tuple[str, ...]:
+    """The runs an evaluation makes: ("falip", "baseline") to compare, else the one configuration; with a
+    few-shot cache the run is named "falip+fewshot" (or "baseline+fewshot")."""
     if compare and not falip:
         raise InputError("--compare runs FALIP and the plain-CLIP baseline together; drop --no-falip")
-    return (FALIP, BASELINE) if compare else ((FALIP,) if falip else (BASELINE,))
+    if compare and fewshot:
+        raise InputError("--compare scores FALIP and plain CLIP from one pass, but a few-shot cache holds the "
+                         "features of one of them: drop --compare or --fewshot")
+    runs = (FALIP, BASELINE) if compare else ((FALIP,) if falip else (BASELINE,))
+    return tuple(f"{r}{FEWSHOT_SUFFIX}" for r in runs) if fewshot else runs
 
 
-def score_batch(rec: Recognizer, clouds: Sequence[np.ndarray], runs: Sequence[str]) -> dict[str, torch.Tensor]:
+def _features_of(run: str) -> str:
+    """Which features a run scores: FALIP's or the plain baseline's."""
+    return BASELINE if run.startswith(BASELINE) else FALIP
+
+
+def score_batch(rec: Recognizer, clouds: Sequence[np.ndarray], runs: Sequence[str],
+                scorers: Optional[dict] = None) -> dict[str, torch.Tensor]:
     """Logits (B, C) of prepared clouds for each run, from one projection, through `Recognizer.embed` and
-    `Recognizer.logits`.
+    `Recognizer.logits` (``scorers`` maps a run to another Recognizer whose `logits` score it, e.g. one holding
+    a few-shot cache; the features are always ``rec``'s).
 
-    With both runs the recognizer must have FALIP on: `Recognizer.embed(..., with_plain=True)` runs the blocks
-    before the first foveal block once for both. The logits equal those of two separate runs up to the float
-    rounding of the model's dtype (bitwise-close in fp32; in bf16 or fp16 a near-tie can flip a prediction).
+    With FALIP and baseline runs together the recognizer must have FALIP on: `Recognizer.embed(...,
+    with_plain=True)` runs the blocks before the first foveal block once for both. The logits equal those of
+    separate runs up to the float rounding of the model's dtype (bitwise-close in fp32; in bf16 or fp16 a near-tie
+    can flip a prediction).
     """
-    if len(runs) == 1:
-        return {runs[0]: rec.logits(rec.embed(clouds, prepared=True))}
-    if tuple(runs) != (FALIP, BASELINE) or not rec.falip:
-        raise ValueError(f"runs {runs}: a pair is ('falip', 'baseline') with a FALIP recognizer")
-    foveal, plain = rec.embed(clouds, with_plain=True, prepared=True)
-    return {FALIP: rec.logits(foveal), BASELINE: rec.logits(plain)}
+    kinds = {_features_of(r) for r in runs}
+    if len(kinds) == 2:
+        if not rec.falip:
+            raise ValueError(f"runs {runs}: FALIP and baseline runs need a FALIP recognizer")
+        feats = dict(zip((FALIP, BASELINE), rec.embed(clouds, with_plain=True, prepared=True)))
+    else:
+        feats = {kinds.pop(): rec.embed(clouds, prepared=True)}
+    scorers = scorers or {}
+    return {r: scorers.get(r, rec).logits(feats[_features_of(r)]) for r in runs}
 
 
 @dataclass
@@ -145,12 +162,12 @@ def _prepare(rec: Recognizer, dataset: Dataset, indices, clouds, labels, skipped
 
 
 def _classify(rec: Recognizer, runs, dataset: Dataset, start: int, indices, clouds, labels,
-              skipped: list) -> BatchResult:
+              skipped: list, scorers: Optional[dict] = None) -> BatchResult:
     skipped = list(skipped)
     idx, lab, ready = _prepare(rec, dataset, indices, clouds, labels, skipped)
     preds = {r: np.zeros(0, dtype=np.int64) for r in runs}
     if ready:
-        scores = score_batch(rec, ready, runs)
+        scores = score_batch(rec, ready, runs, scorers)
         preds = {r: s.argmax(dim=-1).cpu().numpy().astype(np.int64) for r, s in scores.items()}
     return BatchResult(start, idx, lab, preds, sorted(skipped))
 
@@ -187,7 +204,7 @@ def _positions(dataset: Dataset, batch_size: int, lo: int, hi: int) -> Iterator[
 # --------------------------------------------------------------------------------------------------
 
 def run_key(model: FalipCLIP, dataset: Dataset, preset: str, config: RecognizerConfig, runs: Sequence[str],
-            batch_size: int) -> dict:
+            batch_size: int, fewshot=None) -> dict:
     """Everything that changes an evaluation's results, and its sha256 under "hash"."""
     prompt_file = config.prompt_file
     payload = {
@@ -209,9 +226,19 @@ def run_key(model: FalipCLIP, dataset: Dataset, preset: str, config: RecognizerC
         "prompt_file": file_identity(str(prompt_file)) if prompt_file else None,
         "runs": list(runs),
         "batch_size": batch_size,
+        "fewshot": None if fewshot is None else (file_identity(fewshot) if isinstance(fewshot, (str, os.PathLike))
+                                                 else _cache_identity(fewshot)),
     }
     text = json.dumps(payload, sort_keys=True, default=str)
     return {**json.loads(text), "hash": hashlib.sha256(text.encode("utf-8")).hexdigest()}
+
+
+def _cache_identity(cache) -> str:
+    """sha256 of a few-shot cache's keys, labels and settings (an in-memory cache has no file identity)."""
+    digest = hashlib.sha256(cache.keys.numpy().tobytes())
+    digest.update(json.dumps([cache.labels, cache.alpha, cache.beta, cache.metadata], sort_keys=True,
+                             default=str).encode())
+    return digest.hexdigest()
 
 
 class BatchCache:
@@ -388,8 +415,42 @@ def _progress(total: int, initial: int, enabled: bool, desc: str):
                 disable=not (enabled and sys.stderr.isatty()))
 
 
+def run_batches(cache: BatchCache, n_items: int, batch_size: int, compute: Callable[[int, int], Iterator],
+                progress: bool, desc: str) -> list:
+    """The batches of every rank: the resume cache opened (rank 0 first), this rank's block of batch positions
+    taken from the cache where done and computed otherwise (``compute(lo, hi)`` yields the results of the
+    positions in [lo, hi), each saved as it comes), then gathered from all ranks."""
+    rank, world = _dist()
+    if rank == 0:
+        resumed = cache.open()
+    _barrier()
+    if rank != 0:
+        resumed = cache.open()  # the same folder on a shared file system; this node's own otherwise
+    starts = list(range(0, n_items, batch_size))
+    mine = starts[rank * len(starts) // world:(rank + 1) * len(starts) // world]
+    done = {s: b for s in mine if (b := cache.load(s)) is not None}
+    if resumed and rank == 0:
+        log.info("%s: resuming, %d of %d batches done", cache.folder, len(done), len(mine))
+
+    def span(s: int) -> int:
+        return min(s + batch_size, n_items) - s
+
+    results = list(done.values())
+    bar = _progress(sum(span(s) for s in mine), sum(span(s) for s in done), progress and rank == 0, desc)
+    try:
+        for lo, hi in _missing_ranges(mine, done, batch_size):
+            for b in compute(lo, hi):
+                cache.save(b)
+                results.append(b)
+                bar.update(span(b.start))
+    finally:
+        bar.close()
+    return _gather(results)
+
+
 def evaluate(model: FalipCLIP, dataset: Dataset, preset: Union[str, RecognizerConfig] = "pointclip_v2",
              compare: bool = False, falip: bool = True, batch_size: int = 16, out=None, progress: bool = True,
+             shots: Optional[int] = None, seeds: Sequence[int] = (1,), train_dataset: Optional[Dataset] = None,
              **recognizer_overrides) -> dict:
     """Classify every object of ``dataset`` against its classes; write and return the report (module doc).
 
@@ -405,8 +466,13 @@ def evaluate(model: FalipCLIP, dataset: Dataset, preset: Union[str, RecognizerCo
         out: report path (default `default_report_path`); the confusion-matrix PNG goes beside it
             (``<stem>.confusion.png``) and the resume cache in ``<out>.partial/``.
         progress: a tqdm bar (objects/s) on rank 0 when stderr is a terminal.
+        shots, seeds, train_dataset: the papers' few-shot protocol: for every seed, ``shots`` examples per class
+            drawn from ``train_dataset`` (never from ``dataset``) make a few-shot cache (one for FALIP and one for
+            the baseline with ``compare``, from one encoder pass); the test set is encoded once and each cache
+            scores it. The report adds ``<run>+fewshot`` runs holding the mean over seeds, their spread
+            (``*_std``) and every seed's run under ``seeds``, and ``fewshot`` with the examples used.
         recognizer_overrides: `Recognizer` keywords (projection, views, templates, prompt_file, view_weights,
-            foveal, up_axis, cache_dir); None values are ignored.
+            foveal, up_axis, cache_dir, fewshot); None values are ignored.
 
     Raises:
         InputError: a bad argument, or nothing could be evaluated (every item skipped).
@@ -414,47 +480,33 @@ def evaluate(model: FalipCLIP, dataset: Dataset, preset: Union[str, RecognizerCo
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise InputError(f"batch size must be a positive integer, got {batch_size!r}")
     batch_size = int(batch_size)
-    runs = run_names(compare, falip)
     overrides = {k: v for k, v in recognizer_overrides.items() if v is not None}
+    runs = run_names(compare, falip, fewshot="fewshot" in overrides)
     cache_dir = overrides.pop("cache_dir", None)
     overrides.setdefault("up_axis", dataset.up_axis)
-    rec = Recognizer(model, labels=list(dataset.classes), preset=preset, falip=runs[0] == FALIP, cache_dir=cache_dir, **overrides)
+    rec = Recognizer(model, labels=list(dataset.classes), preset=preset, falip=falip, cache_dir=cache_dir,
+                     **overrides)
+    scorers, protocol = {}, None
+    if shots is not None:
+        scorers, protocol = _seed_scorers(rec, dataset, train_dataset, shots, seeds, runs, progress)
+        runs = runs + tuple(scorers)
     preset_name = preset if isinstance(preset, str) else "custom"
     out = Path(out) if out is not None else default_report_path(dataset.name)
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    rank, world = _dist()
-    cache = BatchCache(partial_path(out), run_key(model, dataset, preset_name, rec.config, runs, batch_size), runs)
-    if rank == 0:
-        resumed = cache.open()
-    _barrier()
-    if rank != 0:
-        resumed = cache.open()  # the same folder on a shared file system; this node's own otherwise
+    rank, _ = _dist()
+    key = run_key(model, dataset, preset_name, rec.config, runs, batch_size,
+                  fewshot=overrides.get("fewshot") or (protocol and json.dumps(protocol, sort_keys=True)))
+    cache = BatchCache(partial_path(out), key, runs)
 
-    starts = list(range(0, len(dataset), batch_size))
-    mine = starts[rank * len(starts) // world:(rank + 1) * len(starts) // world]
-    done = {s: b for s in mine if (b := cache.load(s)) is not None}
-    if resumed and rank == 0:
-        log.info("%s: resuming, %d of %d batches done", cache.folder, len(done), len(mine))
+    def compute(lo: int, hi: int) -> Iterator[BatchResult]:
+        for start, indices, clouds, labels_, skipped in _positions(dataset, batch_size, lo, hi):
+            yield _classify(rec, runs, dataset, start, indices, clouds, labels_, skipped, scorers)
 
-    def span(s: int) -> int:
-        return min(s + batch_size, len(dataset)) - s
-
-    results = list(done.values())
-    bar = _progress(sum(span(s) for s in mine), sum(span(s) for s in done), progress and rank == 0,
-                    f"{dataset.name} {'+'.join(runs)}")
-    try:
-        for lo, hi in _missing_ranges(mine, done, batch_size):
-            for start, indices, clouds, labels_, skipped in _positions(dataset, batch_size, lo, hi):
-                b = _classify(rec, runs, dataset, start, indices, clouds, labels_, skipped)
-                cache.save(b)
-                results.append(b)
-                bar.update(span(start))
-    finally:
-        bar.close()
-
-    results = _gather(results)
+    results = run_batches(cache, len(dataset), batch_size, compute, progress, f"{dataset.name} {'+'.join(runs)}")
     report = _report(model, dataset, preset_name, rec, runs, results, batch_size)
+    if protocol is not None:
+        _merge_seeds(report, protocol)
     if report["n"] == 0:
         _barrier()
         if rank == 0:
@@ -470,6 +522,67 @@ def evaluate(model: FalipCLIP, dataset: Dataset, preset: Union[str, RecognizerCo
     _barrier()
     cache.remove()
     return report
+
+
+SEED_MARK = "@seed"  # a few-shot run of one seed: "falip+fewshot@seed1"; merged into "falip+fewshot"
+
+
+def _seed_scorers(rec: Recognizer, dataset: Dataset, train: Optional[Dataset], shots: int, seeds: Sequence[int],
+                  runs: Sequence[str], progress: bool) -> tuple[dict, dict]:
+    """One Recognizer holding a few-shot cache per seed and run, and the protocol's record (what was drawn)."""
+    import copy
+
+    from . import fewshot
+
+    if rec.fewshot is not None:
+        raise InputError("--shots builds its own caches from the train split: drop --fewshot")
+    if train is None:
+        raise InputError("--shots needs the release's train split (--train-root) to draw the examples from")
+    if Path(train.root).resolve() == Path(dataset.root).resolve() and train.split == dataset.split:
+        raise InputError(f"the few-shot examples would come from the evaluated items themselves ({dataset.root}, "
+                         f"{dataset.split}): give the train split or another --train-root")
+    if list(train.classes) != list(dataset.classes):
+        raise InputError(f"{train.root} has other classes than {dataset.root}: the few-shot examples must share them")
+    seeds = sorted({int(s) for s in seeds})
+    if not seeds:
+        raise InputError("give at least one seed")
+    scorers, record = {}, {"shots": int(shots), "seeds": seeds, "train": {"root": str(train.root),
+                                                                         "split": train.split}, "examples": {}}
+    with_plain = len({_features_of(r) for r in runs}) == 2
+    plain_rec = copy.copy(rec)
+    plain_rec.falip = False
+    for seed in seeds:
+        indices = fewshot.draw_shots(train, shots, seed)
+        feats, plain, targets, sources = fewshot.embed_examples(rec, train, indices, with_plain=with_plain,
+                                                                progress=progress)
+        record["examples"][str(seed)] = sources
+        for run in runs:
+            source_rec = plain_rec if _features_of(run) == BASELINE else rec
+            use = plain if (with_plain and _features_of(run) == BASELINE) else feats
+            cache = fewshot.cache_from_features(source_rec, use, targets, shots, train.num_points)
+            scorer = copy.copy(source_rec)
+            scorer.use_fewshot(cache)
+            scorers[f"{run}{FEWSHOT_SUFFIX}{SEED_MARK}{seed}"] = scorer
+    return scorers, record
+
+
+def _merge_seeds(report: dict, protocol: dict) -> None:
+    """Fold every seed's few-shot run into one run: means, spreads (population std) and the seeds' own runs."""
+    merged: dict = {}
+    for name in [n for n in report["runs"] if SEED_MARK in n]:
+        base, seed = name.split(SEED_MARK)
+        merged.setdefault(base, {})[seed] = report["runs"].pop(name)
+    for base, by_seed in merged.items():
+        runs = list(by_seed.values())
+        run = {}
+        for key in ("overall_accuracy", "mean_class_accuracy"):
+            values = np.array([r[key] for r in runs])
+            run[key], run[f"{key}_std"] = float(values.mean()), float(values.std())
+        run["per_class"] = {c: float(np.mean([r["per_class"][c] for r in runs])) for c in runs[0]["per_class"]}
+        run["confusion"] = np.sum([r["confusion"] for r in runs], axis=0).tolist()  # counts over all seeds
+        run["seeds"] = by_seed
+        report["runs"][base] = run
+    report["fewshot"] = protocol
 
 
 def _dumps(value, indent: int = 0) -> str:

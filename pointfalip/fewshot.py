@@ -546,3 +546,96 @@ def select_shots(labels: Union[Sequence[int], np.ndarray, torch.Tensor], shots: 
         counts[int(cls)] = int(len(members))
     indices = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
     return indices.astype(np.int64), counts
+
+
+# ---- building from labelled clouds --------------------------------------------------------------------------
+BUILD_BATCH = 16  # clouds encoded together while building a cache: bounds memory, keeps batches large
+
+
+def embed_examples(recognizer, dataset, indices: Sequence[int], with_plain: bool = False,
+                   progress: bool = True) -> tuple[torch.Tensor, Optional[torch.Tensor], list[int], list[str]]:
+    """View features (K, V, D) of the dataset's items ``indices`` by `Recognizer.embed` (and the plain copy with
+    ``with_plain``), their targets and sources; unreadable items are skipped (one warning), none readable is an
+    InputError."""
+    from tqdm import tqdm
+
+    feats, plain, targets, sources, skipped = [], [], [], [], []
+    indices = [int(i) for i in indices]
+    bar = tqdm(total=len(indices), unit="obj", desc="few-shot examples", disable=not progress)
+    try:
+        for start in range(0, len(indices), BUILD_BATCH):
+            clouds = []
+            for i in indices[start:start + BUILD_BATCH]:
+                try:
+                    points, label = dataset[i]
+                    clouds.append(recognizer.prepare([points])[0])
+                except InputError as e:
+                    skipped.append(f"{dataset.source(i)}: {e}")
+                    continue
+                targets.append(int(label))
+                sources.append(dataset.source(i))
+            if clouds:
+                out = recognizer.embed(clouds, prepared=True, with_plain=with_plain)
+                feats.append((out[0] if with_plain else out).cpu())
+                if with_plain:
+                    plain.append(out[1].cpu())
+            bar.update(len(indices[start:start + BUILD_BATCH]))
+    finally:
+        bar.close()
+    if not feats:
+        raise InputError(f"no readable example in {dataset.root} (first: {skipped[0] if skipped else 'none'})")
+    if skipped:
+        log.warning("skipped %d unreadable example(s), first: %s", len(skipped), skipped[0])
+    return torch.cat(feats), (torch.cat(plain) if with_plain else None), targets, sources
+
+
+def draw_shots(dataset, shots: int, seed: int) -> np.ndarray:
+    """`select_shots` over a dataset's labels, refusing classes without any example and warning once for
+    classes with fewer than ``shots``."""
+    classes = list(dataset.classes)
+    indices, counts = select_shots(dataset.labels, shots, seed)
+    empty = [classes[c] for c in range(len(classes)) if counts.get(c, 0) == 0]
+    if empty:
+        raise InputError(f"no example of {', '.join(empty)} in {dataset.root}: every label needs at least one "
+                         "(an empty class folder?)")
+    short = [f"{classes[c]} ({n})" for c, n in sorted(counts.items()) if n < shots]
+    if short:
+        log.warning("fewer than %d examples for %s: using what exists", shots, ", ".join(short))
+    return indices
+
+
+def cache_from_features(recognizer, view_feats: torch.Tensor, targets: Sequence[int], shots: int, points,
+                        tune_cache: bool = False, adapter: bool = False, adapter_epochs: int = TRAIN_EPOCHS,
+                        seed: int = 0) -> FewShotCache:
+    """A cache of the recognizer's labels (they are the classes ``targets`` index) from encoded examples:
+    α, β tuned by leave-one-out on the examples alone with ``tune_cache``, PointCLIP's adapter with ``adapter``."""
+    weights = recognizer.view_weights(view_feats.shape[1]).cpu()
+    metadata = recognizer.fewshot_metadata(shots, points)
+    cache = build_cache(view_feats, targets, list(recognizer.labels), weights, metadata)
+    if tune_cache:
+        with torch.no_grad():
+            zero_shot = (recognizer.model.logit_scale * torch.einsum(
+                "kvd,cd,v->kc", view_feats, recognizer.text.cpu(), weights)).float()
+        cache.alpha, cache.beta = tune(cache, zero_shot)
+    if adapter:
+        cache.adapter = train_adapter(view_feats, cache.targets, recognizer.text.cpu(), weights,
+                                      recognizer.model.logit_scale, epochs=adapter_epochs, seed=seed)
+    return cache
+
+
+def build_from_dataset(recognizer, dataset, shots: int, seed: int = 0, tune_cache: bool = False,
+                       adapter: bool = False, adapter_epochs: int = TRAIN_EPOCHS,
+                       progress: bool = True) -> FewShotCache:
+    """A cache of ``shots`` examples per class of a `pointfalip.datasets.Dataset`, drawn with ``seed``, each
+    encoded once with the recognizer's own model, preset and FALIP setting (`Recognizer.embed`).
+
+    The recognizer's labels must be the dataset's classes, in order (`tune_cache` scores the shots against
+    them; the adapter trains on them). A class with fewer examples gives what it has (one warning); a class
+    without any, or a dataset with nothing readable, is an InputError. Unreadable items are skipped.
+    """
+    if list(recognizer.labels) != list(dataset.classes):
+        raise ValueError("the recognizer's labels must be the dataset's classes, in order")
+    indices = draw_shots(dataset, shots, seed)
+    feats, _, targets, _ = embed_examples(recognizer, dataset, indices, progress=progress)
+    return cache_from_features(recognizer, feats, targets, shots, getattr(dataset, "num_points", None),
+                               tune_cache=tune_cache, adapter=adapter, adapter_epochs=adapter_epochs, seed=seed)

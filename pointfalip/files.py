@@ -86,6 +86,11 @@ def check_output(path: PathLike, what: str = "output", inputs: Iterable[PathLike
         raise InputError(f"{what} {p}: permission denied")
     for source in inputs:
         s = Path(source).expanduser()
-        if s.exists() and p.exists() and os.path.samefile(s, p) or s.resolve() == p.resolve():
+        same = os.path.realpath(s) == os.path.realpath(p)
+        try:
+            same = same or (s.exists() and p.exists() and os.path.samefile(s, p))
+        except OSError:  # a link loop or an unreadable input: the name comparison stands
+            pass
+        if same:
             raise InputError(f"{what} {p} is an input of this run; choose another name so it is not overwritten")
     return p

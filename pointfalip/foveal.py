@@ -37,8 +37,24 @@ class FovealConfig:
     def __post_init__(self):
         if self.mode not in MODES:
             raise InputError(f"unknown foveal mode '{self.mode}': choose one of {', '.join(MODES)}")
-        self.layers = None if self.layers is None else tuple(self.layers)
-        self.heads = None if self.heads is None else tuple(self.heads)
+        for name, lo, strict in (("alpha", 0.0, False), ("sigma", 0.0, True), ("eps", 0.0, True),
+                                 ("amplify", None, False)):
+            value = getattr(self, name)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            ok = ok and (lo is None or (value > lo if strict else value >= lo))
+            if not ok:
+                bound = "" if lo is None else f" {'>' if strict else '>='} {lo:g}"
+                raise InputError(f"foveal {name} must be a finite number{bound}, got {value!r}")
+            setattr(self, name, float(value))
+        for name in ("layers", "heads"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or \
+                    not all(isinstance(i, int) and not isinstance(i, bool) for i in value):
+                raise InputError(f"foveal {name} must be a list of block or head indices (integers) or null, "
+                                 f"got {value!r}")
+            setattr(self, name, tuple(value))
 
     def encoder_kwargs(self) -> dict:
         """Keyword arguments for `FalipCLIP.encode_image` besides the bias."""

@@ -82,21 +82,30 @@ def _is_torchscript_archive(path: str) -> bool:
 
 def _read_checkpoint(path: str) -> tuple[dict, bool]:
     """State dict of a local checkpoint and whether it is in OpenAI's format (implies QuickGELU)."""
-    if _is_torchscript_archive(path):
-        return dict(torch.jit.load(path, map_location="cpu").state_dict()), True
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+    if os.path.isdir(path):
+        raise InputError(f"checkpoint {path} is a folder; give the checkpoint file")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"checkpoint {path}: permission denied")
+    try:
+        if _is_torchscript_archive(path):
+            return dict(torch.jit.load(path, map_location="cpu").state_dict()), True
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
 
-        ckpt = load_file(path)
-    else:
-        try:
+            ckpt = load_file(path)
+        else:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # pickle errors of many kinds
-            raise InputError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from e
+    except Exception as e:  # noqa: BLE001 - truncated archives, foreign pickles, broken safetensors headers
+        reason = " ".join(str(e).split())[:200] or type(e).__name__
+        raise InputError(f"cannot read checkpoint {path}: not a checkpoint, or damaged ({reason})") from e
     if isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict):
         ckpt = ckpt["state_dict"]
     if not isinstance(ckpt, dict) or not ckpt:
         raise InputError(f"checkpoint {path} holds no state dict")
+    bad = [str(k) for k, v in ckpt.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise InputError(f"checkpoint {path}: '{bad[0]}' holds a {type(ckpt[bad[0]]).__name__}, not a tensor; "
+                         "it is not a model state dict")
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in ckpt.items()}
     return state, any(k in state for k in _OPENAI_ONLY_KEYS)
 
@@ -109,8 +118,20 @@ def is_random(pretrained: Optional[str]) -> bool:
 def resolve_model_name(name: str) -> str:
     """An open_clip model name; a path to a model config JSON is registered under its file stem."""
     if name.endswith(".json") and os.path.isfile(name):
+        import json
+
+        try:
+            with open(name, encoding="utf-8") as f:
+                cfg = json.load(f)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise InputError(f"model config {name} is not readable JSON ({' '.join(str(e).split())})") from e
+        if not isinstance(cfg, dict) or not isinstance(cfg.get("vision_cfg"), dict) or \
+                not isinstance(cfg.get("text_cfg"), dict) or "embed_dim" not in cfg:
+            raise InputError(f"model config {name} is not an open_clip model config (embed_dim, vision_cfg, text_cfg)")
         open_clip.add_model_config(name)
         return os.path.splitext(os.path.basename(name))[0]
+    if name.endswith(".json"):
+        raise InputError(f"model config {name} does not exist")
     return name
 
 
@@ -137,7 +158,10 @@ def _check_name(name: str) -> None:
 
 def _create(name: str, **kwargs) -> nn.Module:
     _check_name(name)
-    return open_clip.create_model(name, **kwargs)
+    try:
+        return open_clip.create_model(name, **kwargs)
+    except (TypeError, ValueError, KeyError, AssertionError) as e:  # a config whose values do not build a model
+        raise InputError(f"model '{name}' cannot be built from its config: {' '.join(str(e).split())[:200]}") from e
 
 
 def _load_local(name: str, path: str) -> nn.Module:
@@ -383,6 +407,25 @@ class FalipCLIP(nn.Module):
         keep = torch.randn(n, num_patches).topk(keep_n, dim=-1).indices.to(x.device)  # as open_clip draws it
         patches = x[:, 1:].gather(1, keep[..., None].expand(-1, -1, x.shape[-1]))
         return v.ln_pre(torch.cat([x[:, :1], patches], dim=1)), keep
+
+    def encode_dense(self, images: torch.Tensor, modes: Sequence[str] = ("tokens",),
+                     normalize: bool = True) -> dict[str, torch.Tensor]:
+        """Patch tokens (N, gh*gw, D) of the same images for each dense mode of `DENSE_MODES`: the blocks before
+        the last run once, each mode runs its own last block (the encoder's, or ClearCLIP's) and the shared
+        ``ln_post`` and projection. Float32, unit-normalised with ``normalize``."""
+        unknown = [m for m in modes if m not in DENSE_MODES]
+        if unknown or not modes:
+            raise InputError(f"unknown dense mode {unknown[0] if unknown else None!r}: choose from "
+                             f"{', '.join(DENSE_MODES)}")
+        blocks = self.visual.transformer.resblocks
+        x, plan = self._trunk(images.to(self.device, self.dtype), None, None, None, 0.0, stop_before_last=True)
+        last = {"tokens": lambda: self._run_block(blocks[-1], x, len(blocks) - 1, plan),
+                "clearclip": lambda: _clearclip_block(blocks[-1], x)}
+        out = {}
+        for mode in dict.fromkeys(modes):
+            tokens = self._pool_project(last[mode]())[1].float()
+            out[mode] = F.normalize(tokens, dim=-1) if normalize else tokens
+        return out
 
     def encode_image_pair(self, images: torch.Tensor, cls_bias: torch.Tensor, layers: Optional[Iterable[int]] = None,
                           heads: Optional[Iterable[int]] = None, amplify: float = 0.0,

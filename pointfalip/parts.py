@@ -2,18 +2,24 @@
 
 One path, each step public:
 
-1. `project_parts`: every cloud is turned into V views (PointCLIP V2's ten), voxelised into a
+1. `project_parts` (the projection method ``"pointclip_v2_parts"`` of `pointfalip.projection.project`, which
+   `PartSegmenter` goes through): every cloud is turned into V views (PointCLIP V2's ten), voxelised into a
    224 x 224 x 112 grid (each voxel holds its point's depth value), densified with an 11 x 11 x 5 max-pool,
    smoothed with a 5 x 5 x 5 Gaussian, reduced with a max over depth, divided by the image's maximum and
-   inverted (background 1); then cropped to ``[20:204]`` and resized to 224. Every point keeps its pixel and
-   a visibility flag: seen where the smoothed response at its own depth is within 0.1 of the image's
-   (normalised) value at its pixel, i.e. nothing much nearer the viewer covers it.
+   inverted (background 1); then cropped to ``[20:204]`` and resized to 224 (no CLIP mean/std normalisation).
+   Every point keeps its pixel and a visibility flag: seen where the smoothed response at its own depth is
+   within 0.1 of the image's (normalised) value at its pixel, i.e. nothing much nearer the viewer covers it.
 2. `pixel_logits`: ``100 · tokens · textᵀ`` on the patch grid, from unit-norm patch tokens (after ``ln_post``
    and the projection) and unit-norm part text features.
 3. `smooth_and_upsample`: replication pad (2, 3, 2, 3), 6 x 6 mean (stride 1: the grid keeps its size),
    bilinear upsample to the image size (``align_corners=False``, as V2's ``nn.Upsample``).
 4. `point_scores`: each point reads every view's map at its pixel; the views are summed with weight x
    visibility. `PartSegmenter` runs the four steps; its ``segment`` is the argmax over parts.
+
+Settings come from a parts preset (``configs/parts/*.yaml``, `load_part_preset`): the projection, the dense
+features (``tokens``: V2's; ``clearclip``), the templates and the view weights. `PartSegmenter.mode_scores` gives
+both dense modes from one projection and one pass of the blocks before the last (`pointfalip.evaluate_parts`'s
+``--compare``).
 
 Coordinates: a view turns a point ``p`` (row vector) into ``p @ R1.T @ R2.T @ R3.T - t`` (V2's three Euler
 rotations and translation). In that frame the image **row** grows with ``x``, the **column** with ``y``, and
@@ -26,24 +32,31 @@ numbers); the default looks points up where they are drawn.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Mapping, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import io as _io
+from . import presets as _presets
+from . import projection as _projection
 from . import prompts as _prompts
 from .errors import InputError
 from .model import DENSE_MODES
 from .presets import read_data_json
-from .projection import euler_to_matrix
+from .projection import DepthViews, ViewSet, _as_points, _sliding_max, euler_to_matrix
 
 log = logging.getLogger(__name__)
 
 DATA_FILE = "shapenetpart.json"
+DEFAULT_PRESET = "pointclip_v2_parts"
+PRESET_KIND = "parts"  # pointfalip.presets kind: configs/parts/<name>.yaml
 ENCODER_BATCH = 64  # images per encoder call
 _GROUP_IMAGES = 256  # views projected and encoded together: bounds the memory of the images
 _CPU_CHUNK_FLOATS = 1 << 21  # voxels a projection chunk may hold on the CPU (8 MiB a buffer: cache-sized)
@@ -52,6 +65,8 @@ _GPU_CHUNK_FLOATS = 1 << 27  # the same on other devices (512 MiB a buffer)
 Euler = tuple[tuple[float, float, float], ...]
 
 __all__ = [
+    "PartPrediction",
+    "PartPreset",
     "PartProjectionConfig",
     "PartSegmenter",
     "PartViews",
@@ -61,11 +76,15 @@ __all__ = [
     "class_miou",
     "instance_miou",
     "list_categories",
+    "list_part_presets",
+    "load_part_preset",
+    "metrics_from_shapes",
     "part_iou",
     "part_templates",
     "pixel_logits",
     "point_scores",
     "project_parts",
+    "resolve_parts",
     "segmentation_metrics",
     "shape_miou",
     "smooth_and_upsample",
@@ -105,6 +124,7 @@ class PartProjectionConfig:
     crop: tuple[int, int] = (20, 204)  # rows and columns [start, stop) of the raw image kept before the resize
     image_size: int = 224  # side of the images the encoder gets (bilinear resize, align_corners=True)
     v2_transposed_lookup: bool = False  # True: look points up at (col, row) as V2's code does (see the module doc)
+    occupancy_tolerance: float = 1e-6  # DepthViews.occupancy: a pixel is covered where its value < 1 - this
 
     def __post_init__(self) -> None:
         for name in ("resolution", "depth", "pool_size", "pool_depth", "gaussian_size", "gaussian_depth",
@@ -141,6 +161,9 @@ class PartProjectionConfig:
             raise InputError(f"PartProjectionConfig.depth_bias must be >= 0, got {self.depth_bias}")
         if not (self.gaussian_sigma > 0 and self.gaussian_depth_sigma > 0 and self.seen_tolerance > 0):
             raise InputError("PartProjectionConfig: the Gaussian sigmas and seen_tolerance must be positive")
+        if not 0 <= self.occupancy_tolerance < 1:
+            raise InputError(f"PartProjectionConfig.occupancy_tolerance must be in [0, 1), "
+                             f"got {self.occupancy_tolerance}")
 
     @property
     def num_views(self) -> int:
@@ -172,35 +195,16 @@ class PartViews(NamedTuple):
     visible: torch.Tensor  # (B, V, N) bool: the point is seen in the view
 
 
-def _as_clouds(points) -> torch.Tensor:
-    """``(B, N, 3)`` float32 on the input's device; a single cloud gets ``B = 1``."""
-    if isinstance(points, torch.Tensor):
-        pts = points.detach()
-    else:
-        try:
-            pts = torch.from_numpy(np.asarray(points, dtype=np.float32))
-        except (TypeError, ValueError) as e:
-            raise InputError(f"points must be an array of numbers shaped (N, 3) or (B, N, 3): {e}") from e
-    if pts.ndim not in (2, 3) or pts.shape[-1] != 3:
-        raise InputError(f"points must be shaped (N, 3) or (B, N, 3), got {tuple(pts.shape)}")
-    if pts.shape[-2] == 0 or (pts.ndim == 3 and pts.shape[0] == 0):
-        raise InputError("points must hold at least one cloud of at least one point")
-    if pts.dtype == torch.bool or pts.is_complex():
-        raise InputError(f"points must be real numbers, got dtype {pts.dtype}")
-    pts = pts.to(torch.float32)
-    if not bool(torch.isfinite(pts).all()):
-        raise InputError("points contain NaN or infinite coordinates")
-    return pts.unsqueeze(0) if pts.ndim == 2 else pts
-
-
-def _view_frames(points: torch.Tensor, cfg: PartProjectionConfig) -> torch.Tensor:
-    """``(B, N, 3)`` -> ``(B*V, N, 3)`` view-frame coordinates, cloud-major."""
+def _view_frames(points: torch.Tensor, rotations: Sequence[torch.Tensor],
+                 translation: Sequence[float]) -> torch.Tensor:
+    """``(B, N, 3)`` -> ``(B*V, N, 3)`` view-frame coordinates, cloud-major: the ``(V, 3, 3)`` rotations in
+    order, then the translation subtracted."""
     b, n, _ = points.shape
     frames = points.unsqueeze(1)
-    for rot in cfg.rotations():
+    for rot in rotations:
         frames = frames @ rot.to(points.device).transpose(-1, -2)
-    frames = frames - torch.tensor(cfg.translation, dtype=torch.float32, device=points.device)
-    return frames.reshape(b * cfg.num_views, n, 3)
+    frames = frames - torch.tensor(translation, dtype=torch.float32, device=points.device)
+    return frames.reshape(-1, n, 3)
 
 
 def _voxelize(frames: torch.Tensor, cfg: PartProjectionConfig) -> tuple[torch.Tensor, ...]:
@@ -216,19 +220,6 @@ def _voxelize(frames: torch.Tensor, cfg: PartProjectionConfig) -> tuple[torch.Te
     value = ((unit[..., 2] + 1) / 2 + cfg.depth_bias) / (1 + cfg.depth_bias) * (depth - 2)
     level = value.ceil().clamp(0, depth - 1)  # the bin is the unclipped value's ceiling, as in V2
     return row.long(), col.long(), level.long(), value.clamp(1, depth - 2)
-
-
-def _valid_max(x: torch.Tensor, k: int, dim: int) -> torch.Tensor:
-    """Max over every window of ``k`` consecutive entries along ``dim`` (no padding), by doubling spans."""
-    n = x.shape[dim] - k + 1
-    span = 1
-    while 2 * span <= k:
-        m = x.shape[dim] - span
-        x = torch.maximum(x.narrow(dim, 0, m), x.narrow(dim, span, m))
-        span *= 2
-    if span < k:  # windows [i, i + span) and [i + k - span, i + k) cover [i, i + k)
-        return torch.maximum(x.narrow(dim, 0, n), x.narrow(dim, k - span, n))
-    return x.narrow(dim, 0, n)
 
 
 def _valid_correlate(x: torch.Tensor, taps: Sequence[float], dim: int) -> torch.Tensor:
@@ -288,7 +279,7 @@ def _render(row: torch.Tensor, col: torch.Tensor, level: torch.Tensor, value: to
     _write_last(grid, index, value)
     pooled = grid.view(m, *shape)
     for dim, k in ((-1, cfg.pool_size), (-2, cfg.pool_size), (-3, cfg.pool_depth)):
-        pooled = _valid_max(pooled, k, dim)
+        pooled = _sliding_max(pooled, k, dim)
     # pooled covers the box plus the Gaussian's reach; what lies outside the image or the depth range is padding
     g_xy, g_z = cfg.gaussian_size // 2, cfg.gaussian_depth // 2
     for dim, start, stop, reach, size in ((-1, c0, c1, g_xy, res), (-2, r0, r1, g_xy, res),
@@ -325,6 +316,9 @@ def _chunk_views(m: int, voxels: int, device: torch.device) -> int:
 def project_parts(points, config: Optional[PartProjectionConfig] = None) -> PartViews:
     """Project clouds into PointCLIP V2's part-segmentation views, with each point's pixel and visibility.
 
+    The projection method ``"pointclip_v2_parts"`` of `pointfalip.projection.project` is this function (its
+    `DepthViews` leave out the raw images and pixels).
+
     Args:
         points: ``(N, 3)`` or ``(B, N, 3)`` coordinates (any N), numpy array or torch tensor; computed in float32
             on the tensor's device. Each view re-centres and rescales its cloud, so scale and position do not
@@ -338,10 +332,30 @@ def project_parts(points, config: Optional[PartProjectionConfig] = None) -> Part
     cfg = config if config is not None else PartProjectionConfig()
     if not isinstance(cfg, PartProjectionConfig):
         raise InputError(f"config must be a PartProjectionConfig, got {type(cfg).__name__}")
-    pts = _as_clouds(points)
+    return _project(_as_points(points), cfg.rotations(), cfg)
+
+
+@_projection.register_projection(_projection.PART_METHOD, PartProjectionConfig, default_views=None)
+def _project_views(points: torch.Tensor, views: Optional[ViewSet], image_size: int,
+                   cfg: PartProjectionConfig) -> DepthViews:
+    """The registered projection ``"pointclip_v2_parts"``: `project_parts` as `DepthViews`.
+
+    ``views`` ``None``: the settings' three rotations a view; a `ViewSet`: its rotation, then its bias rotation.
+    ``image_size`` replaces the settings' ``image_size``.
+    """
+    if image_size != cfg.image_size:
+        cfg = dataclasses.replace(cfg, image_size=image_size)
+    rotations = cfg.rotations() if views is None else (views.rotations, views.bias_rotations)
+    out = _project(points, rotations, cfg)
+    occupancy = out.images[:, :, 0] < 1 - cfg.occupancy_tolerance
+    return DepthViews(out.images, occupancy, out.point_pixels, out.visible)
+
+
+def _project(pts: torch.Tensor, rotations: Sequence[torch.Tensor], cfg: PartProjectionConfig) -> PartViews:
+    """`project_parts` of validated clouds ``(B, N, 3)`` float32 with the views' rotations ``(V, 3, 3)`` each."""
     b, n, _ = pts.shape
-    v, res, size = cfg.num_views, cfg.resolution, cfg.image_size
-    frames = _view_frames(pts, cfg)
+    v, res, size = rotations[0].shape[0], cfg.resolution, cfg.image_size
+    frames = _view_frames(pts, rotations, cfg.translation)
     row, col, level, value = _voxelize(frames, cfg)
     look_row, look_col = (col, row) if cfg.v2_transposed_lookup else (row, col)
     look_level = level.clamp(1, cfg.depth - 3)  # V2 clips the bin it reads to [1, depth - 3]
@@ -455,7 +469,7 @@ def _fill(template: str, part: str, category: Optional[str]) -> str:
         raise InputError(f"part template {template!r} may only hold {{part}} and {{category}}: {e}") from e
 
 
-def _clean_parts(parts: Sequence[str]) -> list[str]:
+def _clean_parts(parts: Union[str, Sequence[str]]) -> list[str]:
     if isinstance(parts, str):
         parts = parts.split(",")
     parts = [" ".join(str(p).split()) for p in parts]
@@ -467,61 +481,135 @@ def _clean_parts(parts: Sequence[str]) -> list[str]:
     return parts
 
 
+def resolve_parts(parts: Optional[Union[str, Sequence[str]]] = None, category: Optional[str] = None) -> list[str]:
+    """The part names to segment: ``parts`` (a list or "a,b,c"), else the ShapeNetPart ``category``'s.
+
+    Raises InputError (one line) for an empty or duplicated list, an unknown category without parts, or neither.
+    """
+    if category is not None and not " ".join(str(category).split()):
+        raise InputError("category is empty")
+    if parts is None:
+        if category is None:
+            raise InputError("give the parts (e.g. 'back,seat,leg') or a ShapeNetPart category")
+        return category_parts(category)
+    return _clean_parts(parts)
+
+
+# ---------------------------------------------------------------------------------------------- presets
+
+@dataclass(frozen=True)
+class PartPreset:
+    """A parts preset (``configs/parts/<name>.yaml``): everything `PartSegmenter` takes besides the model and
+    the part names. ``projection.image_size`` is replaced by the model's image size."""
+
+    projection: PartProjectionConfig = field(default_factory=PartProjectionConfig)
+    dense: str = "tokens"  # one of model.DENSE_MODES
+    templates: Optional[tuple[str, ...]] = None  # None: the packaged part templates (data/shapenetpart.json)
+    prompt_file: Optional[str] = None  # {part: [prompts]} JSON instead of templates
+    view_weights: Optional[tuple[float, ...]] = None  # one a view; None: all 1 (V2's zero-shot setting)
+    up_axis: str = "y"  # up axis of the command line's input clouds
+    precision: str = "auto"  # model precision for the command line
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.projection, PartProjectionConfig):
+            raise InputError("projection must be a mapping of part projection settings")
+        if self.dense not in DENSE_MODES:
+            raise InputError(f"dense must be one of {', '.join(DENSE_MODES)}, got {self.dense!r}")
+        if self.templates is not None:
+            chosen = [self.templates] if isinstance(self.templates, str) else self.templates
+            if not isinstance(chosen, (list, tuple)) or not chosen or not all(isinstance(t, str) for t in chosen):
+                raise InputError("templates must be a non-empty list of strings with '{part}'")
+            object.__setattr__(self, "templates", tuple(chosen))
+        if self.prompt_file is not None and self.templates is not None:
+            raise InputError("give templates or prompt_file, not both")
+        if self.view_weights is not None:
+            if isinstance(self.view_weights, (str, bytes)) or not isinstance(self.view_weights, (list, tuple)):
+                raise InputError("view_weights must be a list of numbers, one a view, or null")
+            object.__setattr__(self, "view_weights", tuple(self.view_weights))
+        if self.up_axis not in _io.UP_AXES:
+            raise InputError(f"up_axis must be one of {', '.join(_io.UP_AXES)}, got {self.up_axis!r}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise InputError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+
+
+def list_part_presets() -> list[str]:
+    """Names of the packaged parts presets (``configs/parts/``)."""
+    return _presets.list_presets(PRESET_KIND)
+
+
+def load_part_preset(preset: Union[str, Path, PartPreset] = DEFAULT_PRESET) -> PartPreset:
+    """A `PartPreset` from a packaged name, a user's YAML file, or itself; bad keys or values are one line."""
+    if isinstance(preset, PartPreset):
+        return preset
+    values = _presets.load_preset(PRESET_KIND, preset)
+    return _presets.from_mapping(PartPreset, values, f"parts preset '{preset}'")
+
+
 # ---------------------------------------------------------------------------------------------- segmenter
+
+class PartPrediction(NamedTuple):
+    """What `PartSegmenter.predict` computed for a batch of clouds."""
+
+    views: DepthViews  # the projected views, with every point's pixel and visibility
+    scores: dict  # dense mode -> (B, N, P) float32 part scores
+
 
 class PartSegmenter:
     """Zero-shot part segmentation of point clouds (PointCLIP V2's method, with a prompt ensemble).
 
     parts: part names (a list or "a,b,c"); without them, the category's ShapeNetPart parts. category: the
-    object's name, filled into ``{category}`` of the templates (any name when parts are given). templates: part
-    templates with ``{part}`` (and ``{category}``); default the packaged ensemble. prompts: ``{part: [prompt,
-    ...]}`` or a prompt file in that layout, instead of templates. view_weights: one a view (default all 1).
-    dense: ``"tokens"`` (V2) or ``"clearclip"``. config: the projection; its ``image_size`` must be the model's.
-    cache_dir: where text features are cached (`prompts.text_features`; False disables the cache).
+    object's name, filled into ``{category}`` of the templates (any name when parts are given). preset: a parts
+    preset name (`list_part_presets`), YAML file or `PartPreset`; it gives the defaults of every argument below.
+    templates: part templates with ``{part}`` (and ``{category}``). prompts: ``{part: [prompt, ...]}`` or a
+    prompt file in that layout, instead of templates. view_weights: one a view (preset null: all 1).
+    dense: ``"tokens"`` (V2) or ``"clearclip"``. config: the projection; its ``image_size`` must be the model's
+    (the preset's is set to the model's). cache_dir: where text features are cached (`prompts.text_features`;
+    False disables the cache).
     """
 
     def __init__(self, model, parts: Optional[Union[str, Sequence[str]]] = None, category: Optional[str] = None,
-                 templates: Optional[Sequence[str]] = None, prompts=None,
-                 view_weights: Optional[Sequence[float]] = None, dense: str = "tokens",
+                 preset: Union[str, Path, PartPreset] = DEFAULT_PRESET, templates: Optional[Sequence[str]] = None,
+                 prompts=None, view_weights: Optional[Sequence[float]] = None, dense: Optional[str] = None,
                  config: Optional[PartProjectionConfig] = None, cache_dir=None):
+        settings = load_part_preset(preset)
+        dense = settings.dense if dense is None else dense
         if dense not in DENSE_MODES:
             raise InputError(f"unknown dense mode '{dense}': choose one of {', '.join(DENSE_MODES)}")
         self.model = model
+        self.preset = settings
         self.dense = dense
         self.grid = tuple(model.grid_size)
         side = model.image_size
         if side[0] != side[1]:
             raise InputError(f"part segmentation needs a model with square images, {model.name} takes {side}")
-        self.config = config if config is not None else PartProjectionConfig(image_size=side[0])
+        if config is None:
+            config = dataclasses.replace(settings.projection, image_size=side[0])
+        self.config = config
         if not isinstance(self.config, PartProjectionConfig):
             raise InputError(f"config must be a PartProjectionConfig, got {type(self.config).__name__}")
         if self.config.image_size != side[0]:
             raise InputError(f"config.image_size is {self.config.image_size} but the model takes {side[0]}")
-        if category is not None:
-            category = " ".join(str(category).split())
-            if not category:
-                raise InputError("category is empty")
-        if parts is None:
-            if category is None:
-                raise InputError("give the parts (e.g. 'back,seat,leg') or a ShapeNetPart category")
-            parts = category_parts(category)
-        self.parts = _clean_parts(parts)
-        self.category = category
+        self.parts = resolve_parts(parts, category)
+        self.category = None if category is None else " ".join(str(category).split())
+        if prompts is None and templates is None:
+            prompts, templates = settings.prompt_file, settings.templates
         if prompts is not None:
             if templates is not None:
                 raise InputError("give templates or prompts, not both")
             table = _prompts.build_prompts(self.parts, prompt_file=prompts)
         else:
-            chosen = part_templates(category is not None) if templates is None else templates
+            chosen = part_templates(self.category is not None) if templates is None else templates
             if isinstance(chosen, str):
                 chosen = [chosen]
             chosen = list(chosen)
             if not chosen:
                 raise InputError("templates is empty")
-            table = {p: [_fill(t, p, category) for t in chosen] for p in self.parts}
+            table = {p: [_fill(t, p, self.category) for t in chosen] for p in self.parts}
         self.prompts = table
         self.text = _prompts.text_features(model, table, cache_dir=cache_dir)  # (P, D) unit norm
         v = self.config.num_views
+        if view_weights is None:
+            view_weights = settings.view_weights
         if view_weights is None:
             weights = torch.ones(v)
         else:
@@ -537,21 +625,39 @@ class PartSegmenter:
         log.debug("part segmenter: %d parts, %d prompts, %d views, dense=%s", len(self.parts),
                   sum(len(ps) for ps in table.values()), v, dense)
 
-    def project(self, points) -> PartViews:
-        """`project_parts` of ``(N, 3)`` or ``(B, N, 3)`` clouds with these settings, on the model's device."""
-        return project_parts(_as_clouds(points).to(self.model.device), self.config)
+    def _points(self, points) -> torch.Tensor:
+        """Clouds ``(B, N, 3)`` float32 moved to the model's device first and validated there (a GPU checks a
+        large cloud much faster than the CPU)."""
+        if isinstance(points, torch.Tensor):
+            points = points.detach().to(self.model.device)
+        else:
+            try:
+                points = torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32)).to(self.model.device)
+            except (TypeError, ValueError):
+                pass  # _as_points says what is wrong
+        return _as_points(points)
 
-    def view_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """Unit-norm patch tokens ``(K, gh*gw, D)`` of images ``(K, 3, S, S)``, encoded in batches."""
-        out = []
+    def project(self, points) -> DepthViews:
+        """``project(points, method="pointclip_v2_parts")`` of ``(N, 3)`` or ``(B, N, 3)`` clouds with these
+        settings, on the model's device."""
+        return _projection.project(self._points(points), method=_projection.PART_METHOD,
+                                   image_size=self.config.image_size, config=self.config)
+
+    def view_tokens(self, images: torch.Tensor, modes: Optional[Sequence[str]] = None) -> dict[str, torch.Tensor]:
+        """Unit-norm patch tokens ``(K, gh*gw, D)`` of images ``(K, 3, S, S)`` for each dense mode (default this
+        segmenter's), encoded in batches; the blocks before the last run once for all modes."""
+        modes = (self.dense,) if modes is None else tuple(dict.fromkeys(modes))
+        unknown = [m for m in modes if m not in DENSE_MODES]
+        if unknown or not modes:
+            raise InputError(f"unknown dense modes {unknown}: choose from {', '.join(DENSE_MODES)}")
+        out: dict[str, list] = {m: [] for m in modes}
         with torch.inference_mode():
             for start in range(0, images.shape[0], ENCODER_BATCH):
-                _, tokens = self.model.encode_image(images[start:start + ENCODER_BATCH], return_tokens=True,
-                                                    dense=self.dense, normalize=True)
-                out.append(tokens)
-        return torch.cat(out)
+                for m, tokens in self.model.encode_dense(images[start:start + ENCODER_BATCH], modes).items():
+                    out[m].append(tokens)
+        return {m: torch.cat(t) for m, t in out.items()}
 
-    def score_views(self, views: PartViews, tokens: torch.Tensor) -> torch.Tensor:
+    def score_views(self, views: DepthViews, tokens: torch.Tensor) -> torch.Tensor:
         """Part scores ``(B, N, P)`` from projected views and their tokens ``(B·V, gh*gw, D)``."""
         b, v = views.visible.shape[:2]
         size = self.config.image_size
@@ -566,16 +672,27 @@ class PartSegmenter:
                                         self.view_weights))
         return torch.cat(out)
 
+    def predict(self, points, modes: Optional[Sequence[str]] = None) -> PartPrediction:
+        """Views and part scores ``(B, N, P)`` of each dense mode (default this segmenter's) for clouds
+        ``(N, 3)`` or ``(B, N, 3)``: one projection and one encoder pass for all modes."""
+        views = self.project(points)
+        tokens = self.view_tokens(views.images.flatten(0, 1), modes)
+        return PartPrediction(views, {m: self.score_views(views, t) for m, t in tokens.items()})
+
+    def mode_scores(self, points, modes: Sequence[str]) -> dict[str, torch.Tensor]:
+        """`scores` of each dense mode in ``modes`` from one projection and one encoder pass."""
+        pts = self._points(points)
+        group = max(1, _GROUP_IMAGES // self.config.num_views)
+        out: dict[str, list] = {}
+        for start in range(0, pts.shape[0], group):
+            for m, s in self.predict(pts[start:start + group], modes).scores.items():
+                out.setdefault(m, []).append(s)
+        single = _is_single(points)
+        return {m: torch.cat(s)[0] if single else torch.cat(s) for m, s in out.items()}
+
     def scores(self, points) -> torch.Tensor:
         """Part scores ``(N, P)`` for a cloud ``(N, 3)``, ``(B, N, P)`` for a batch, on the model's device."""
-        pts = _as_clouds(points)
-        group = max(1, _GROUP_IMAGES // self.config.num_views)
-        out = []
-        for start in range(0, pts.shape[0], group):
-            views = self.project(pts[start:start + group])
-            out.append(self.score_views(views, self.view_tokens(views.images.flatten(0, 1))))
-        result = torch.cat(out)
-        return result[0] if _is_single(points) else result
+        return self.mode_scores(points, (self.dense,))[self.dense]
 
     def segment(self, points) -> torch.Tensor:
         """Part index per point: ``(N,)`` for a cloud, ``(B, N)`` for a batch (indices into ``self.parts``)."""
@@ -636,33 +753,51 @@ def instance_miou(preds, truths, parts) -> float:
 def class_miou(preds, truths, parts, categories: Sequence[str]) -> float:
     """Mean over categories of the category's instance mIoU (``categories``: one name a shape)."""
     preds, truths = _shapes(preds, truths)
-    parts = _per_shape_parts(parts, len(preds))
-    categories = list(categories)
-    if len(categories) != len(preds):
-        raise InputError(f"{len(categories)} categories for {len(preds)} shapes")
-    ious = np.array([shape_miou(p, t, q) for p, t, q in zip(preds, truths, parts)])
-    names = np.asarray(categories)
-    return float(np.mean([ious[names == c].mean() for c in dict.fromkeys(categories)]))
+    return segmentation_metrics(preds, truths, parts, categories)["class_miou"]
 
 
 def accuracy(preds, truths) -> float:
     """Mean over shapes of the share of points labelled right (V2's point accuracy, as a fraction)."""
     preds, truths = _shapes(preds, truths)
-    return float(np.mean([np.mean(np.asarray(p).reshape(-1) == np.asarray(t).reshape(-1))
-                          for p, t in zip(preds, truths)]))
+    return float(np.mean([_point_accuracy(p, t) for p, t in zip(preds, truths)]))
+
+
+def _point_accuracy(pred, truth) -> float:
+    return float(np.mean(np.asarray(pred).reshape(-1) == np.asarray(truth).reshape(-1)))
+
+
+def metrics_from_shapes(part_ious: Sequence[np.ndarray], accuracies: Sequence[float],
+                        categories: Optional[Sequence[str]] = None) -> dict:
+    """The figures of `segmentation_metrics` from each shape's `part_iou` array and point accuracy.
+
+    Returns ``instance_miou`` (mean over shapes of the shape's mean part IoU), ``accuracy`` and, with
+    ``categories`` (one name a shape), ``class_miou`` (mean over categories of their instance mIoU),
+    ``per_category`` (category -> instance mIoU) and ``per_part`` (category -> mean IoU of each of its part
+    ids over its shapes, in id order; only categories whose shapes share one number of parts).
+    """
+    ious = [np.asarray(x, dtype=np.float64).reshape(-1) for x in part_ious]
+    if not ious or len(ious) != len(accuracies):
+        raise InputError(f"{len(ious)} shapes' part IoUs for {len(accuracies)} accuracies (need at least one)")
+    shape = np.array([x.mean() for x in ious])
+    out = {"instance_miou": float(shape.mean()), "accuracy": float(np.mean(accuracies))}
+    if categories is None:
+        return out
+    names = list(categories)
+    if len(names) != len(ious):
+        raise InputError(f"{len(names)} categories for {len(ious)} shapes")
+    order = list(dict.fromkeys(names))
+    mask = {c: np.asarray(names) == c for c in order}
+    out["per_category"] = {c: float(shape[mask[c]].mean()) for c in order}
+    out["class_miou"] = float(np.mean(list(out["per_category"].values())))
+    rows = {c: [x for x, keep in zip(ious, mask[c]) if keep] for c in order}
+    out["per_part"] = {c: np.mean(r, axis=0).tolist() for c, r in rows.items() if len({len(x) for x in r}) == 1}
+    return out
 
 
 def segmentation_metrics(preds, truths, parts, categories: Optional[Sequence[str]] = None) -> dict:
-    """``{"instance_miou", "class_miou", "accuracy", "per_category"}`` as fractions (``class_miou`` and
-    ``per_category`` need ``categories``)."""
+    """``{"instance_miou", "class_miou", "accuracy", "per_category", "per_part"}`` as fractions
+    (``class_miou``, ``per_category`` and ``per_part`` need ``categories``); see `metrics_from_shapes`."""
     preds, truths = _shapes(preds, truths)
     parts = _per_shape_parts(parts, len(preds))
-    out = {"instance_miou": instance_miou(preds, truths, parts), "accuracy": accuracy(preds, truths)}
-    if categories is not None:
-        out["class_miou"] = class_miou(preds, truths, parts, categories)
-        names = list(categories)
-        out["per_category"] = {c: instance_miou([p for p, n in zip(preds, names) if n == c],
-                                                [t for t, n in zip(truths, names) if n == c],
-                                                [q for q, n in zip(parts, names) if n == c])
-                               for c in dict.fromkeys(names)}
-    return out
+    return metrics_from_shapes([part_iou(p, t, q) for p, t, q in zip(preds, truths, parts)],
+                               [_point_accuracy(p, t) for p, t in zip(preds, truths)], categories)

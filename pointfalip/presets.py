@@ -10,7 +10,9 @@ Preset kinds (`list_presets(kind)`, `preset_path(kind, name)`, `load_preset(kind
 
 - ``recognizer``: one YAML file a preset in ``configs/presets/`` (`pointfalip.recognize.RecognizerConfig`);
 - ``views``: the ``presets:`` mapping of ``configs/views.yaml`` (`pointfalip.projection.view_preset`);
-- ``segmentation``: the ``presets:`` mapping of ``configs/scene.yaml`` (`pointfalip.scene.SegmentationConfig`).
+- ``segmentation``: the ``presets:`` mapping of ``configs/scene.yaml`` (`pointfalip.scene.SegmentationConfig`);
+- ``tracking``: the ``tracking:`` mapping of ``configs/scene.yaml`` (`pointfalip.tracking.TrackerConfig`);
+- ``parts``: one YAML file a preset in ``configs/parts/`` (`pointfalip.parts.PartPreset`).
 """
 from __future__ import annotations
 
@@ -30,11 +32,13 @@ from .errors import InputError
 CONFIG_PACKAGE = "pointfalip.configs"
 DATA_PACKAGE = "pointfalip.data"
 
-# kind -> (resource package, file name of a shared mapping or None for one file a preset)
-_KINDS: dict[str, tuple[str, Optional[str]]] = {
-    "recognizer": (CONFIG_PACKAGE + ".presets", None),
-    "views": (CONFIG_PACKAGE, "views.yaml"),
-    "segmentation": (CONFIG_PACKAGE, "scene.yaml"),
+# kind -> (resource package, file name of a shared mapping or None for one file a preset, key of that mapping)
+_KINDS: dict[str, tuple[str, Optional[str], str]] = {
+    "recognizer": (CONFIG_PACKAGE + ".presets", None, ""),
+    "views": (CONFIG_PACKAGE, "views.yaml", "presets"),
+    "segmentation": (CONFIG_PACKAGE, "scene.yaml", "presets"),
+    "tracking": (CONFIG_PACKAGE, "scene.yaml", "tracking"),
+    "parts": (CONFIG_PACKAGE + ".parts", None, ""),
 }
 _META_KEYS = ("description",)  # keys a preset may carry that are not settings
 
@@ -84,18 +88,25 @@ def read_yaml(source: Source) -> dict:
 def _kind(kind: str) -> tuple[str, Optional[str]]:
     if kind not in _KINDS:
         raise ValueError(f"unknown preset kind {kind!r}: one of {', '.join(_KINDS)}")
-    return _KINDS[kind]
+    return _KINDS[kind][:2]
+
+
+def shared_key(kind: str) -> str:
+    """The top-level key of the shared file that maps a kind's preset names to settings (``presets``, ``tracking``)."""
+    _kind(kind)
+    return _KINDS[kind][2]
 
 
 def _shared_presets(kind: str, source: Source) -> dict:
-    presets = read_yaml(source).get("presets")
+    key = shared_key(kind)
+    presets = read_yaml(source).get(key)
     if not isinstance(presets, dict) or not presets:
-        raise InputError(f"config file {source} has no 'presets' mapping (see configs/{_kind(kind)[1]})")
+        raise InputError(f"config file {source} has no '{key}' mapping (see configs/{_kind(kind)[1]})")
     return presets
 
 
 def list_presets(kind: str) -> list[str]:
-    """Names of the packaged presets of a kind (``recognizer``, ``views``, ``segmentation``)."""
+    """Names of the packaged presets of a kind (``recognizer``, ``views``, ``segmentation``, ``tracking``)."""
     package, shared = _kind(kind)
     if shared is None:
         return sorted(p.name[:-len(".yaml")] for p in resources.files(package).iterdir() if p.name.endswith(".yaml"))
@@ -115,7 +126,8 @@ def load_preset(kind: str, name_or_path: Union[str, Path], config_file_: Optiona
     """The settings mapping of a preset: a packaged name, or a user's YAML file by path.
 
     For a shared-mapping kind, ``config_file_`` names another file laid out like the packaged one (its
-    ``presets:`` mapping holds ``name_or_path``). ``description`` keys are dropped.
+    ``presets:`` mapping, or the kind's own key such as ``tracking:``, holds ``name_or_path``). ``description``
+    keys are dropped.
     """
     _, shared = _kind(kind)
     if config_file_ is not None:

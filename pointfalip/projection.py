@@ -27,7 +27,9 @@ ring views are exactly these with ``elevation = -20`` (its bias rotation ``Ry(20
 
 Presets live in ``configs/views.yaml``. Each method is registered with :func:`register_projection` together
 with its settings class (:class:`RealisticConfig`, :class:`SimpleConfig`; template ``configs/projection.yaml``,
-one section a method); :func:`list_projection_methods` names them all.
+one section a method); :func:`list_projection_methods` names them all. ``pointclip_v2_parts`` (PointCLIP V2's
+part-segmentation projection) is registered by `pointfalip.parts`, imported with the package; its views are part of
+its settings (``PartProjectionConfig``), and it fills each point's pixel and visibility.
 """
 from __future__ import annotations
 
@@ -161,8 +163,9 @@ class SimpleConfig:
 
 # ---------------------------------------------------------------------------------------------- registry
 
-ProjectionFn = Callable[[torch.Tensor, "ViewSet", int, Any], DepthViews]
-"""``fn(points (B, N, 3) float32, views, image_size, config) -> DepthViews``; ``config`` is its method's class."""
+ProjectionFn = Callable[[torch.Tensor, "ViewSet | None", int, Any], DepthViews]
+"""``fn(points (B, N, 3) float32, views, image_size, config) -> DepthViews``; ``config`` is its method's class.
+``views`` is ``None`` only for a method registered with ``default_views=None`` when the caller names no views."""
 
 _Fn = TypeVar("_Fn", bound=Callable[..., DepthViews])
 
@@ -171,18 +174,23 @@ _Fn = TypeVar("_Fn", bound=Callable[..., DepthViews])
 class _Method:
     fn: ProjectionFn
     config_cls: type
+    default_views: str | None = "pointclip_v2"  # view preset when the caller names none; None: the config's
 
 
 _PROJECTIONS: dict[str, _Method] = {}
+PART_METHOD = "pointclip_v2_parts"  # registered by pointfalip.parts (imported with the package)
 
 
-def register_projection(name: str, config_cls: type) -> Callable[[_Fn], _Fn]:
+def register_projection(name: str, config_cls: type, default_views: str | None = "pointclip_v2"
+                        ) -> Callable[[_Fn], _Fn]:
     """Decorator that makes ``fn`` the projection ``method=name`` of :func:`project`, set up by ``config_cls``.
 
     ``fn(points, views, image_size, config) -> DepthViews`` receives validated clouds ``(B, N, 3)`` float32 on
     the caller's device, a :class:`ViewSet`, the output side ``S`` and an instance of ``config_cls`` (a frozen
-    dataclass whose defaults are the method's reference settings). The function is returned unchanged.
-    Registering a taken name again raises ValueError (unless it is the same function, e.g. a module reload).
+    dataclass whose defaults are the method's reference settings). ``default_views``: the view preset used when
+    the caller names none; ``None`` for a method whose settings hold its views (``fn`` then gets ``views=None``).
+    The function is returned unchanged. Registering a taken name again raises ValueError (unless it is the same
+    function, e.g. a module reload).
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"a projection name must be a non-empty string, got {name!r}")
@@ -194,7 +202,7 @@ def register_projection(name: str, config_cls: type) -> Callable[[_Fn], _Fn]:
         if taken is not None and (taken.fn.__module__, taken.fn.__qualname__) != (fn.__module__, fn.__qualname__):
             raise ValueError(f"projection {name!r} is already registered by "
                              f"{taken.fn.__module__}.{taken.fn.__qualname__}")
-        _PROJECTIONS[name] = _Method(fn, config_cls)
+        _PROJECTIONS[name] = _Method(fn, config_cls, default_views)
         return fn
 
     return register
@@ -573,7 +581,7 @@ def _project_simple(points: torch.Tensor, views: ViewSet, size: int, cfg: Simple
 
 
 @torch.no_grad()
-def project(points, method: str = "realistic", views: str | ViewSet | dict = "pointclip_v2",
+def project(points, method: str = "realistic", views: str | ViewSet | dict | None = None,
             image_size: int = 224, config: Any = None) -> DepthViews:
     """Project point clouds into depth images, one a view.
 
@@ -583,11 +591,13 @@ def project(points, method: str = "realistic", views: str | ViewSet | dict = "po
             ``realistic`` normalises each view's cloud itself (any scale works). ``simple`` does **not**
             normalise, as PointCLIP: give clouds centred and scaled into the unit sphere (ModelNet's h5
             data are), or the object leaves the camera's field of view.
-        method: ``"realistic"`` (PointCLIP V2), ``"simple"`` (PointCLIP) or another name of
-            :func:`list_projection_methods`.
+        method: ``"realistic"`` (PointCLIP V2), ``"simple"`` (PointCLIP), ``"pointclip_v2_parts"`` (PointCLIP
+            V2's part segmentation) or another name of :func:`list_projection_methods`.
         views: a preset name from ``configs/views.yaml`` (``"pointclip_v2"``: 10 views, ``"pointclip"``: 6),
             a :class:`ViewSet`, or a dict ``{"azimuth": [...], "elevation": [...]}`` in degrees (or
-            ``{"euler": [[x, y, z], ...], "bias_euler": [...]}``).
+            ``{"euler": [[x, y, z], ...], "bias_euler": [...]}``). ``None``: the method's default,
+            ``"pointclip_v2"`` for ``realistic`` and ``simple``, the views of its settings for
+            ``pointclip_v2_parts``.
         image_size: side ``S`` of the output images (bilinear resize with ``align_corners=True``).
         config: an instance of the method's settings class (:class:`RealisticConfig`, :class:`SimpleConfig`;
             see :func:`projection_config`); ``None`` uses its defaults, the references'.
@@ -599,15 +609,18 @@ def project(points, method: str = "realistic", views: str | ViewSet | dict = "po
         with ``views="pointclip_v2"`` PointCLIP V2's images up to float rounding. ``simple``: raw depths
         (around the camera distance 1.6), background 0. ``occupancy (B, V, S, S)`` bool, the pixels the
         object covers in these images: realistic, value < ``1 - config.occupancy_tolerance``; simple, > 0.
-        ``point_pixels`` and ``visible`` are ``None`` for both (methods that track points fill them).
+        ``point_pixels`` and ``visible`` are ``None`` for both; ``pointclip_v2_parts`` fills them (see
+        ``pointfalip.parts.project_parts``; its images are V2's cropped and resized views, background 1).
 
     Raises:
         InputError (a ValueError): unknown method or preset, malformed views, points or settings.
     """
-    fn = _method(method).fn
+    entry = _method(method)
     if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1:
         raise InputError(f"image_size must be a positive integer, got {image_size!r}")
     cfg = _checked_config(method, config)
-    view_set = _resolve_views(views)
+    if views is None and entry.default_views is not None:
+        views = entry.default_views
+    view_set = None if views is None else _resolve_views(views)
     pts = _as_points(points)
-    return fn(pts, view_set, int(image_size), cfg)
+    return entry.fn(pts, view_set, int(image_size), cfg)

@@ -92,13 +92,14 @@ class Recognizer:
 
     labels: names to choose from; or dataset: a label set of `prompts.list_label_sets()` (labels shown readable,
     prompts built from the dataset's raw names). With neither, the Recognizer only embeds (e.g. to build a
-    few-shot cache). Other keyword arguments override the preset (projection, views, templates, prompt_file,
-    up_axis, view_weights, foveal, normalize_images).
+    few-shot cache). fewshot: a `fewshot.FewShotCache` (or its file) of labelled examples made with this model,
+    preset and FALIP setting; its term joins `logits` for the labels it knows. Other keyword arguments override
+    the preset (projection, views, templates, prompt_file, up_axis, view_weights, foveal, normalize_images).
     """
 
     def __init__(self, model: FalipCLIP, labels: Optional[Sequence[str]] = None, dataset: Optional[str] = None,
                  preset: Union[str, RecognizerConfig] = "pointclip_v2", falip: bool = True,
-                 cache_dir=None, **overrides):
+                 cache_dir=None, fewshot=None, **overrides):
         self.model = model
         self.preset = preset if isinstance(preset, str) else "custom"
         config = preset if isinstance(preset, RecognizerConfig) else load_preset(preset)
@@ -120,6 +121,8 @@ class Recognizer:
         if falip:
             model.resolve_layers(self.config.foveal.layers)  # a preset's layers must fit the model before any work
         self.text: Optional[torch.Tensor] = None
+        self.fewshot = None
+        self._fewshot_labels: list[str] = []
         self.last_timings: dict[str, float] = {}
         if dataset is not None:
             names = prompts.raw_class_names(dataset)
@@ -134,6 +137,39 @@ class Recognizer:
         # prompts from the dataset's raw names: a reference preset fills them by the reference's own rule
         prompt_sets = prompts.build_prompts(names, self.config.templates, self.config.prompt_file)
         self.text = prompts.text_features(model, prompt_sets, cache_dir=cache_dir)  # (C, D), unit norm
+        if fewshot is not None:
+            self.use_fewshot(fewshot)
+
+    # ---- few-shot -------------------------------------------------------------------------------------
+    def feature_settings(self) -> dict:
+        """The settings that shape view features and their fusion (what a few-shot cache must share)."""
+        c = self.config
+        return {"projection": c.projection, "views": c.views, "normalize_images": c.normalize_images,
+                "view_weights": c.view_weights, "foveal": dataclasses.asdict(c.foveal)}
+
+    def fewshot_metadata(self, shots: int, points: Optional[int]) -> dict:
+        """How this Recognizer makes features, as a few-shot cache records it."""
+        from . import fewshot
+
+        return fewshot.cache_metadata(model=self.model.name, pretrained=self.model.pretrained,
+                                      precision=self.model.precision, preset=self.preset,
+                                      settings=self.feature_settings(), falip=self.falip, shots=shots,
+                                      points=points, up_axis=self.config.up_axis)
+
+    def use_fewshot(self, cache) -> None:
+        """Add a few-shot cache (or its file) to `logits`; InputError if it was made with another model, preset or
+        FALIP setting, or knows none of the labels."""
+        from . import fewshot
+
+        if not isinstance(cache, fewshot.FewShotCache):
+            cache = fewshot.load_cache(cache)
+        expected = self.fewshot_metadata(0, None)
+        fewshot.check_compatible(cache, {k: expected[k] for k in ("model", "pretrained", "preset_hash", "falip")})
+        by_key = {prompts.humanize(name).lower(): name for name in cache.labels}
+        self._fewshot_labels = [by_key.get(prompts.humanize(label).lower(), label) for label in self.labels]
+        if not set(self._fewshot_labels) & set(cache.labels):
+            raise InputError(f"the few-shot cache knows {', '.join(cache.labels[:10])}: none of the labels given")
+        self.fewshot = cache
 
     # ---- step 1: points -> view features -----------------------------------------------------------------
     def prepare(self, points) -> list[np.ndarray]:
@@ -142,11 +178,14 @@ class Recognizer:
         return [io.normalize(io.validate(c if isinstance(c, np.ndarray) else np.asarray(torch.as_tensor(c).cpu())),
                              self.config.up_axis) for c in clouds]
 
-    def project(self, clouds: Sequence[np.ndarray]) -> DepthViews:
-        """Depth views of normalised clouds, batched where the clouds have the same size."""
+    def project(self, clouds) -> DepthViews:
+        """Depth views of normalised clouds (a list, or a (B, N, 3) tensor), batched where the clouds have the same
+        size."""
         size = self.model.image_size[0]
         kwargs = dict(method=self.config.projection, views=self.config.views, image_size=size)
         device = self.model.device
+        if isinstance(clouds, torch.Tensor) and clouds.ndim == 3:
+            return project(clouds.to(device), **kwargs)
         if len({len(c) for c in clouds}) == 1:
             return project(torch.as_tensor(np.stack(clouds), device=device), **kwargs)
         parts = [project(torch.as_tensor(c, device=device), **kwargs) for c in clouds]
@@ -221,8 +260,22 @@ class Recognizer:
         return torch.einsum("bvc,v->bc", cos, self.view_weights(view_feats.shape[1]))
 
     def logits(self, view_feats: torch.Tensor) -> torch.Tensor:
-        """Logits (B, C) of view features (B, V, D): ``logit_scale · score``."""
-        return self.model.logit_scale * self.score(view_feats)
+        """Logits (B, C) of view features (B, V, D): ``logit_scale · score``, plus with a few-shot cache its
+        Tip-Adapter term ``α exp(-β(1 - cos(f, K))) L`` (labels it lacks get none), and with its trained adapter
+        the score of the adapted view features (PointCLIP's inter-view adapter)."""
+        if self.fewshot is None:
+            return self.model.logit_scale * self.score(view_feats)
+        from . import fewshot
+
+        weights = self.view_weights(view_feats.shape[1])
+        if self.fewshot.adapter is not None:
+            adapter = self.fewshot.adapter.to(view_feats.device)
+            with torch.no_grad():
+                score = fewshot.adapter_scores(adapter, view_feats, self._text(), weights)
+        else:
+            score = self.score(view_feats)
+        query = fewshot.fuse_views(view_feats, weights)
+        return self.model.logit_scale * score + fewshot.cache_logits(query, self.fewshot, self._fewshot_labels)
 
     def view_logits(self, view_feats: torch.Tensor) -> torch.Tensor:
         """Each view's own logits (B, V, C) against the text, before fusion (what each view alone would say)."""

@@ -1,4 +1,5 @@
-"""Contact sheets: each depth view the model sees, with its foveal weights overlaid in red."""
+"""Contact sheets: each depth view the model sees, with its foveal weights overlaid in red, or its points
+coloured by part with a legend; a top view of a scene with its objects."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -60,6 +61,78 @@ def save_sheet(path, images: torch.Tensor, weights: Optional[torch.Tensor] = Non
                captions: Optional[Sequence[str]] = None, columns: int = 5) -> Path:
     """A contact sheet of depth views (V, 3, S, S) with their foveal weights (V, gh, gw) written to ``path``."""
     return save_image(contact_sheet(view_tiles(images, weights), captions, columns), path)
+
+
+# part colours: Tableau's ten, then more hues spread by the golden angle
+_TABLEAU = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
+PART_DOT = 1  # a point is drawn as a (2 * PART_DOT + 1)-pixel square
+LEGEND_SWATCH = 12  # side of a legend's colour square, pixels
+LEGEND_ROW = 16  # height of a legend row, pixels
+
+
+def part_colors(count: int) -> np.ndarray:
+    """``(count, 3)`` uint8 RGB, one distinct colour a part (the same part index always gets the same colour)."""
+    colors = list(_TABLEAU[:count])
+    for k in range(len(colors), count):
+        hue = (k * 0.618033988749895) % 1.0
+        r, g, b = (np.clip(np.abs((hue * 6 + off) % 6 - 3) - 1, 0, 1) for off in (0, 4, 2))
+        colors.append(tuple(int(round(40 + 180 * c)) for c in (r, g, b)))
+    return np.asarray(colors, dtype=np.uint8).reshape(count, 3)
+
+
+def part_tiles(images: torch.Tensor, pixels: torch.Tensor, visible: torch.Tensor, labels: torch.Tensor,
+               colors: np.ndarray) -> np.ndarray:
+    """RGB tiles ``(V, S, S, 3)`` uint8: depth views ``(V, 3, S, S)`` with each point seen in a view painted in
+    its part's colour at its pixel. pixels: ``(V, N, 2)`` (row, col); visible: ``(V, N)``; labels: ``(N,)``."""
+    tiles = torch.from_numpy(view_tiles(images)).clone()
+    s = tiles.shape[1]
+    palette = torch.as_tensor(colors, dtype=torch.uint8)
+    view, point = visible.cpu().nonzero(as_tuple=True)
+    rows, cols = pixels.cpu()[view, point].unbind(-1)
+    color = palette[labels.cpu()[point]]
+    for dr in range(-PART_DOT, PART_DOT + 1):
+        for dc in range(-PART_DOT, PART_DOT + 1):
+            tiles[view, (rows + dr).clamp(0, s - 1), (cols + dc).clamp(0, s - 1)] = color
+    return tiles.numpy()
+
+
+def legend(names: Sequence[str], colors: np.ndarray, width: int, counts: Optional[Sequence[int]] = None
+           ) -> Image.Image:
+    """A white strip ``width`` pixels wide with a colour square and a name (and count) for each part."""
+    texts = [f"{n} ({c})" if counts is not None else str(n) for n, c in zip(names, counts or [None] * len(names))]
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    cells = [LEGEND_SWATCH + 6 + int(probe.textlength(t)) + 14 for t in texts]
+    rows, x = [[]], 4
+    for k, w in enumerate(cells):
+        if rows[-1] and x + w > width:
+            rows.append([])
+            x = 4
+        rows[-1].append((k, x))
+        x += w
+    strip = Image.new("RGB", (width, len(rows) * LEGEND_ROW + 4), "white")
+    draw = ImageDraw.Draw(strip)
+    for r, row in enumerate(rows):
+        y = 2 + r * LEGEND_ROW
+        for k, x in row:
+            draw.rectangle([x, y + 1, x + LEGEND_SWATCH, y + 1 + LEGEND_SWATCH], fill=tuple(int(c) for c in colors[k]))
+            draw.text((x + LEGEND_SWATCH + 5, y + 1), texts[k], fill="black")
+    return strip
+
+
+def save_part_sheet(path, images: torch.Tensor, pixels: torch.Tensor, visible: torch.Tensor, labels: torch.Tensor,
+                    names: Sequence[str], captions: Optional[Sequence[str]] = None, columns: int = 5) -> Path:
+    """A contact sheet of depth views ``(V, 3, S, S)`` with the points coloured by part (see `part_tiles`) and a
+    legend of the part ``names`` with their point counts, written to ``path``."""
+    colors = part_colors(len(names))
+    labels = torch.as_tensor(labels).reshape(-1).long()
+    counts = torch.bincount(labels.cpu(), minlength=len(names)).tolist()
+    sheet = contact_sheet(part_tiles(images, pixels, visible, labels, colors), captions, columns)
+    key = legend(names, colors, sheet.width, counts)
+    out = Image.new("RGB", (sheet.width, sheet.height + key.height), "white")
+    out.paste(sheet, (0, 0))
+    out.paste(key, (0, sheet.height))
+    return save_image(out, path)
 
 
 SCENE_PIXELS = 640  # side of the top view

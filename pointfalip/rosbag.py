@@ -398,7 +398,7 @@ def read_depth_image(path: str | os.PathLike, intrinsics: Sequence[float],
 
 def _read_image_depth(path: Path) -> np.ndarray:
     """The raw values of a depth image (16-bit integers or 32-bit floats, never scaled)."""
-    from .regions import open_image
+    from .images import open_image
 
     img = open_image(path, "depth image")
     mode = img.mode

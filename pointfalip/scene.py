@@ -26,7 +26,9 @@ open3d's outlier removal and DBSCAN do not draw random numbers.
 :class:`SceneRecognizer` glues segmentation to a recognizer (anything with
 ``classify(list_of_clouds, top_k=k) -> list[list[Prediction]]``, e.g. :class:`pointfalip.Recognizer`):
 one ``classify`` call a frame for all of its objects, answered as a :class:`SceneResult` of
-:class:`RecognizedObject` (dataclasses; ``to_dict()`` where JSON is printed).
+:class:`RecognizedObject` (dataclasses; ``to_dict()`` where JSON is printed). With ``track=True`` a
+:class:`pointfalip.tracking.Tracker` follows the objects over the frames and gives each a stable ``id`` and a
+smoothed ``track_label``.
 
 Settings: :class:`SegmentationConfig` (defaults: the ``tabletop`` preset); presets in ``configs/scene.yaml``
 (``tabletop``, ``room``) through :func:`load_segmentation_config`.
@@ -45,6 +47,7 @@ import numpy as np
 from . import io
 from . import presets
 from .errors import InputError
+from .tracking import Tracker, TrackerConfig, load_tracking_config
 
 logger = logging.getLogger(__name__)
 
@@ -500,9 +503,17 @@ class SceneRecognizer:
             ``projection``, ``encoder``), it is merged into this object's.
         config: segmentation settings (``None``: the ``tabletop`` defaults).
         top_k: predictions kept for each object.
+        track: follow the objects over the frames: every :meth:`recognize` call (frames without objects
+            too) runs a :class:`~pointfalip.tracking.Tracker` after recognition, and the objects get ``id``
+            and ``track_label``. Give the frames of one sequence in time order, from one thread at a time (the
+            tracker's update runs under a lock, but frames from racing threads reach it in any order).
+        tracking: the tracker's settings, a :class:`~pointfalip.tracking.TrackerConfig` or a mapping of them
+            (``None``: the ``tabletop`` preset's, see :func:`pointfalip.tracking.load_tracking_config`); checked
+            even when ``track`` is False.
     """
 
-    def __init__(self, recognizer: Any, config: SegmentationConfig | None = None, top_k: int = 5):
+    def __init__(self, recognizer: Any, config: SegmentationConfig | None = None, top_k: int = 5,
+                 track: bool = False, tracking: TrackerConfig | Mapping[str, Any] | None = None):
         from .recognize import check_top_k
 
         if not callable(getattr(recognizer, "classify", None)):
@@ -512,14 +523,34 @@ class SceneRecognizer:
         self.recognizer = recognizer
         self.config = config if config is not None else SegmentationConfig()
         self.top_k = check_top_k(top_k)
+        if tracking is None:
+            tracking = load_tracking_config("tabletop")
+        elif isinstance(tracking, Mapping):
+            tracking = TrackerConfig.from_dict(tracking)
+        elif not isinstance(tracking, TrackerConfig):
+            raise InputError(f"tracking must be a TrackerConfig or a mapping, got {type(tracking).__name__}")
+        self.tracking = tracking
+        self.tracker = Tracker(tracking) if track else None
         self._model_lock = threading.Lock()
+        self._track_lock = threading.Lock()
         self._last_timings: dict[str, float] = {}
+
+    @property
+    def track(self) -> bool:
+        """Whether the objects are tracked over the frames."""
+        return self.tracker is not None
+
+    def reset_tracking(self) -> None:
+        """Start a new sequence: forget the tracks (ids keep counting up, so none is reused)."""
+        if self.tracker is not None:
+            with self._track_lock:
+                self.tracker.reset()
 
     @property
     def last_timings(self) -> dict[str, float]:
         """Seconds spent by the newest finished call: ``segmentation``, ``recognition`` (the recognizer call),
-        ``wait`` (for another thread's recognizer call), ``total``, plus the recognizer's own ``last_timings``
-        keys (a key that clashes gets the prefix ``recognizer_``). A copy."""
+        ``wait`` (for another thread's recognizer call), ``tracking`` (when tracked), ``total``, plus the
+        recognizer's own ``last_timings`` keys (a key that clashes gets the prefix ``recognizer_``). A copy."""
         return dict(self._last_timings)
 
     def __call__(self, points: Any) -> list[RecognizedObject]:
@@ -528,7 +559,10 @@ class SceneRecognizer:
         return self.recognize(points).objects
 
     def recognize(self, points: Any, stamp_ns: Optional[int] = None, frame_id: Optional[str] = None) -> SceneResult:
-        """As calling the object, returning this call's timings, stamp and frame with the objects."""
+        """As calling the object, returning this call's timings, stamp and frame with the objects.
+
+        With tracking, ``stamp_ns`` (nanoseconds) orders the frames: one older than the previous frame's (a
+        recording replayed from its start) ends every track first."""
         t0 = time.perf_counter()
         objects = segment(points, self.config)
         t1 = time.perf_counter()
@@ -558,6 +592,11 @@ class SceneRecognizer:
                                             predictions=top, points=obj.points, indices=obj.indices,
                                             centroid=obj.centroid, bbox_min=obj.bbox_min, bbox_max=obj.bbox_max,
                                             num_points=obj.num_points))
+        if self.tracker is not None:
+            t4 = time.perf_counter()
+            with self._track_lock:
+                results = self.tracker.update(results, stamp_ns)
+            timings["tracking"] = time.perf_counter() - t4
         timings["total"] = time.perf_counter() - t0
         self._last_timings = timings  # a fresh dict each call, replaced in one step, never mutated after
         return SceneResult(results, dict(timings), stamp_ns=stamp_ns, frame_id=frame_id)

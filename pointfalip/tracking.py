@@ -38,10 +38,10 @@ from .errors import InputError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Track", "Tracker", "TrackerConfig", "load_tracking_config"]
+__all__ = ["Track", "Tracker", "TrackerConfig", "list_tracking_presets", "load_tracking_config"]
 
 CONFIG_FILE = presets.config_file("scene.yaml")
-CONFIG_SECTION = "tracking"  # top-level key of configs/scene.yaml holding the tracking presets
+CONFIG_SECTION = "tracking"  # the preset kind, and the top-level key of configs/scene.yaml holding its presets
 
 _MIN_EXTENT = 1e-3  # metres: box sides thinner than this are widened to it for the IoU (flat objects overlap)
 _INFEASIBLE = 1e6  # cost of a pair that may not match (larger than any feasible cost, which is at most 2)
@@ -86,29 +86,25 @@ def _check_int(cfg: TrackerConfig, name: str, minimum: int) -> None:
     object.__setattr__(cfg, name, int(value))
 
 
+def list_tracking_presets() -> list[str]:
+    """Names of the packaged tracking presets (the ``tracking`` section of ``configs/scene.yaml``)."""
+    return presets.list_presets(CONFIG_SECTION)
+
+
 def load_tracking_config(preset: str = "tabletop", *, config_file: str | Path | None = None,
                          **overrides: Any) -> TrackerConfig:
     """The ``tracking`` settings of a preset of ``configs/scene.yaml`` (or ``config_file``), with overrides.
 
     The file's ``tracking`` section maps preset names (as its segmentation ``presets``) to settings; a
-    file without that section gives :class:`TrackerConfig`'s defaults (plus ``overrides``).
+    ``config_file`` without that section gives :class:`TrackerConfig`'s defaults (plus ``overrides``).
 
     Raises:
         InputError: unknown preset (the message lists them), unknown setting, invalid value.
     """
-    path = Path(config_file) if config_file else CONFIG_FILE
-    section = presets.read_yaml(path).get(CONFIG_SECTION)
-    if section is None:
-        logger.debug("%s has no %r section; default tracking settings", path, CONFIG_SECTION)
+    if config_file is not None and CONFIG_SECTION not in presets.read_yaml(Path(config_file)):
+        logger.debug("%s has no %r section; default tracking settings", config_file, CONFIG_SECTION)
         return TrackerConfig.from_dict(overrides)
-    if not isinstance(section, dict):
-        raise InputError(f"{path}: '{CONFIG_SECTION}' must map preset names to settings")
-    if preset not in section:
-        raise InputError(f"no tracking settings for preset {preset!r} in {path}; choose one of {sorted(section)}")
-    values = section[preset] or {}
-    if not isinstance(values, dict):
-        raise InputError(f"{path}: tracking preset {preset!r} must be a mapping of settings")
-    values = {k: v for k, v in values.items() if k != "description"}
+    values = presets.load_preset(CONFIG_SECTION, preset, config_file_=Path(config_file) if config_file else None)
     return presets.from_mapping(TrackerConfig, {**values, **overrides}, f"tracking preset {preset}")
 
 

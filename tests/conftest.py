@@ -85,3 +85,31 @@ def load_random(name: str = "pf-tiny-16", **kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return pointfalip.load_model(name, pretrained="none", **kwargs)
+
+
+@pytest.fixture
+def main(capsys):
+    """`pointfalip.cli.main` in this process: ``run(*args) -> (exit code, stdout, stderr)``; the logging levels it
+    sets are restored afterwards."""
+    import logging
+
+    from pointfalip.cli import main as cli_main
+
+    level = logging.getLogger().level
+
+    def run(*args):
+        code = cli_main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    yield run
+    logging.getLogger().setLevel(level)
+
+
+def one_line_error(code, err, *words):
+    """An in-process CLI run that failed on user input: exit 2, one stderr line holding ``words``."""
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for w in words:
+        assert w.lower() in lines[0].lower(), lines[0]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TINY, assert_user_error, load_random
+from conftest import TINY, assert_user_error, load_random, one_line_error
 
 
 @pytest.fixture(scope="module")
@@ -229,32 +229,6 @@ def test_render_and_demo_bad_input(env, bad_files, tmp_path):
 
 
 # ---- structure: the registry, presets and output paths ----------------------------------------------------
-@pytest.fixture
-def main(capsys):
-    """`pointfalip.cli.main` in this process: (exit code, stdout, stderr); logging levels are restored."""
-    import logging
-
-    from pointfalip.cli import main as cli_main
-
-    level = logging.getLogger().level
-
-    def run(*args):
-        code = cli_main([str(a) for a in args])
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    yield run
-    logging.getLogger().setLevel(level)
-
-
-def one_line_error(code, err, *words):
-    assert code == 2, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for w in words:
-        assert w.lower() in lines[0].lower(), lines[0]
-
-
 def test_a_command_is_one_registration(main, monkeypatch):
     """A toy command, nested under a group, registered once: it parses, runs and prints through main."""
     from pointfalip import cli

@@ -2,7 +2,6 @@
 here, --compare equal to separate runs, resuming after an interruption, two torchrun ranks equal to one
 process, skipped meshes counted, and bad input ending in one line with exit code 2."""
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -150,22 +149,6 @@ def cli_eval(env, tiny_json, checkpoint, root, out, *extra, ok=True, launcher=No
     return pf(env, "evaluate", "--dataset", dataset, "--root", root, "--model", tiny_json, "--pretrained",
               checkpoint, "--precision", "fp32", "--batch-size", BATCH, "--num-points", POINTS, "--out", out, *extra,
               ok=ok, launcher=launcher)
-
-
-@pytest.fixture
-def main(capsys):
-    """`pointfalip.cli.main` in this process: (exit code, stdout, stderr); the logging levels it sets are undone."""
-    from pointfalip.cli import main as cli_main
-
-    level = logging.getLogger().level
-
-    def run(*args):
-        code = cli_main([str(a) for a in args])
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    yield run
-    logging.getLogger().setLevel(level)
 
 
 def main_eval(main, tiny_json, checkpoint, root, out, *extra, dataset="modelnet40"):

@@ -4,7 +4,6 @@ import asyncio
 import base64
 import json
 import struct
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -17,45 +16,19 @@ pytest.importorskip("google.protobuf")
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory  # noqa: E402
 
 from pointfalip.errors import InputError  # noqa: E402
+from pointfalip.recognize import Prediction  # noqa: E402
+from pointfalip.scene import RecognizedObject, SceneResult  # noqa: E402
 from pointfalip.foxglove import (  # noqa: E402
     OBJECTS_TOPIC,
     POINTS_TOPIC,
     TRANSFORMS_TOPIC,
     LiveServer,
     McapRecording,
+    RealtimePacer,
     SceneChannels,
     label_color,
     record,
 )
-
-
-# stand-ins of the scene results (pointfalip.scene's typed results have this shape)
-@dataclass
-class Prediction:
-    label: str
-    probability: float
-
-
-@dataclass
-class RecognizedObject:
-    label: str
-    probability: float
-    predictions: list
-    centroid: np.ndarray
-    bbox_min: np.ndarray
-    bbox_max: np.ndarray
-    num_points: int
-    indices: np.ndarray
-    id: Optional[int] = None
-    track_label: Optional[str] = None
-
-
-@dataclass
-class SceneResult:
-    stamp_ns: Optional[int]
-    frame_id: Optional[str]
-    objects: list
-    timings: dict = field(default_factory=dict)
 
 
 BACKGROUND = (170, 170, 170, 255)
@@ -73,9 +46,9 @@ def make_frame(frame: int, with_objects: bool = True, frame_id: Optional[str] = 
         for rows, label, p, track in ((np.arange(200, 250), "mug", 0.82, 3), (np.arange(250, 300), "box", 0.64, 7)):
             pts = points[rows].astype(np.float64)
             preds = [Prediction(label, p), Prediction("other", 1 - p)]
-            objects.append(RecognizedObject(label, p, preds, pts.mean(0), pts.min(0), pts.max(0), len(rows), rows,
-                                            id=track, track_label=label))
-    return points, SceneResult(1_700_000_000_000_000_000 + frame * 1_000_000_000, frame_id, objects)
+            objects.append(RecognizedObject(label, p, preds, points[rows], rows, pts.mean(0), pts.min(0), pts.max(0),
+                                            len(rows), id=track, track_label=label))
+    return points, SceneResult(objects, {}, 1_700_000_000_000_000_000 + frame * 1_000_000_000, frame_id)
 
 
 def message_class(schema_name: str, schema_data: bytes):
@@ -285,3 +258,41 @@ def test_closing_inside_the_block_publishes_once(tmp_path):
         assert rec.close() == tmp_path / "early.mcap"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["early.mcap"]
     assert len(read_mcap(tmp_path / "early.mcap")) == 3
+
+
+# ---- pacing a recording --------------------------------------------------------------------------------
+
+class FakeClock:
+    """A monotonic clock that only moves when slept on or told to (processing time)."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def test_realtime_pacer_releases_frames_at_their_stamps():
+    clock = FakeClock()
+    pacer = RealtimePacer(clock=clock, sleep=clock.sleep)
+    start = 1_700_000_000 * 10**9
+    released = []
+    for stamp_s, work_s in ((0.0, 0.02), (0.1, 0.02), (0.2, 0.35), (0.3, 0.0), (0.8, 0.0)):
+        pacer.wait(start + int(stamp_s * 1e9))
+        released.append(round(clock.now - 100.0, 9))
+        clock.now += work_s  # the frame's processing
+    # due at 0, 0.1, 0.2, 0.3, 0.8 s after the first; the fourth is late (processing took 0.35 s) and goes at once
+    assert released == pytest.approx([0.0, 0.1, 0.2, 0.55, 0.8])
+    assert pacer.late_s == 0.0
+    assert pacer.wait(None) == 0.0  # frames without a stamp are never held
+
+    pacer.wait(start)  # the recording starts over: due at once, then paced from there
+    assert clock.now - 100.0 == pytest.approx(0.8)
+    assert pacer.wait(start + 50_000_000) == pytest.approx(0.05)
+    pacer.reset()
+    assert pacer.wait(start + 10**9) == 0.0

@@ -1,6 +1,6 @@
 """Hostile files: a corpus the test writes (truncated, mislabelled, mis-encoded, with a BOM, with header counts
 that lie, tiny, empty, folders, pipes, unreadable, 16-bit / palette / LA / RGBA images, decompression bombs),
-each read in-process by `io.load_points` or `regions.load_image` / `load_mask`.
+each read in-process by `io.load_points` or `images.load_image` / `load_mask`.
 
 Every case ends in a one-line InputError naming what is wrong, or in the right answer computed here; nothing is
 printed (not even by open3d's C++ code), no warning escapes, the file keeps its bytes and mode, and no file
@@ -27,9 +27,9 @@ import trimesh
 from PIL import Image
 
 from conftest import load_random, raises_one_line
-from pointfalip import foveal, regions, visual_prompts
+from pointfalip import foveal, images, regions, visual_prompts
 from pointfalip.io import POINT_EXTENSIONS, SUPPORTED_EXTENSIONS, load_points
-from pointfalip.regions import load_image, load_mask
+from pointfalip.images import load_image, load_mask
 
 ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 ROWS = np.random.default_rng(7).normal(size=(100, 3)) * [1.0, 2.0, 3.0] + [4.0, -5.0, 6.0]
@@ -436,7 +436,7 @@ def test_unreadable_files_say_permission_denied_even_for_root(corpus, monkeypatc
         path.write_bytes(GOOD[ext])
         raises_one_line(load_points, path, match="permission denied")
         path.unlink()
-    monkeypatch.setattr(regions.os, "access", lambda *a, **k: False)
+    monkeypatch.setattr(images.os, "access", lambda *a, **k: False)
     path = corpus / "readable.png"
     _save(RGBA, "RGBA")(path)
     raises_one_line(load_image, path, match="permission denied")

@@ -367,3 +367,102 @@ def test_segmenter_bad_input_is_one_line(tiny_model):
     raises_one_line(PartSegmenter, tiny_model, parts="a,b", dense="dino", match="dense")
     raises_one_line(PartSegmenter, tiny_model, parts="a,b", prompts={"a": ["x"]}, match="'b'")
     raises_one_line(PartSegmenter, tiny_model, parts="a,b", config=PartProjectionConfig(), match="image_size")
+
+
+# ---------------------------------------------------------------------------------------------- registry, presets
+
+def test_registered_projection_is_project_parts():
+    from pointfalip.projection import ViewSet, list_projection_methods, project
+
+    assert "pointclip_v2_parts" in list_projection_methods()
+    clouds = np.random.default_rng(8).normal(size=(2, 300, 3)).astype(np.float32)
+    cfg = PartProjectionConfig(view_euler=((0, 0, 90), (0, 90, 90)), bias_euler=((45, 0, 0), (12, 0, 0)),
+                               bias2_euler=((0, 20, 0), (0, 12, 0)), image_size=96)
+    direct = project_parts(clouds, cfg)
+    views = project(clouds, method="pointclip_v2_parts", image_size=96, config=cfg)
+    assert views.images.shape == (2, 2, 3, 96, 96) and views.point_pixels.shape == (2, 2, 300, 2)
+    assert torch.equal(views.images, direct.images) and torch.equal(views.point_pixels, direct.point_pixels)
+    assert torch.equal(views.visible, direct.visible)
+    assert torch.equal(views.occupancy, direct.images[:, :, 0] < 1 - 1e-6) and views.occupancy.any()
+    # image_size of project() wins over the settings'; a ViewSet replaces the settings' views (rotation, bias)
+    assert project(clouds, method="pointclip_v2_parts", image_size=48, config=cfg).images.shape[-1] == 48
+    two = ViewSet.from_euler("two", [[0, 0, 90], [90, 0, 90]], [[45, 0, 0], [0, 0, 0]])
+    plain = PartProjectionConfig(view_euler=((0, 0, 90), (90, 0, 90)), bias_euler=((45, 0, 0), (0, 0, 0)),
+                                 bias2_euler=((0, 0, 0),) * 2)
+    by_views = project(clouds, method="pointclip_v2_parts", views=two, image_size=224)
+    assert torch.equal(by_views.point_pixels, project_parts(clouds, plain).point_pixels)
+    assert project(clouds[0], method="pointclip_v2_parts").images.shape[1] == 10  # the settings' ten views
+
+
+def test_segmenter_projects_through_the_registry(tiny_model, monkeypatch):
+    from pointfalip import projection
+
+    seen = []
+    real = projection.project
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("method"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(projection, "project", spy)
+    seg = PartSegmenter(tiny_model, parts="a,b", config=TWO_VIEWS, cache_dir=False)
+    cloud = np.random.default_rng(9).normal(size=(150, 3)).astype(np.float32)
+    scores = seg.scores(cloud)
+    assert seen == ["pointclip_v2_parts"]
+    views = project_parts(cloud, TWO_VIEWS)
+    assert torch.allclose(scores, seg.score_views(views, seg.view_tokens(views.images.flatten(0, 1))["tokens"])[0])
+
+
+def test_part_presets(tiny_model, tmp_path):
+    assert parts.list_part_presets() == ["pointclip_v2_parts", "pointclip_v2_parts_exact"]
+    default, exact = parts.load_part_preset(), parts.load_part_preset("pointclip_v2_parts_exact")
+    assert default.projection == PartProjectionConfig() and default.dense == "tokens"
+    assert default.view_weights is None and default.templates is None
+    assert exact.projection == V2_EXACT and exact.dense == "tokens"
+    seg = PartSegmenter(tiny_model, category="chair", preset="pointclip_v2_parts_exact", cache_dir=False)
+    assert seg.config == PartProjectionConfig(v2_transposed_lookup=True, image_size=64)  # the model's size
+    assert torch.equal(seg.view_weights, torch.ones(10))
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("dense: clearclip\nview_weights: [1, 0.5]\ntemplates: ['{part} of a {category}']\n"
+                    "projection:\n  view_euler: [[0, 0, 90], [180, 0, 90]]\n  bias_euler: [[45, 0, 0], [45, 0, 0]]\n"
+                    "  bias2_euler: [[0, 20, 0], [0, 20, 0]]\n")
+    seg = PartSegmenter(tiny_model, parts="top,bottom", category="box", preset=mine, cache_dir=False)
+    assert seg.dense == "clearclip" and seg.view_weights.tolist() == [1.0, 0.5] and seg.config == TWO_VIEWS
+    assert seg.prompts == {"top": ["top of a box"], "bottom": ["bottom of a box"]}
+    assert PartSegmenter(tiny_model, parts="a,b", category="box", preset=mine, dense="tokens",
+                         cache_dir=False).dense == "tokens"
+    mine.write_text("projection:\n  pool_sise: 3\n")
+    assert "pool_sise" in raises_one_line(PartSegmenter, tiny_model, parts="a,b", preset=mine)
+    mine.write_text("dense: dino\n")
+    assert "dense" in raises_one_line(PartSegmenter, tiny_model, parts="a,b", preset=mine)
+    raises_one_line(PartSegmenter, tiny_model, parts="a,b", preset="nope", match="unknown parts preset 'nope'")
+
+
+def test_per_part_iou_by_hand():
+    # category a, parts [0, 1]: shape 1 IoUs (1/2, 1/2), shape 2 (0, 1/3); category b, parts [2, 3]: (1, 1)
+    preds = [[0, 0, 1], [1, 1, 1], [2, 3]]
+    truths = [[0, 1, 1], [0, 1, 0], [2, 3]]
+    out = segmentation_metrics(preds, truths, [[0, 1], [0, 1], [2, 3]], ["a", "a", "b"])
+    assert out["per_part"]["a"] == pytest.approx([0.25, (1 / 2 + 1 / 3) / 2])
+    assert out["per_part"]["b"] == pytest.approx([1.0, 1.0])
+    assert out["per_category"] == pytest.approx({"a": (1 / 2 + 1 / 6) / 2, "b": 1.0})
+    assert out["class_miou"] == pytest.approx((1 / 3 + 1) / 2)
+
+
+def test_part_sheet_colours_the_seen_points(tmp_path):
+    from PIL import Image
+
+    from pointfalip.render import PART_DOT, part_colors, save_part_sheet
+
+    images = torch.ones(2, 3, 32, 32)
+    pixels = torch.tensor([[[5, 5], [20, 25]], [[5, 5], [20, 25]]])
+    visible = torch.tensor([[True, True], [False, True]])
+    labels = torch.tensor([0, 2])
+    path = save_part_sheet(tmp_path / "s.png", images, pixels, visible, labels, ["a", "b", "c"], columns=2)
+    sheet = np.asarray(Image.open(path).convert("RGB"))
+    colors = part_colors(3)
+    assert len({tuple(c) for c in part_colors(30)}) == 30
+    assert (sheet[5 - PART_DOT:5 + PART_DOT + 1, 5 - PART_DOT:5 + PART_DOT + 1] == colors[0]).all()  # view 0
+    assert (sheet[5, 32 + 5] == 255).all()  # point 0 is hidden in view 1
+    assert (sheet[20, 25] == colors[2]).all() and (sheet[20, 32 + 25] == colors[2]).all()
+    assert sheet.shape[0] > 32  # the legend under the tiles

@@ -435,3 +435,44 @@ def test_scene_recognizer_from_two_threads_matches_sequential_calls(tabletop, tm
     for i in range(len(frames)):
         assert [o.to_dict() for o in got[i].objects] == [o.to_dict() for o in expected[i]]
         assert {"segmentation", "recognition", "projection", "encoder"} <= set(got[i].timings)
+
+
+# ---------------------------------------------------------------------------------------------- tracking
+
+def test_scene_recognizer_tracks_objects_moving_a_few_centimetres(tabletop):
+    scene = tabletop[0]
+    sr = SceneRecognizer(FakeRecognizer(), track=True, tracking={"max_distance": 0.1, "max_missed": 1})
+    assert sr.track and sr.tracking.max_missed == 1
+    shift = np.array([0.02, -0.015, 0.01])  # metres a frame, in the scene's (camera-like) frame
+    results = [sr.recognize(scene + k * shift, stamp_ns=k * 100_000_000, frame_id="cam") for k in range(3)]
+    first = results[0].objects
+    assert sorted(o.id for o in first) == list(range(5))
+    for k, result in enumerate(results):
+        assert "tracking" in result.timings and result.timings["tracking"] >= 0
+        assert result.timings["total"] >= result.timings["tracking"]
+        for obj in result.objects:
+            origin = min(first, key=lambda o: np.linalg.norm(o.centroid + k * shift - obj.centroid))
+            assert np.linalg.norm(origin.centroid + k * shift - obj.centroid) < CENTROID_TOL
+            assert obj.id == origin.id and obj.track_label == obj.label  # a steady label is its own smoothing
+            assert obj.to_dict()["id"] == obj.id and obj.to_dict()["track_label"] == obj.track_label
+
+    # empty frames run the tracker too: after more than max_missed of them the objects come back with new ids
+    for k in (3, 4):
+        empty = sr.recognize(np.zeros((0, 3)), stamp_ns=k * 100_000_000)
+        assert empty.objects == [] and "tracking" in empty.timings
+    assert sr.tracker.tracks == ()
+    again = sr.recognize(scene + 5 * shift, stamp_ns=500_000_000)
+    assert sorted(o.id for o in again.objects) == list(range(5, 10))
+    sr.reset_tracking()
+    assert sorted(o.id for o in sr.recognize(scene + 5 * shift).objects) == list(range(10, 15))
+
+
+def test_scene_recognizer_without_tracking_sets_no_ids(tabletop):
+    sr = SceneRecognizer(FakeRecognizer())
+    result = sr.recognize(tabletop[0], stamp_ns=1)
+    assert not sr.track and sr.tracker is None and "tracking" not in result.timings
+    assert all(o.id is None and "id" not in o.to_dict() for o in result.objects)
+    with pytest.raises(InputError, match="unknown key"):
+        SceneRecognizer(FakeRecognizer(), track=True, tracking={"max_dist": 0.1})
+    with pytest.raises(InputError):
+        SceneRecognizer(FakeRecognizer(), tracking="tabletop")

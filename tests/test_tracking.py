@@ -1,43 +1,25 @@
 """Tracker: stable ids across frames, label smoothing, settings; on synthetic frames with known motion."""
 import dataclasses
+from dataclasses import dataclass
 import itertools
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import pytest
 
 from pointfalip.errors import InputError
-from pointfalip.tracking import Tracker, TrackerConfig, box_iou, load_tracking_config
-
-
-# stand-ins of the scene results the tracker reads (pointfalip.scene's typed results have this shape)
-@dataclass
-class Prediction:
-    label: str
-    probability: float
-
-
-@dataclass
-class RecognizedObject:
-    label: str
-    probability: float
-    predictions: list
-    centroid: np.ndarray
-    bbox_min: np.ndarray
-    bbox_max: np.ndarray
-    num_points: int
-    indices: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    id: Optional[int] = None
-    track_label: Optional[str] = None
+from pointfalip.recognize import Prediction
+from pointfalip.scene import RecognizedObject
+from pointfalip.tracking import Tracker, TrackerConfig, box_iou, list_tracking_presets, load_tracking_config
 
 
 def make_object(centre, size=0.06, preds=(("mug", 0.8), ("cup", 0.2))):
     centre = np.asarray(centre, dtype=np.float64)
     half = np.full(3, size / 2) if np.isscalar(size) else np.asarray(size, dtype=np.float64) / 2
     predictions = [Prediction(label, p) for label, p in preds]
-    return RecognizedObject(predictions[0].label, predictions[0].probability, predictions, centre,
-                            centre - half, centre + half, 100)
+    return RecognizedObject(predictions[0].label, predictions[0].probability, predictions, np.zeros((0, 3)),
+                            np.zeros(0, dtype=np.int64), centre, centre - half, centre + half, 100)
 
 
 def test_objects_moving_a_few_centimetres_keep_their_ids():
@@ -239,4 +221,19 @@ def test_load_tracking_config(tmp_path):
 
 
 def test_packaged_scene_config_gives_tracking_settings():
-    assert isinstance(load_tracking_config("tabletop"), TrackerConfig)
+    """A tracking preset for every segmentation preset, read through pointfalip.presets as the file holds it."""
+    import yaml
+
+    from pointfalip import presets
+    from pointfalip.scene import list_segmentation_presets
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "scene.yaml"
+    section = yaml.safe_load(path.read_text())["tracking"]
+    assert list_tracking_presets() == presets.list_presets("tracking") == list_segmentation_presets() == sorted(section)
+    for name in section:
+        values = {k: v for k, v in section[name].items() if k != "description"}
+        assert load_tracking_config(name) == TrackerConfig(**values)
+    assert load_tracking_config("room", window=3).window == 3
+    with pytest.raises(InputError, match="choose one of"):
+        load_tracking_config("garden")
+    assert load_tracking_config("tabletop") == TrackerConfig()  # the dataclass defaults are the tabletop preset

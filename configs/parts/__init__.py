@@ -1,0 +1,1 @@
+"""Part-segmentation presets, one YAML file each (pointfalip.presets kind "parts", pointfalip.parts.PartPreset)."""

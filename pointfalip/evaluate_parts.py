@@ -1,0 +1,292 @@
+"""Zero-shot part segmentation on ShapeNetPart: per-category IoU, instance and class mIoU and point accuracy,
+streamed, resumable and sharded as `pointfalip.evaluate` is for classification.
+
+`evaluate_parts(model, dataset)` segments every shape of a `datasets.ShapeNetPartDataset` with the parts of its
+known category (PointCLIP V2's protocol: the category is given, the parts are predicted) and returns (and writes)
+a report::
+
+    {"task": "part segmentation", "dataset", "root", "split", "category", "model", "pretrained", "precision",
+     "preset", "config", "n", "items", "points", "categories": {name: {"n", "parts", "labels"}},
+     "runs": {"tokens": RUN, "clearclip": RUN}, "report", "predictions"}
+
+    RUN = {"instance_miou", "class_miou", "accuracy", "per_category": {category: instance mIoU},
+           "per_part": {category: [IoU of each part label]}, "shape_miou": [mIoU of item i]}
+
+Figures are fractions (`pointfalip.parts.metrics_from_shapes`); a part absent from both the prediction and the
+truth of a shape counts as IoU 1 (PointNet's convention); ``labels`` is a category's ``[first, last]`` part label.
+Runs: the preset's dense mode (or ``dense=``), or both with ``compare=True``, from one projection and one pass of
+the blocks before the last (`PartSegmenter.mode_scores`). The per-point predictions (the release's global part
+ids) go to ``<report stem>.predictions.npz`` beside the report: ``indices`` (n,), ``categories`` (n,) and
+``pred_<run>`` (n, points) int16.
+
+Resuming and sharding are `pointfalip.evaluate`'s: per-batch files in ``<report>.partial/`` under a key of every
+argument that changes the results; under ``torchrun`` rank r takes the r-th block of batches.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from . import __version__, io
+from .datasets import ShapeNetPartDataset
+from .errors import InputError
+from .evaluate import (_KEY_VERSION, _MADE_BY, BatchCache, _barrier, _dist, _dumps, default_report_path,
+                       partial_path, run_batches)
+from .files import atomic_write, file_identity
+from .model import DENSE_MODES, FalipCLIP
+from .parts import (DEFAULT_PRESET, PartPreset, PartSegmenter, category_labels, category_parts, load_part_preset,
+                    metrics_from_shapes, part_iou)
+
+log = logging.getLogger(__name__)
+
+TASK = "part segmentation"
+COMPARE_RUNS = ("tokens", "clearclip")
+
+
+def part_runs(compare: bool = False, dense: Optional[str] = None, preset: Optional[PartPreset] = None
+              ) -> tuple[str, ...]:
+    """The dense modes an evaluation runs: both to compare, else ``dense`` or the preset's."""
+    if compare:
+        if dense is not None:
+            raise InputError("--compare runs tokens and clearclip together; drop --dense")
+        return COMPARE_RUNS
+    mode = dense if dense is not None else (preset or load_part_preset()).dense
+    if mode not in DENSE_MODES:
+        raise InputError(f"unknown dense mode '{mode}': choose one of {', '.join(DENSE_MODES)}")
+    return (mode,)
+
+
+def part_report_path(category: Optional[str] = None) -> Path:
+    """``evaluate_shapenetpart.json`` (``evaluate_shapenetpart_<category>.json`` for one category)."""
+    if category is None:
+        return default_report_path("shapenetpart")
+    return Path(f"evaluate_shapenetpart_{'_'.join(str(category).split()).lower()}.json")
+
+
+def predictions_path(out: Union[str, Path]) -> Path:
+    """The per-point predictions beside the report ``out``."""
+    return Path(str(Path(out).with_suffix("")) + ".predictions.npz")
+
+
+# --------------------------------------------------------------------------------------------------
+# one batch
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class PartBatch:
+    """What one batch position [start, start + batch_size) left: per-point predictions and per-shape figures."""
+
+    start: int
+    indices: np.ndarray  # (B,) int64 dataset indices
+    categories: np.ndarray  # (B,) int64 category indices
+    predictions: dict  # run -> (B, P) int16 global part ids
+    part_ious: dict  # run -> (B, L) float64 IoU of each label of the shape's category, NaN past its labels
+    accuracies: dict  # run -> (B,) float64 share of points labelled right
+
+
+def segment_batch(segmenters: dict, clouds: np.ndarray, categories: np.ndarray, runs: Sequence[str]
+                  ) -> dict[str, np.ndarray]:
+    """Global part ids ``(B, P)`` of each run for clouds of known categories: each category's clouds through its
+    segmenter's `PartSegmenter.mode_scores` (one projection and one encoder pass for all runs)."""
+    out = {r: np.empty(clouds.shape[:2], dtype=np.int64) for r in runs}
+    for c in dict.fromkeys(categories.tolist()):
+        sel = np.flatnonzero(categories == c)
+        seg = segmenters[c]
+        first = category_labels(seg.category).start
+        for r, scores in seg.mode_scores(clouds[sel], runs).items():
+            out[r][sel] = scores.argmax(dim=-1).cpu().numpy() + first
+    return out
+
+
+def _score(segmenters: dict, dataset: ShapeNetPartDataset, runs, start: int, indices, clouds, categories,
+           pids) -> PartBatch:
+    if dataset.up_axis != "y":
+        clouds = io.normalize(clouds, dataset.up_axis)
+    preds = segment_batch(segmenters, np.asarray(clouds, dtype=np.float32), categories, runs)
+    width = max(len(category_labels(dataset.classes[c])) for c in categories.tolist())
+    ious, accs = {}, {}
+    for r in runs:
+        ious[r] = np.full((len(indices), width), np.nan)
+        for j, c in enumerate(categories.tolist()):
+            labels = category_labels(dataset.classes[c])
+            ious[r][j, :len(labels)] = part_iou(preds[r][j], pids[j], labels)
+        accs[r] = (preds[r] == pids).mean(axis=1)
+    return PartBatch(start, np.asarray(indices, dtype=np.int64), np.asarray(categories, dtype=np.int64),
+                     {r: p.astype(np.int16) for r, p in preds.items()}, ious, accs)
+
+
+# --------------------------------------------------------------------------------------------------
+# resume cache
+# --------------------------------------------------------------------------------------------------
+
+def part_run_key(model: FalipCLIP, dataset: ShapeNetPartDataset, preset: str, settings: PartPreset,
+                 runs: Sequence[str], batch_size: int) -> dict:
+    """Everything that changes a part evaluation's results, and its sha256 under "hash"."""
+    payload = {
+        "made_by": _MADE_BY,
+        "version": _KEY_VERSION,
+        "task": TASK,
+        "pointfalip": __version__,
+        "dataset": dataset.name,
+        "root": str(Path(dataset.root).resolve()),
+        "split": dataset.split,
+        "files": [file_identity(f) for f in dataset.files],
+        "items": hashlib.sha256(dataset.release_rows().tobytes()).hexdigest(),  # the category and the limit
+        "points": dataset.points_per_cloud,
+        "up_axis": dataset.up_axis,
+        "model": str(model.name),
+        "pretrained": file_identity(str(model.pretrained)),
+        "precision": str(model.precision),
+        "preset": str(preset),
+        "settings": dataclasses.asdict(settings),
+        "prompt_file": file_identity(str(settings.prompt_file)) if settings.prompt_file else None,
+        "runs": list(runs),
+        "batch_size": batch_size,
+    }
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return {**json.loads(text), "hash": hashlib.sha256(text.encode("utf-8")).hexdigest()}
+
+
+class PartBatchCache(BatchCache):
+    """`BatchCache` holding `PartBatch` files."""
+
+    def save(self, b: PartBatch) -> None:
+        arrays = {"start": np.int64(b.start), "indices": b.indices, "categories": b.categories}
+        for r in self.runs:
+            arrays.update({f"pred_{r}": b.predictions[r], f"iou_{r}": b.part_ious[r], f"acc_{r}": b.accuracies[r]})
+        atomic_write(self.path(b.start), lambda f: np.savez(f, **arrays))
+
+    def load(self, start: int) -> Optional[PartBatch]:
+        path = self.path(start)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                b = PartBatch(int(z["start"]), z["indices"].astype(np.int64), z["categories"].astype(np.int64),
+                              {r: z[f"pred_{r}"].astype(np.int16) for r in self.runs},
+                              {r: z[f"iou_{r}"].astype(np.float64) for r in self.runs},
+                              {r: z[f"acc_{r}"].astype(np.float64) for r in self.runs})
+        except (OSError, ValueError, KeyError) as e:
+            log.warning("%s: unreadable (%s); computing the batch again", path, e)
+            return None
+        n = len(b.indices)
+        if b.start != start or any(len(x[r]) != n for x in (b.predictions, b.part_ious, b.accuracies)
+                                   for r in self.runs):
+            log.warning("%s: inconsistent contents; computing the batch again", path)
+            return None
+        return b
+
+
+# --------------------------------------------------------------------------------------------------
+# evaluation
+# --------------------------------------------------------------------------------------------------
+
+def evaluate_parts(model: FalipCLIP, dataset: ShapeNetPartDataset,
+                   preset: Union[str, Path, PartPreset] = DEFAULT_PRESET, dense: Optional[str] = None,
+                   compare: bool = False, batch_size: int = 16, out=None, progress: bool = True,
+                   cache_dir=None) -> dict:
+    """Segment every shape of ``dataset`` into its category's parts; write and return the report (module doc).
+
+    Args:
+        model: a loaded `FalipCLIP` (an open_clip ViT).
+        dataset: from ``datasets.open_dataset("shapenetpart", ...)``, optionally `ShapeNetPartDataset.restrict`-ed.
+        preset: a parts preset name, YAML file or `PartPreset`.
+        dense: ``"tokens"`` or ``"clearclip"`` (default: the preset's); refused with ``compare``.
+        compare: both dense modes from one projection and one pass of the shared blocks.
+        batch_size: shapes per batch (the unit of streaming, resuming and sharding).
+        out: report path (default `part_report_path`); the predictions go beside it (`predictions_path`) and the
+            resume cache in ``<out>.partial/``.
+        progress: a tqdm bar on rank 0 when stderr is a terminal.
+        cache_dir: text-feature cache (`prompts.text_features`).
+
+    Raises:
+        InputError: a bad argument or a damaged release (e.g. a part id outside the shape's category).
+    """
+    if not isinstance(dataset, ShapeNetPartDataset):
+        raise InputError(f"part evaluation needs ShapeNetPart (open_dataset('shapenetpart', ...)), "
+                         f"not {getattr(dataset, 'name', type(dataset).__name__)}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise InputError(f"batch size must be a positive integer, got {batch_size!r}")
+    batch_size = int(batch_size)
+    settings = load_part_preset(preset)
+    runs = part_runs(compare, dense, settings)
+    preset_name = str(preset) if not isinstance(preset, PartPreset) else "custom"
+    present = sorted(set(dataset.labels.tolist()))
+    segmenters = {c: PartSegmenter(model, category=dataset.classes[c], preset=settings, dense=runs[0],
+                                   cache_dir=cache_dir) for c in present}
+    out = Path(out) if out is not None else part_report_path()
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    rank, _ = _dist()
+    cache = PartBatchCache(partial_path(out), part_run_key(model, dataset, preset_name, settings, runs, batch_size),
+                           runs)
+
+    def compute(lo: int, hi: int):
+        batches = dataset.iter_segments(batch_size, start=lo)
+        try:
+            for indices, clouds, categories, pids in batches:
+                if indices[0] >= hi:
+                    break
+                yield _score(segmenters, dataset, runs, indices[0], indices, clouds, categories, pids)
+        finally:
+            batches.close()
+
+    results = run_batches(cache, len(dataset), batch_size, compute, progress, f"shapenetpart {'+'.join(runs)}")
+    used = dataclasses.replace(settings, projection=next(iter(segmenters.values())).config)
+    report = _report(model, dataset, preset_name, used, runs, results, batch_size)
+    report["report"] = str(out)
+    report["predictions"] = str(predictions_path(out))
+    if rank == 0:
+        arrays = {"indices": np.concatenate([b.indices for b in results]),
+                  "categories": np.concatenate([b.categories for b in results])}
+        arrays.update({f"pred_{r}": np.concatenate([b.predictions[r] for b in results]) for r in runs})
+        atomic_write(report["predictions"], lambda f: np.savez_compressed(f, **arrays))
+        atomic_write(out, lambda f: f.write((_dumps(report) + "\n").encode("utf-8")))
+        log.info("report written to %s", out)
+    _barrier()
+    cache.remove()
+    return report
+
+
+def _report(model, dataset: ShapeNetPartDataset, preset_name: str, settings: PartPreset, runs, results: list,
+            batch_size: int) -> dict:
+    expected = set(range(0, len(dataset), batch_size))
+    got = {b.start for b in results}
+    if got != expected:  # a bug, not the user's doing
+        raise RuntimeError(f"batches missing from the part evaluation: {sorted(expected - got)[:5]}")
+    results.sort(key=lambda b: b.start)
+    categories = np.concatenate([b.categories for b in results])
+    names = [dataset.classes[c] for c in categories.tolist()]
+    counts = {c: names.count(c) for c in dataset.classes if c in names}
+    report = {
+        "task": TASK,
+        "dataset": dataset.name,
+        "root": str(dataset.root),
+        "split": dataset.split,
+        "category": dataset.category,
+        "model": str(model.name),
+        "pretrained": str(model.pretrained),
+        "precision": str(model.precision),
+        "preset": preset_name,
+        "config": json.loads(json.dumps(dataclasses.asdict(settings), default=str)),
+        "n": len(names),
+        "items": len(dataset),
+        "points": dataset.points_per_cloud,
+        "categories": {c: {"n": n, "parts": category_parts(c),
+                           "labels": [category_labels(c).start, category_labels(c).stop - 1]}
+                       for c, n in counts.items()},
+        "runs": {},
+    }
+    for r in runs:
+        ious = [row[~np.isnan(row)] for b in results for row in b.part_ious[r]]
+        accs = np.concatenate([b.accuracies[r] for b in results])
+        figures = metrics_from_shapes(ious, accs.tolist(), names)
+        report["runs"][r] = {**figures, "shape_miou": [float(x.mean()) for x in ious]}
+    return report

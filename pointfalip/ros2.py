@@ -1,0 +1,362 @@
+"""A ROS 2 node: PointCloud2 in, recognised and tracked objects out (optional; needs a ROS 2 installation).
+
+    source /opt/ros/humble/setup.bash        # any ROS 2 distribution with vision_msgs (Humble or newer)
+    python -m pointfalip.ros2 --ros-args -p labels:="mug,bowl,bottle" -p scene_preset:=tabletop \\
+        -r points:=/camera/depth/points
+
+The node subscribes to ``sensor_msgs/msg/PointCloud2`` on ``input_topic``, runs a
+:class:`~pointfalip.scene.SceneRecognizer` (segmentation, recognition, tracking) on each message and publishes
+``vision_msgs/msg/Detection3DArray`` on ``detections_topic`` and ``visualization_msgs/msg/MarkerArray`` (a box
+and a caption per object, for RViz) on ``markers_topic``, both with the cloud's header (stamp and frame).
+
+Everything between the messages is plain Python, the same code as the bag path (``pointfalip scene BAG``) and
+tested without ROS: :func:`process_cloud` (decode, recognise, track), :func:`detections_from_result` and
+:func:`markers_from_result` (dicts that describe the messages field by field). The node class only copies those
+dicts into ROS message types. ``rclpy`` and the message packages are imported when the node is built, never by
+importing this module: they are not dependencies of pointfalip.
+
+Parameters (:class:`NodeSettings`): ``labels`` (comma-separated) or ``dataset``, ``model``, ``pretrained``,
+``precision``, ``device``, ``preset`` (recognizer preset), ``scene_preset`` (segmentation and tracking preset),
+``track``, ``top_k``, ``up_axis``, ``input_topic``, ``detections_topic``, ``markers_topic``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from .errors import InputError
+from .foxglove import display_label, label_color, object_text, probability_of
+from .rosbag import decode_pointcloud2
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "NodeSettings",
+    "build_scene_recognizer",
+    "detections_from_result",
+    "header_stamp_ns",
+    "main",
+    "markers_from_result",
+    "process_cloud",
+]
+
+_NS_PER_S = 1_000_000_000
+# visualization_msgs/msg/Marker constants
+MARKER_CUBE = 1
+MARKER_TEXT_VIEW_FACING = 9
+MARKER_ADD = 0
+MARKER_DELETEALL = 3
+BOX_NAMESPACE = "pointfalip/boxes"
+TEXT_NAMESPACE = "pointfalip/labels"
+_BOX_ALPHA = 0.35  # opacity of the boxes (0-1): the points inside stay visible
+_TEXT_RGBA = (1.0, 1.0, 1.0, 1.0)
+_TEXT_HEIGHT_M = 0.04  # metres: height of a caption's capital letters (a Marker text's scale.z)
+_MIN_SIZE_M = 1e-3  # metres: thinner box sides are drawn this thick (RViz refuses a zero scale)
+_QUEUE_DEPTH = 1  # clouds waiting while one is processed: only the newest (recognition takes longer than a frame)
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """The node's ROS parameters, with their defaults."""
+
+    labels: str = ""  # comma-separated label names (or give dataset)
+    dataset: str = ""  # a packaged label set instead of labels: modelnet40, modelnet10, scanobjectnn
+    model: str = "ViT-B-16"  # open_clip model name or config JSON
+    pretrained: str = "openai"  # open_clip tag, hf-hub:ID, local checkpoint, or "none"
+    precision: str = "auto"  # auto, fp32, bf16, fp16
+    device: str = "auto"  # torch device; auto: cuda when available, else cpu
+    preset: str = "pointclip_v2"  # recognizer preset (configs/presets) or YAML file
+    scene_preset: str = "tabletop"  # segmentation and tracking preset of configs/scene.yaml
+    track: bool = True  # stable object ids across messages
+    top_k: int = 3  # hypotheses per detection
+    up_axis: str = "z"  # up axis of the clouds' frame (z for robot and lidar frames, -y for optical frames)
+    input_topic: str = "points"  # sensor_msgs/msg/PointCloud2 (relative: remap it with -r points:=/your/topic)
+    detections_topic: str = "pointfalip/detections"  # vision_msgs/msg/Detection3DArray
+    markers_topic: str = "pointfalip/markers"  # visualization_msgs/msg/MarkerArray
+
+    def label_list(self) -> Optional[list[str]]:
+        """The labels as a list (None when ``dataset`` names the label set)."""
+        labels = [s.strip() for s in self.labels.split(",") if s.strip()]
+        if not labels and not self.dataset:
+            raise InputError("the node needs labels: set the parameter labels:=\"mug,bowl\" or dataset:=modelnet40")
+        return labels or None
+
+
+def build_scene_recognizer(settings: NodeSettings, model: Any = None) -> Any:
+    """The :class:`~pointfalip.scene.SceneRecognizer` the settings describe (``model``: an already loaded one)."""
+    from .model import load_model
+    from .recognize import Recognizer
+    from .scene import SceneRecognizer, load_segmentation_config
+    from .tracking import list_tracking_presets, load_tracking_config
+
+    labels = settings.label_list()
+    if model is None:
+        device = settings.device
+        if device == "auto":
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        model = load_model(settings.model, settings.pretrained, device=device, precision=settings.precision)
+    recognizer = Recognizer(model, labels=labels, dataset=settings.dataset or None, preset=settings.preset,
+                            up_axis=settings.up_axis)
+    tracking = load_tracking_config(settings.scene_preset) if settings.scene_preset in list_tracking_presets() \
+        else None
+    return SceneRecognizer(recognizer, load_segmentation_config(settings.scene_preset), top_k=settings.top_k,
+                           track=settings.track, tracking=tracking)
+
+
+# --------------------------------------------------------------------------------------------------
+# messages as plain data
+# --------------------------------------------------------------------------------------------------
+
+def header_stamp_ns(header: Any) -> Optional[int]:
+    """Nanoseconds of a ``std_msgs/msg/Header`` stamp (``stamp.sec``, ``stamp.nanosec``); None when it is zero."""
+    ns = int(header.stamp.sec) * _NS_PER_S + int(header.stamp.nanosec)
+    return ns or None
+
+
+def _header(result: Any) -> dict:
+    stamp_ns = getattr(result, "stamp_ns", None)
+    return {"stamp_ns": int(stamp_ns or 0), "frame_id": str(getattr(result, "frame_id", None) or "")}
+
+
+def process_cloud(scene: Any, msg: Any) -> tuple[np.ndarray, Any]:
+    """Decode a PointCloud2 message and recognise (and, if the scene tracks, track) its objects.
+
+    Args:
+        scene: a :class:`~pointfalip.scene.SceneRecognizer`.
+        msg: a ``sensor_msgs/msg/PointCloud2`` (rclpy's, or any object with its fields, e.g. from ``rosbags``).
+
+    Returns:
+        ``(points, result)``: the ``(N, 3)`` float32 points and the :class:`~pointfalip.scene.SceneResult`,
+        stamped with the message's header stamp and frame id.
+
+    Raises:
+        InputError: the message is not a usable PointCloud2 (see :func:`pointfalip.rosbag.decode_pointcloud2`).
+    """
+    points = decode_pointcloud2(msg)
+    frame_id = str(msg.header.frame_id) or None
+    return points, scene.recognize(points, stamp_ns=header_stamp_ns(msg.header), frame_id=frame_id)
+
+
+def _box(obj: Any) -> tuple[list[float], list[float]]:
+    lo = np.asarray(obj.bbox_min, dtype=np.float64).reshape(3)
+    hi = np.asarray(obj.bbox_max, dtype=np.float64).reshape(3)
+    return [float(v) for v in (lo + hi) / 2], [float(v) for v in hi - lo]
+
+
+def _hypotheses(obj: Any) -> list[dict]:
+    """This frame's predictions, best first; a tracked object's smoothed label goes first (its score is this
+    frame's probability of it, 0 when it fell out of the top k), as consumers read ``results[0]``."""
+    hyps = [{"class_id": str(p.label), "score": float(p.probability)} for p in obj.predictions]
+    shown = display_label(obj)
+    rest = [h for h in hyps if h["class_id"] != shown]
+    return [{"class_id": shown, "score": probability_of(obj, shown)}] + rest
+
+
+def detections_from_result(result: Any) -> list[dict]:
+    """One dict a ``vision_msgs/msg/Detection3D`` for every object of a scene result, in its order.
+
+    Each: ``header`` ``{"stamp_ns", "frame_id"}`` (the result's; stamp 0 when unknown), ``id`` (the track id as a
+    string, ``""`` untracked), ``bbox`` ``{"center": [x, y, z], "size": [sx, sy, sz]}`` (metres, the axis-aligned
+    box in the frame, identity orientation), ``hypotheses`` ``[{"class_id", "score"}]`` (see below) and, beyond
+    the message, ``track_label`` (or None) and ``num_points``.
+
+    Hypotheses are the frame's top-k predictions, best first, except that a tracked object's smoothed label
+    (``track_label``) comes first, with this frame's probability of it.
+    """
+    header = _header(result)
+    out = []
+    for obj in result.objects:
+        centre, size = _box(obj)
+        track_id = getattr(obj, "id", None)
+        out.append({"header": dict(header), "id": "" if track_id is None else str(int(track_id)),
+                    "bbox": {"center": centre, "size": size}, "hypotheses": _hypotheses(obj),
+                    "track_label": getattr(obj, "track_label", None), "num_points": int(obj.num_points)})
+    return out
+
+
+def markers_from_result(result: Any, labels: Sequence[str] | None = None,
+                        text_height: float = _TEXT_HEIGHT_M) -> list[dict]:
+    """The ``visualization_msgs/msg/Marker`` dicts that draw a scene result in RViz.
+
+    First a ``DELETEALL`` (objects that left the scene disappear), then per object a translucent ``CUBE`` in the
+    namespace ``pointfalip/boxes`` (pose at the box centre, scale its size, at least 1 mm, the label's colour as in
+    the Foxglove output) and a ``TEXT_VIEW_FACING`` caption ``"mug 0.82 #3"`` in ``pointfalip/labels`` at the
+    centre of the box's top face (+z). Marker ids are the track ids (the object's index when untracked).
+
+    Each dict: ``header``, ``ns``, ``id``, ``type``, ``action``, ``position`` [x, y, z], ``orientation``
+    [x, y, z, w], ``scale`` [x, y, z], ``color`` [r, g, b, a] (0-1), ``text``.
+    """
+    header = _header(result)
+    identity = [0.0, 0.0, 0.0, 1.0]
+    markers = [{"header": dict(header), "ns": "", "id": 0, "type": MARKER_CUBE, "action": MARKER_DELETEALL,
+                "position": [0.0, 0.0, 0.0], "orientation": identity, "scale": [1.0, 1.0, 1.0],
+                "color": [0.0, 0.0, 0.0, 0.0], "text": ""}]
+    for i, obj in enumerate(result.objects):
+        centre, size = _box(obj)
+        track_id = getattr(obj, "id", None)
+        marker_id = i if track_id is None else int(track_id)
+        r, g, b = (c / 255.0 for c in label_color(display_label(obj), labels))
+        top = [centre[0], centre[1], float(np.asarray(obj.bbox_max, dtype=np.float64).reshape(3)[2])]
+        markers.append({"header": dict(header), "ns": BOX_NAMESPACE, "id": marker_id, "type": MARKER_CUBE,
+                        "action": MARKER_ADD, "position": centre, "orientation": identity,
+                        "scale": [max(s, _MIN_SIZE_M) for s in size], "color": [r, g, b, _BOX_ALPHA], "text": ""})
+        markers.append({"header": dict(header), "ns": TEXT_NAMESPACE, "id": marker_id,
+                        "type": MARKER_TEXT_VIEW_FACING, "action": MARKER_ADD, "position": top,
+                        "orientation": identity, "scale": [0.0, 0.0, float(text_height)], "color": list(_TEXT_RGBA),
+                        "text": object_text(obj)})
+    return markers
+
+
+# --------------------------------------------------------------------------------------------------
+# the node (rclpy and the message packages are imported here only)
+# --------------------------------------------------------------------------------------------------
+
+def _stamp(msg_types: Any, stamp_ns: int) -> Any:
+    sec, nanosec = divmod(int(stamp_ns), _NS_PER_S)
+    return msg_types.Time(sec=sec, nanosec=nanosec)
+
+
+def _ros_header(msg_types: Any, header: dict) -> Any:
+    return msg_types.Header(stamp=_stamp(msg_types, header["stamp_ns"]), frame_id=header["frame_id"])
+
+
+def _message_types() -> Any:
+    """The ROS message classes the node uses, as attributes of one namespace."""
+    from types import SimpleNamespace
+
+    from builtin_interfaces.msg import Time
+    from geometry_msgs.msg import Point, Pose, Quaternion, Vector3
+    from sensor_msgs.msg import PointCloud2
+    from std_msgs.msg import ColorRGBA, Header
+    from vision_msgs.msg import BoundingBox3D, Detection3D, Detection3DArray, ObjectHypothesisWithPose
+    from visualization_msgs.msg import Marker, MarkerArray
+
+    return SimpleNamespace(**{c.__name__: c for c in (
+        Time, Point, Pose, Quaternion, Vector3, PointCloud2, ColorRGBA, Header, BoundingBox3D, Detection3D,
+        Detection3DArray, ObjectHypothesisWithPose, Marker, MarkerArray)})
+
+
+def _pose(t: Any, position: Sequence[float], orientation: Sequence[float] = (0.0, 0.0, 0.0, 1.0)) -> Any:
+    x, y, z = (float(v) for v in position)
+    qx, qy, qz, qw = (float(v) for v in orientation)
+    return t.Pose(position=t.Point(x=x, y=y, z=z), orientation=t.Quaternion(x=qx, y=qy, z=qz, w=qw))
+
+
+def detection_array_message(t: Any, header: dict, detections: list[dict]) -> Any:
+    """A ``vision_msgs/msg/Detection3DArray`` from :func:`detections_from_result`'s dicts (``t``: the message types).
+
+    vision_msgs 4 (Humble and newer) layout; on older ones (Foxy) the hypothesis' ``id`` and the detection's
+    ``tracking_id`` are filled instead."""
+    out = t.Detection3DArray(header=_ros_header(t, header))
+    for det in detections:
+        msg = t.Detection3D(header=_ros_header(t, det["header"]))
+        sx, sy, sz = det["bbox"]["size"]
+        msg.bbox = t.BoundingBox3D(center=_pose(t, det["bbox"]["center"]), size=t.Vector3(x=sx, y=sy, z=sz))
+        for hyp in det["hypotheses"]:
+            h = t.ObjectHypothesisWithPose()
+            if hasattr(h, "hypothesis"):
+                h.hypothesis.class_id, h.hypothesis.score = hyp["class_id"], float(hyp["score"])
+            else:
+                h.id, h.score = hyp["class_id"], float(hyp["score"])
+            h.pose.pose = _pose(t, det["bbox"]["center"])
+            msg.results.append(h)
+        if hasattr(msg, "id"):
+            msg.id = det["id"]
+        elif det["id"]:
+            msg.is_tracking, msg.tracking_id = True, det["id"]
+        out.detections.append(msg)
+    return out
+
+
+def marker_array_message(t: Any, markers: list[dict]) -> Any:
+    """A ``visualization_msgs/msg/MarkerArray`` from :func:`markers_from_result`'s dicts."""
+    out = t.MarkerArray()
+    for m in markers:
+        r, g, b, a = (float(v) for v in m["color"])
+        sx, sy, sz = (float(v) for v in m["scale"])
+        out.markers.append(t.Marker(header=_ros_header(t, m["header"]), ns=m["ns"], id=int(m["id"]),
+                                    type=int(m["type"]), action=int(m["action"]),
+                                    pose=_pose(t, m["position"], m["orientation"]), scale=t.Vector3(x=sx, y=sy, z=sz),
+                                    color=t.ColorRGBA(r=r, g=g, b=b, a=a), text=m["text"]))
+    return out
+
+
+def create_node(settings: NodeSettings | None = None, model: Any = None, **node_options: Any) -> Any:
+    """The ``pointfalip`` rclpy node (call ``rclpy.init()`` first). Its parameters default to ``settings``; values
+    given on the command line (``--ros-args -p name:=value``) or in ``node_options`` (e.g. ``parameter_overrides``)
+    take precedence. ``model``: an already loaded model (skips ``model`` / ``pretrained`` / ``precision``)."""
+    from rclpy.node import Node
+    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+    t = _message_types()
+    defaults = settings or NodeSettings()
+
+    class PointfalipNode(Node):
+        """Subscribes to PointCloud2, publishes Detection3DArray and MarkerArray (see :mod:`pointfalip.ros2`)."""
+
+        def __init__(self) -> None:
+            super().__init__("pointfalip", **node_options)
+            values = {f.name: self.declare_parameter(f.name, getattr(defaults, f.name)).value
+                      for f in dataclasses.fields(NodeSettings)}
+            self.settings = NodeSettings(**values)
+            self.scene = build_scene_recognizer(self.settings, model=model)
+            self.labels = list(self.scene.recognizer.labels)
+            self.detections = self.create_publisher(t.Detection3DArray, self.settings.detections_topic, 10)
+            self.markers = self.create_publisher(t.MarkerArray, self.settings.markers_topic, 10)
+            qos = QoSProfile(depth=_QUEUE_DEPTH, history=HistoryPolicy.KEEP_LAST,
+                             reliability=ReliabilityPolicy.BEST_EFFORT)  # takes reliable publishers too
+            self.subscription = self.create_subscription(t.PointCloud2, self.settings.input_topic, self.on_cloud, qos)
+            self.get_logger().info(f"recognising {len(self.labels)} labels on {self.settings.input_topic} "
+                                   f"(tracking {'on' if self.settings.track else 'off'})")
+
+        def on_cloud(self, msg: Any) -> None:
+            try:
+                _, result = process_cloud(self.scene, msg)
+            except InputError as e:
+                self.get_logger().warning(" ".join(str(e).split()))
+                return
+            header = _header(result)
+            self.detections.publish(detection_array_message(t, header, detections_from_result(result)))
+            self.markers.publish(marker_array_message(t, markers_from_result(result, self.labels)))
+            timings = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in result.timings.items())
+            self.get_logger().debug(f"{len(result.objects)} object(s); {timings}")
+
+    return PointfalipNode()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the node until Ctrl-C (``python -m pointfalip.ros2 [--ros-args ...]``); exit 2 without ROS 2."""
+    try:
+        import rclpy
+        _message_types()
+    except ImportError as e:
+        print(f"pointfalip.ros2: ROS 2 is not available ({e}); source your ROS 2 setup "
+              "(e.g. /opt/ros/humble/setup.bash) and install ros-$ROS_DISTRO-vision-msgs", file=sys.stderr)
+        return 2
+    rclpy.init(args=list(argv) if argv is not None else sys.argv)
+    node = None
+    try:
+        node = create_node()
+        rclpy.spin(node)
+    except KeyboardInterrupt:
+        pass
+    except InputError as e:
+        print(f"pointfalip.ros2: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
