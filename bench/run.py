@@ -8,7 +8,6 @@ timings do not depend on the weights' values. Ratios are what to read; absolute 
 """
 import argparse
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_projection import _clouds, reference_realistic, reference_views  # noqa: E402
 
-from common import fp32_and_bf16  # noqa: E402
+from common import cpu_name, fp32_and_bf16  # noqa: E402
 
 from pointfalip import Recognizer  # noqa: E402
 from pointfalip.demo import demo_clouds  # noqa: E402
@@ -157,7 +156,7 @@ def main():
         row("peak RSS, evaluate --compare 64 vs 16 objects (MB)", f"{rss[64]:.0f}", f"{rss[16]:.0f}",
             f"{rss[64] - rss[16]:+.0f} MB")
 
-    print(f"pointfalip bench — {args.model}, random weights, {platform.processor() or platform.machine()}, "
+    print(f"pointfalip bench — {args.model}, random weights, {cpu_name()}, "
           f"{os.cpu_count()} cores, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}; best of {args.repeats}")
     print("| figure | ours | reference / target | note |")
     print("|---|---|---|---|")

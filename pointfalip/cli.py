@@ -501,7 +501,8 @@ def run_scene(args) -> dict:
         render = check_output(args.render, "--render", inputs=[args.input], suffixes=IMAGE_SUFFIXES) \
             if args.render else None
         mcap = check_output(args.mcap, "--mcap", inputs=[args.input], suffixes=(".mcap",)) if args.mcap else None
-        source = read_frames(args.input, args.topic, intrinsics=args.intrinsics, depth_scale=args.depth_scale)
+        source = read_frames(args.input, args.topic, intrinsics=args.intrinsics, depth_scale=args.depth_scale,
+                             num_points=args.num_points)
         if args.up_axis is None:  # sensor frames: z-up robots and lidars; camera frames (depth images) have y down
             args.up_axis = source.up_axis
         config = _scene_config(args)
@@ -552,7 +553,8 @@ def run_scene(args) -> dict:
                 if not args.loop:
                     break
                 if source.sequence:
-                    frames = read_frames(args.input, args.topic).frames
+                    frames = read_frames(args.input, args.topic, intrinsics=args.intrinsics,
+                                         depth_scale=args.depth_scale, num_points=args.num_points).frames
                 else:
                     time.sleep(repeat_s)
                     channels.log_frame(last[0], last[1], stamp_ns=time.time_ns())

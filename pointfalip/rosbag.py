@@ -417,9 +417,10 @@ DEPTH_IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 
 
 def read_frames(path: str | os.PathLike, topic: str | None = None, intrinsics: Sequence[float] | None = None,
-                depth_scale: float | None = None) -> FrameSource:
+                depth_scale: float | None = None, num_points: int = 2048) -> FrameSource:
     """The frames of a scene input, dispatched on what it is: a ROS 2 bag (folder, ``.db3``, ``.mcap``), a depth
-    image (``.png``/``.tif``, or ``.npy`` when ``intrinsics`` are given) or a point file (`io.load_points`).
+    image (``.png``/``.tif``, or ``.npy`` when ``intrinsics`` are given) or a point file (`io.load_points`; a mesh
+    is sampled with ``num_points`` points, a point file keeps all of its points).
 
     Everything is checked before the first frame is read (a wrong topic, missing intrinsics, bad intrinsics).
     """
@@ -441,5 +442,5 @@ def read_frames(path: str | os.PathLike, topic: str | None = None, intrinsics: S
     if intrinsics is not None or depth_scale is not None:
         raise InputError(f"{p} is a point file: --intrinsics and --depth-scale are for depth images "
                          f"({', '.join(DEPTH_IMAGE_SUFFIXES)}, .npy)")
-    points = io.load_points(p, max_points=None, drop_nonfinite=True)
+    points = io.load_points(p, num_points=num_points, max_points=None, drop_nonfinite=True)
     return FrameSource(iter([BagFrame(None, points)]), False, "z")

@@ -340,3 +340,17 @@ def test_random_weights_warning_is_one_line(main, cloud, tiny_json):
     assert code == 0
     assert [line for line in err.splitlines() if line.strip()] == [
         "pointfalip: model 'pf-cli-16' has random weights (pretrained='none'); its predictions are meaningless"]
+
+
+def test_scene_num_points_samples_meshes(main, tmp_path, tiny_json):
+    import trimesh
+
+    mesh = tmp_path / "box.off"
+    trimesh.creation.box((0.1, 0.08, 0.06)).export(mesh)
+    counts = {}
+    for n in (400, 900):
+        code, out, err = main("scene", mesh, "--labels", "box,mug", "--num-points", n, "--model", tiny_json,
+                              "--pretrained", "none", "--json")
+        assert code == 0, err
+        counts[n] = sum(o["num_points"] for o in json.loads(out)["objects"])
+    assert 0 < counts[400] <= 400 < counts[900] <= 900
