@@ -596,7 +596,7 @@ class PartSegmenter:
         if prompts is not None:
             if templates is not None:
                 raise InputError("give templates or prompts, not both")
-            table = _prompts.build_prompts(self.parts, prompt_file=prompts)
+            table = _prompts.build_prompts(self.parts, prompt_file=_category_prompts(prompts, self.category))
         else:
             chosen = part_templates(self.category is not None) if templates is None else templates
             if isinstance(chosen, str):
@@ -697,6 +697,22 @@ class PartSegmenter:
     def segment(self, points) -> torch.Tensor:
         """Part index per point: ``(N,)`` for a cloud, ``(B, N)`` for a batch (indices into ``self.parts``)."""
         return self.scores(points).argmax(dim=-1)
+
+
+def _category_prompts(prompts, category: Optional[str]):
+    """The ``{part: [prompts]}`` of a prompt file or mapping; one laid out by category (``{category: {part:
+    [prompts]}}``, as PointCLIP V2's per-category released prompts are) gives the category's own."""
+    table = prompts if isinstance(prompts, Mapping) else _prompts.read_prompt_json(prompts)
+    if not isinstance(table, Mapping) or not table or not all(isinstance(v, Mapping) for v in table.values()):
+        return table  # {part: [prompts]}: build_prompts validates it
+    if category is None:
+        raise InputError(f"the prompt file is laid out by category ({', '.join(list(table)[:8])}): give --category")
+    by_key = {_prompts.humanize(k).lower(): k for k in table}
+    key = by_key.get(_prompts.humanize(category).lower())
+    if key is None:
+        raise InputError(f"the prompt file has no prompts for category '{category}' (it has: "
+                         f"{', '.join(list(table)[:16])})")
+    return table[key]
 
 
 def _is_single(points) -> bool:

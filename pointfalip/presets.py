@@ -171,7 +171,7 @@ def from_mapping(cls: type[T], data: Optional[Mapping[str, Any]], what: str) -> 
     values = {}
     for key, value in data.items():
         nested = _dataclass_in(hints.get(key))
-        values[key] = from_mapping(nested, value, f"{what}.{key}") if nested and value is not None else value
+        values[key] = from_mapping(nested, value, f"{what}: {key}") if nested and value is not None else value
     try:
         return cls(**values)
     except InputError as e:

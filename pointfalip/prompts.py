@@ -102,19 +102,25 @@ def _validate_prompts(data, source: str) -> Prompts:
     return out
 
 
-def load_prompt_file(path: PathLike) -> Prompts:
-    """Read a prompt file in PointCLIP V2's layout ``{"class": ["prompt", ...]}``, validated."""
+def read_prompt_json(path: PathLike):
+    """The JSON a prompt file holds, unvalidated; one clear InputError when it cannot be read."""
     path = Path(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        with open(path, encoding="utf-8-sig") as f:
+            return json.load(f)
     except FileNotFoundError as e:
         raise InputError(f"prompt file {path} does not exist") from e
+    except IsADirectoryError as e:
+        raise InputError(f"prompt file {path} is a folder") from e
     except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read prompt file {path}: {e}") from e
+        raise InputError(f"cannot read prompt file {path}: {' '.join(str(e).split())}") from e
     except json.JSONDecodeError as e:
         raise InputError(f"prompt file {path} is not valid JSON: {e}") from e
-    return _validate_prompts(data, f"prompt file {path}")
+
+
+def load_prompt_file(path: PathLike) -> Prompts:
+    """Read a prompt file in PointCLIP V2's layout ``{"class": ["prompt", ...]}``, validated."""
+    return _validate_prompts(read_prompt_json(path), f"prompt file {path}")
 
 
 def _match_key(label: str) -> str:

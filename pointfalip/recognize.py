@@ -44,6 +44,18 @@ class RecognizerConfig:
     foveal: FovealConfig = field(default_factory=FovealConfig)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.projection, str):
+            raise InputError(f"projection must be a method name, got {self.projection!r}")
+        if not isinstance(self.views, (str, dict)):
+            raise InputError(f"views must be a view preset name or a mapping of angles, got {self.views!r}")
+        if not isinstance(self.normalize_images, bool):
+            raise InputError(f"normalize_images must be true or false, got {self.normalize_images!r}")
+        if not (isinstance(self.templates, str) or isinstance(self.templates, list) and self.templates
+                and all(isinstance(t, str) for t in self.templates)):
+            raise InputError(f"templates must be an ensemble name or a list of templates with '{{}}', "
+                             f"got {self.templates!r}")
+        if self.prompt_file is not None and not isinstance(self.prompt_file, (str, dict)):
+            raise InputError(f"prompt_file must be a file path or null, got {self.prompt_file!r}")
         if self.precision not in PRECISIONS:
             raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.up_axis not in io.UP_AXES:

@@ -108,7 +108,9 @@ def files(tmp_path_factory):
     for name, text in {"layers.yaml": "foveal: {layers: [99]}", "alpha.yaml": "foveal: {alpha: abc}",
                        "heads.yaml": "foveal: {heads: x}", "section.yaml": "foveal: 3",
                        "weights.yaml": "view_weights: [1, 2]", "precision.yaml": "precision: fp8",
-                       "notyaml.yaml": "a: [", "list.yaml": "- 1\n- 2"}.items():
+                       "notyaml.yaml": "a: [", "list.yaml": "- 1\n- 2", "templates.yaml": "templates: 5",
+                       "normalize.yaml": "normalize_images: maybe", "promptfile.yaml": "prompt_file: 5",
+                       "views.yaml": "views: 5", "projection.yaml": "projection: 5"}.items():
         (folder / name).write_text(text)
     return folder
 
@@ -134,6 +136,11 @@ ARGUMENT_CASES = {
     "invalid YAML": (["--preset", "{notyaml.yaml}"], ["yaml"]),
     "YAML that is no mapping": (["--preset", "{list.yaml}"], ["mapping"]),
     "labels file not UTF-8": (["--labels-file", "{latin1.txt}"], ["utf-8"]),
+    "templates of the wrong type": (["--preset", "{templates.yaml}"], ["templates"]),
+    "normalize_images not a boolean": (["--preset", "{normalize.yaml}"], ["normalize_images"]),
+    "prompt_file not a path": (["--preset", "{promptfile.yaml}"], ["prompt_file"]),
+    "views of the wrong type": (["--preset", "{views.yaml}"], ["views"]),
+    "projection of the wrong type": (["--preset", "{projection.yaml}"], ["projection"]),
     "top-k zero": (["--top-k", "0"], ["--top-k"]),
 }
 

@@ -466,3 +466,18 @@ def test_part_sheet_colours_the_seen_points(tmp_path):
     assert (sheet[5, 32 + 5] == 255).all()  # point 0 is hidden in view 1
     assert (sheet[20, 25] == colors[2]).all() and (sheet[20, 32 + 25] == colors[2]).all()
     assert sheet.shape[0] > 32  # the legend under the tiles
+
+
+def test_prompt_file_laid_out_by_category(tiny_model, tmp_path):
+    """PointCLIP V2 releases its part prompts per category: a file {category: {part: [prompts]}} gives each
+    category its own (the way to reproduce V2 with its released, test-tuned prompts)."""
+    import json
+
+    path = tmp_path / "v2_parts.json"
+    path.write_text(json.dumps({"Mug": {"handle": ["a handle of a mug"], "body": ["the mug's body"]},
+                                "Cap": {"panels": ["cap panels"], "peak": ["the peak of a cap"]}}))
+    seg = PartSegmenter(tiny_model, parts=["handle", "body"], category="mug", prompts=path, cache_dir=False)
+    assert seg.prompts == {"handle": ["a handle of a mug"], "body": ["the mug's body"]}
+    raises_one_line(PartSegmenter, tiny_model, parts=["handle", "body"], category="lamp", prompts=path,
+                    match="no prompts for category 'lamp'")
+    raises_one_line(PartSegmenter, tiny_model, parts=["handle", "body"], prompts=path, match="--category")
