@@ -741,11 +741,10 @@ def _print_evaluate(report: dict) -> None:
     print(f"report: {report['report']}   confusion matrix: {report['confusion_png']}")
 
 
-@command("evaluate", "zero-shot accuracy on a 3D test set (ModelNet40/10, ScanObjectNN, a folder)", _evaluate_args,
+@command("evaluate", "accuracy on a 3D test set (ModelNet40/10, ScanObjectNN, a folder; few-shot with --shots) or "
+         "part IoU on ShapeNetPart", _evaluate_args,
          _print_evaluate)
 def run_evaluate(args) -> dict:
-    import os
-
     from .datasets import is_part_dataset, open_dataset
     from .evaluate import check_report_path, default_report_path, distributed, evaluate, run_names
     from .files import check_output
@@ -783,8 +782,6 @@ def run_evaluate(args) -> dict:
 
 def _evaluate_parts(args) -> dict:
     """`evaluate --dataset shapenetpart`: zero-shot part segmentation (pointfalip.evaluate_parts)."""
-    import os
-
     from .datasets import open_dataset
     from .evaluate import check_report_path, distributed
     from .evaluate_parts import evaluate_parts, part_report_path, part_runs

@@ -609,13 +609,18 @@ def _missing_ranges(starts: list, done: dict, batch_size: int) -> list[tuple[int
     return ranges
 
 
-def _report(model, dataset: Dataset, preset_name: str, rec: Recognizer, runs, results: list,
-            batch_size: int) -> dict:
-    expected = set(range(0, len(dataset), batch_size))
+def ordered_batches(results: list, n_items: int, batch_size: int) -> list:
+    """Every batch position's result, in dataset order; a missing position is a bug (RuntimeError)."""
+    expected = set(range(0, n_items, batch_size))
     got = {b.start for b in results}
     if got != expected:  # a bug, not the user's doing
         raise RuntimeError(f"batches missing from the evaluation: {sorted(expected - got)[:5]}")
-    results = sorted(results, key=lambda b: b.start)
+    return sorted(results, key=lambda b: b.start)
+
+
+def _report(model, dataset: Dataset, preset_name: str, rec: Recognizer, runs, results: list,
+            batch_size: int) -> dict:
+    results = ordered_batches(results, len(dataset), batch_size)
     indices = np.concatenate([b.indices for b in results]).astype(np.int64)
     labels = np.concatenate([b.labels for b in results]).astype(np.int64)
     skipped = sorted({s[0]: s for b in results for s in b.skipped}.values())

@@ -38,7 +38,7 @@ from . import __version__, io
 from .datasets import ShapeNetPartDataset
 from .errors import InputError
 from .evaluate import (_KEY_VERSION, _MADE_BY, BatchCache, _barrier, _dist, _dumps, default_report_path,
-                       partial_path, run_batches)
+                       ordered_batches, partial_path, run_batches)
 from .files import atomic_write, file_identity
 from .model import DENSE_MODES, FalipCLIP
 from .parts import (DEFAULT_PRESET, PartPreset, PartSegmenter, category_labels, category_parts, load_part_preset,
@@ -257,11 +257,7 @@ def evaluate_parts(model: FalipCLIP, dataset: ShapeNetPartDataset,
 
 def _report(model, dataset: ShapeNetPartDataset, preset_name: str, settings: PartPreset, runs, results: list,
             batch_size: int) -> dict:
-    expected = set(range(0, len(dataset), batch_size))
-    got = {b.start for b in results}
-    if got != expected:  # a bug, not the user's doing
-        raise RuntimeError(f"batches missing from the part evaluation: {sorted(expected - got)[:5]}")
-    results.sort(key=lambda b: b.start)
+    results[:] = ordered_batches(results, len(dataset), batch_size)
     categories = np.concatenate([b.categories for b in results])
     names = [dataset.classes[c] for c in categories.tolist()]
     counts = {c: names.count(c) for c in dataset.classes if c in names}
