@@ -113,3 +113,16 @@ def one_line_error(code, err, *words):
     assert len(lines) == 1 and "Traceback" not in err, err
     for w in words:
         assert w.lower() in lines[0].lower(), lines[0]
+
+
+def interrupt_after(calls: int, fn):
+    """``fn`` that raises KeyboardInterrupt on call number ``calls + 1`` (Ctrl-C in the middle of a run)."""
+    done = []
+
+    def wrapped(*args, **kwargs):
+        if len(done) == calls:
+            raise KeyboardInterrupt
+        done.append(1)
+        return fn(*args, **kwargs)
+
+    return wrapped

@@ -25,7 +25,7 @@ from pointfalip.model import load_model
 from pointfalip.projection import project
 from pointfalip.recognize import Recognizer
 
-from conftest import TINY, assert_user_error
+from conftest import TINY, assert_user_error, interrupt_after
 
 MODELNET40 = ["airplane", "bathtub", "bed", "bench", "bookshelf", "bottle", "bowl", "car", "chair", "cone", "cup",
               "curtain", "desk", "door", "dresser", "flower_pot", "glass_box", "guitar", "keyboard", "lamp", "laptop",
@@ -239,15 +239,8 @@ def test_resume_after_interrupt_gives_the_uninterrupted_report(tmp_path, model, 
                      out=tmp_path / "whole.json", progress=False)
     real = ev.score_batch
     calls = []
-
-    def interrupted(*args, **kwargs):
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # as Ctrl-C during the third batch
-        calls.append(1)
-        return real(*args, **kwargs)
-
     out = tmp_path / "resumed.json"
-    monkeypatch.setattr(ev, "score_batch", interrupted)
+    monkeypatch.setattr(ev, "score_batch", interrupt_after(2, real))  # Ctrl-C during the third batch
     with pytest.raises(KeyboardInterrupt):
         evaluate(model, open_dataset("modelnet40", root), compare=True, batch_size=BATCH, out=out, progress=False)
     assert not out.exists()
@@ -268,14 +261,7 @@ def test_cache_of_other_arguments_is_not_used(tmp_path, model, mn40, monkeypatch
     out = tmp_path / "r.json"
     real = ev.score_batch
     calls = []
-
-    def interrupted(*args, **kwargs):
-        if calls:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(ev, "score_batch", interrupted)
+    monkeypatch.setattr(ev, "score_batch", interrupt_after(1, real))
     with pytest.raises(KeyboardInterrupt):
         evaluate(model, open_dataset("modelnet40", root), falip=False, batch_size=BATCH, out=out, progress=False)
     assert partial_path(out).is_dir()

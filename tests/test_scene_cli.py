@@ -22,7 +22,7 @@ pytest.importorskip("foxglove")
 pytest.importorskip("mcap.reader")
 from rosbags.rosbag2 import StoragePlugin  # noqa: E402
 
-from conftest import TINY  # noqa: E402
+from conftest import TINY, one_line_error  # noqa: E402
 from test_foxglove import message_class, read_mcap  # noqa: E402
 from test_rosbag import PC2, make_cloud, write_bag  # noqa: E402
 
@@ -69,14 +69,6 @@ def tiny_json(tmp_path_factory):
 
 def _model(tiny_json):
     return ["--labels", LABELS, "--model", tiny_json, "--pretrained", "none", "--precision", "fp32"]
-
-
-def _one_line_error(code, err, *words):
-    assert code == 2, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for w in words:
-        assert w.lower() in lines[0].lower(), lines[0]
 
 
 def _leftovers(folder) -> list[str]:
@@ -149,24 +141,24 @@ def test_no_track_removes_ids_and_a_single_file_is_untracked(main, bag, tiny_jso
 def test_bad_input_is_one_line_and_leaves_nothing(main, bag, tiny_json, tmp_path):
     out = tmp_path / "out.mcap"
     code, _, err = main("scene", bag, "--topic", "/camera", "--mcap", out, *_model(tiny_json))
-    _one_line_error(code, err, "/camera")
+    one_line_error(code, err, "/camera")
     code, _, err = main("scene", bag, "--mcap", tmp_path / "missing" / "out.mcap", *_model(tiny_json))
-    _one_line_error(code, err, "does not exist")
+    one_line_error(code, err, "does not exist")
     storage = bag / "moving.mcap"
     before = storage.read_bytes()
     code, _, err = main("scene", storage, "--mcap", storage, *_model(tiny_json))
-    _one_line_error(code, err, "input")
+    one_line_error(code, err, "input")
     assert storage.read_bytes() == before
     code, _, err = main("scene", bag, "--mcap", tmp_path / "out.json", *_model(tiny_json))
-    _one_line_error(code, err, ".mcap")
+    one_line_error(code, err, ".mcap")
     code, _, err = main("scene", bag, "--loop", *_model(tiny_json))
-    _one_line_error(code, err, "--serve")
+    one_line_error(code, err, "--serve")
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         code, _, err = main("scene", bag, "--serve", "--port", busy.getsockname()[1], "--mcap", out,
                             *_model(tiny_json))
-    _one_line_error(code, err, "in use")
+    one_line_error(code, err, "in use")
     assert _leftovers(tmp_path) == [] and _leftovers(bag) == ["moving.mcap"]
 
 

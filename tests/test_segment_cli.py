@@ -18,7 +18,7 @@ from pointfalip.evaluate_parts import evaluate_parts, predictions_path
 from pointfalip.parts import PartSegmenter
 from pointfalip.render import part_colors
 
-from conftest import TINY, load_random, one_line_error
+from conftest import TINY, interrupt_after, load_random, one_line_error
 
 POINTS = 160
 # two categories of the release: bag (label 1, parts 4 handle / 5 body), mug (label 11, parts 36 handle / 37 cup)
@@ -217,15 +217,8 @@ def test_evaluate_one_category_and_resume(tmp_path, model, monkeypatch):
     assert whole["category"] == "mug" and whole["n"] == 3 and list(whole["categories"]) == ["mug"]
 
     real, calls = evp.segment_batch, []
-
-    def interrupted(*args, **kwargs):
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # as Ctrl-C during the third batch
-        calls.append(1)
-        return real(*args, **kwargs)
-
     out = tmp_path / "resumed.json"
-    monkeypatch.setattr(evp, "segment_batch", interrupted)
+    monkeypatch.setattr(evp, "segment_batch", interrupt_after(2, real))  # Ctrl-C during the third batch
     with pytest.raises(KeyboardInterrupt):
         evaluate_parts(model, open_dataset("shapenetpart", tmp_path / "release").restrict("mug"), batch_size=1,
                        out=out, progress=False)
