@@ -207,21 +207,6 @@ def _view_frames(points: torch.Tensor, rotations: Sequence[torch.Tensor],
     return frames.reshape(-1, n, 3)
 
 
-def _voxelize(frames: torch.Tensor, cfg: PartProjectionConfig) -> tuple[torch.Tensor, ...]:
-    """Row, column, depth bin (int64) and depth value (float) of every point of ``(M, N, 3)`` frames."""
-    res, depth = cfg.resolution, cfg.depth
-    pmax, pmin = frames.amax(dim=1), frames.amin(dim=1)
-    centre = (pmax + pmin) / 2
-    extent = (pmax - pmin).amax(dim=-1)
-    extent = torch.where(extent > 0, extent, torch.ones_like(extent))  # one distinct point: no scaling
-    unit = (frames - centre[:, None, :]) / extent[:, None, None] * 2.0  # largest extent spans [-1, 1]
-    row = ((unit[..., 0] * cfg.obj_ratio + 1) / 2 * res).ceil().clamp(1, res - 2)
-    col = ((unit[..., 1] * cfg.obj_ratio + 1) / 2 * res).ceil().clamp(1, res - 2)
-    value = ((unit[..., 2] + 1) / 2 + cfg.depth_bias) / (1 + cfg.depth_bias) * (depth - 2)
-    level = value.ceil().clamp(0, depth - 1)  # the bin is the unclipped value's ceiling, as in V2
-    return row.long(), col.long(), level.long(), value.clamp(1, depth - 2)
-
-
 def _valid_correlate(x: torch.Tensor, taps: Sequence[float], dim: int) -> torch.Tensor:
     """Correlation with ``taps`` along ``dim`` over every full window (no padding)."""
     n = x.shape[dim] - len(taps) + 1
@@ -356,7 +341,8 @@ def _project(pts: torch.Tensor, rotations: Sequence[torch.Tensor], cfg: PartProj
     b, n, _ = pts.shape
     v, res, size = rotations[0].shape[0], cfg.resolution, cfg.image_size
     frames = _view_frames(pts, rotations, cfg.translation)
-    row, col, level, value = _voxelize(frames, cfg)
+    row, col, level, value = _projection.voxel_coordinates(frames, cfg.resolution, cfg.depth, cfg.obj_ratio,
+                                                           cfg.depth_bias)
     look_row, look_col = (col, row) if cfg.v2_transposed_lookup else (row, col)
     look_level = level.clamp(1, cfg.depth - 3)  # V2 clips the bin it reads to [1, depth - 3]
     m = frames.shape[0]

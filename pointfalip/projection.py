@@ -445,26 +445,29 @@ def _gaussian_taps(cfg: RealisticConfig) -> list[float]:
     return (taps / taps.sum()).tolist()
 
 
-def _voxelize(frames: torch.Tensor, cfg: RealisticConfig) -> tuple[torch.Tensor, ...]:
-    """Voxel of every point of ``(M, N, 3)`` view frames: depth bin, row, column (int64) and value, ``(M, N)``."""
-    res, depth = cfg.voxel_side, cfg.voxel_depth
+def voxel_coordinates(frames: torch.Tensor, side: int, depth: int, obj_ratio: float,
+                      depth_bias: float) -> tuple[torch.Tensor, ...]:
+    """PointCLIP V2's voxel of every point of ``(M, N, 3)`` view frames, as both of its projections compute it:
+    row, column and depth bin (int64) and the depth value (float), each ``(M, N)``. Each frame is centred and its
+    largest extent scaled to ``obj_ratio`` of a ``side``-cell grid; depth is offset by ``depth_bias`` and spread
+    over bins 1 .. ``depth - 2`` (the bin is the unclipped value's ceiling, as in the reference)."""
     pmax, pmin = frames.amax(dim=1), frames.amin(dim=1)
     centre = (pmax + pmin) / 2
     extent = (pmax - pmin).amax(dim=-1)
     extent = torch.where(extent > 0, extent, torch.ones_like(extent))  # a single point: no scaling
     unit = (frames - centre[:, None, :]) / extent[:, None, None] * 2.0  # largest extent spans [-1, 1]
-    row = ((unit[..., 0] * cfg.obj_ratio + 1) / 2 * res).ceil().clamp(1, res - 2)
-    col = ((unit[..., 1] * cfg.obj_ratio + 1) / 2 * res).ceil().clamp(1, res - 2)
-    value = ((unit[..., 2] + 1) / 2 + cfg.depth_bias) / (1 + cfg.depth_bias) * (depth - 2)
-    level = value.ceil().clamp(0, depth - 1)  # the bin is the unclipped value's ceiling, as in the reference
-    value = value.clamp(1, depth - 2)
-    return level.long(), row.long(), col.long(), value
+    row = ((unit[..., 0] * obj_ratio + 1) / 2 * side).ceil().clamp(1, side - 2)
+    col = ((unit[..., 1] * obj_ratio + 1) / 2 * side).ceil().clamp(1, side - 2)
+    value = ((unit[..., 2] + 1) / 2 + depth_bias) / (1 + depth_bias) * (depth - 2)
+    level = value.ceil().clamp(0, depth - 1)
+    return row.long(), col.long(), level.long(), value.clamp(1, depth - 2)
 
 
 @register_projection("realistic", RealisticConfig)
 def _project_realistic(points: torch.Tensor, views: ViewSet, size: int, cfg: RealisticConfig) -> DepthViews:
     frames = _to_view_frames(points, views, cfg.translation)
-    level, row, col, value = _voxelize(frames, cfg)
+    row, col, level, value = voxel_coordinates(frames, cfg.voxel_side, cfg.voxel_depth, cfg.obj_ratio,
+                                               cfg.depth_bias)
     # Empty depth slices stay 0 through pooling and smoothing and cannot raise the max over depth (all
     # values are >= 0), so only the occupied range of slices is built.
     lo, hi = (int(t) for t in torch.aminmax(level))
