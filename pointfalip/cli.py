@@ -559,10 +559,7 @@ def run_scene(args) -> dict:
                     time.sleep(repeat_s)
                     channels.log_frame(last[0], last[1], stamp_ns=time.time_ns())
                     frames = ()
-    except KeyboardInterrupt:
-        print("pointfalip scene: interrupted", file=sys.stderr, flush=True)
-        raise SystemExit(130) from None
-    finally:
+    finally:  # Ctrl-C (and SIGTERM, turned into it) leaves through main: outputs closed above, exit 130
         if on_main:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
     if render is not None:
