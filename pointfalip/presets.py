@@ -25,6 +25,7 @@ from importlib.abc import Traversable
 from pathlib import Path
 from typing import Any, Mapping, Optional, TypeVar, Union
 
+import numpy as np
 import yaml
 
 from .errors import InputError
@@ -188,3 +189,11 @@ def _dataclass_in(hint) -> Optional[type]:
         if dataclasses.is_dataclass(arg):
             return arg
     return None
+
+
+def check_int(cfg: Any, name: str, minimum: int) -> None:
+    """Settings field ``name`` of a frozen dataclass as an int >= ``minimum``; a one-line InputError otherwise."""
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise InputError(f"{type(cfg).__name__}.{name} must be an integer >= {minimum}, got {value!r}")
+    object.__setattr__(cfg, name, int(value))

@@ -107,9 +107,9 @@ class SegmentationConfig:
         if self.min_plane_fraction > 1:
             raise InputError(f"SegmentationConfig.min_plane_fraction must be in [0, 1], got {self.min_plane_fraction}")
         for name in ("plane_iterations", "cluster_min_points", "min_object_points", "max_object_points"):
-            _check_int(self, name, minimum=1)
+            presets.check_int(self, name, minimum=1)
         for name in ("max_planes", "outlier_neighbors", "seed"):
-            _check_int(self, name, minimum=0)
+            presets.check_int(self, name, minimum=0)
         if self.max_object_points < self.min_object_points:
             raise InputError(f"SegmentationConfig.max_object_points ({self.max_object_points}) is smaller than "
                              f"min_object_points ({self.min_object_points})")
@@ -131,13 +131,6 @@ def _check_number(cfg: SegmentationConfig, name: str, minimum: float, strict: bo
         rel = ">" if strict else ">="
         raise InputError(f"SegmentationConfig.{name} must be a number {rel} {minimum}, got {value!r}")
     object.__setattr__(cfg, name, float(value))
-
-
-def _check_int(cfg: SegmentationConfig, name: str, minimum: int) -> None:
-    value = getattr(cfg, name)
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise InputError(f"SegmentationConfig.{name} must be an integer >= {minimum}, got {value!r}")
-    object.__setattr__(cfg, name, int(value))
 
 
 def list_segmentation_presets(config_file: str | Path | None = None) -> list[str]:

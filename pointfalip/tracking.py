@@ -59,8 +59,8 @@ class TrackerConfig:
     def __post_init__(self) -> None:
         _check_number(self, "max_distance", lambda v: v > 0, "> 0")
         _check_number(self, "min_iou", lambda v: 0 <= v <= 1, "in [0, 1]")
-        _check_int(self, "max_missed", minimum=0)
-        _check_int(self, "window", minimum=1)
+        presets.check_int(self, "max_missed", minimum=0)
+        presets.check_int(self, "window", minimum=1)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "TrackerConfig":
@@ -77,13 +77,6 @@ def _check_number(cfg: TrackerConfig, name: str, valid, rule: str) -> None:
     if not (ok and np.isfinite(value) and valid(value)):
         raise InputError(f"TrackerConfig.{name} must be a number {rule}, got {value!r}")
     object.__setattr__(cfg, name, float(value))
-
-
-def _check_int(cfg: TrackerConfig, name: str, minimum: int) -> None:
-    value = getattr(cfg, name)
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise InputError(f"TrackerConfig.{name} must be an integer >= {minimum}, got {value!r}")
-    object.__setattr__(cfg, name, int(value))
 
 
 def list_tracking_presets() -> list[str]:
