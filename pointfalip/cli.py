@@ -439,17 +439,11 @@ def _scene_args(p):
                         "default %(default)s)")
     g.add_argument("--realtime", action="store_true", help="with --serve: play a bag at the pace of its stamps")
     g.add_argument("--loop", action="store_true", help="with --serve: repeat the input until Ctrl-C")
+    p.add_argument("--no-reuse", action="store_true",
+                   help="encode every object in every frame (by default a tracked object whose cloud barely changed "
+                        "keeps its view features)")
     recognizer_args(p, up_default="z; -y for depth images")
     model_args(p)
-
-
-def _scene_config(args):
-    from .scene import load_segmentation_config
-
-    overrides = {k: getattr(args, k) for k in ("voxel_size", "cluster_tolerance", "plane_distance",
-                                               "min_object_points", "max_object_points")
-                 if getattr(args, k) is not None}
-    return load_segmentation_config(args.scene_preset, **overrides)
 
 
 def _print_scene(result: dict) -> None:
@@ -477,21 +471,20 @@ def _print_scene(result: dict) -> None:
 @command("scene", "segment a scene (point file, depth image or ROS 2 bag) and recognise each object", _scene_args,
          _print_scene)
 def run_scene(args) -> dict:
-    """Frames in, objects out (JSON, --render, --mcap, --serve). Ctrl-C or SIGTERM: outputs cleaned up, exit 130."""
+    """Frames in, objects out (JSON, --render, --mcap, --serve), through `stream.stream`. Ctrl-C or SIGTERM: outputs
+    cleaned up, exit 130."""
     import signal
     import threading
-    import time
     from contextlib import ExitStack
 
     from .files import IMAGE_SUFFIXES, check_output
-    from .rosbag import read_frames
-    from .scene import SceneRecognizer
-    from .tracking import list_tracking_presets, load_tracking_config
+    from .scene import load_scene_recognizer
+    from .sources import read_frames
+    from .stream import stream
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
-    repeat_s = 1.0  # --serve --loop of a single file: the frame is sent again this often (seconds)
     on_main = threading.current_thread() is threading.main_thread()  # only the main thread may set handlers
     previous = signal.signal(signal.SIGTERM, interrupt) if on_main else None
     try:
@@ -501,71 +494,60 @@ def run_scene(args) -> dict:
         render = check_output(args.render, "--render", inputs=[args.input], suffixes=IMAGE_SUFFIXES) \
             if args.render else None
         mcap = check_output(args.mcap, "--mcap", inputs=[args.input], suffixes=(".mcap",)) if args.mcap else None
-        source = read_frames(args.input, args.topic, intrinsics=args.intrinsics, depth_scale=args.depth_scale,
-                             num_points=args.num_points)
+
+        def open_source():
+            return read_frames(args.input, args.topic, intrinsics=args.intrinsics, depth_scale=args.depth_scale,
+                               num_points=args.num_points)
+
+        source = open_source()  # read (and checked) before any work; a --loop pass opens the input again
+        unread = [source]
+
+        def frames():
+            return (unread.pop() if unread else open_source()).frames
+
         if args.up_axis is None:  # sensor frames: z-up robots and lidars; camera frames (depth images) have y down
             args.up_axis = source.up_axis
-        config = _scene_config(args)
-        tracking = load_tracking_config(args.scene_preset) if args.scene_preset in list_tracking_presets() else None
+        segmentation = {k: getattr(args, k) for k in ("voxel_size", "cluster_tolerance", "plane_distance",
+                                                      "min_object_points", "max_object_points")
+                        if getattr(args, k) is not None}
         with ExitStack() as outputs:
-            channels = server = recording = None
+            sinks, record, channels = [], [], None
             if mcap is not None or args.serve:
-                from .foxglove import LiveServer, McapRecording, RealtimePacer, SceneChannels
+                from .foxglove import LiveServer, McapRecording, SceneChannels
 
                 channels = SceneChannels(labels=labels)
             if args.serve:
                 server = outputs.enter_context(LiveServer(args.port, args.host, scene=channels))
+                sinks.append(server)
                 print(f"pointfalip scene: Foxglove live view at {server.url} (Foxglove: Open connection, "
                       "Foxglove WebSocket)", file=sys.stderr, flush=True)
-            rec = build_recognizer(args, load_model(args), labels, dataset)
-            scene = SceneRecognizer(rec, config, top_k=args.top_k, track=source.sequence and not args.no_track,
-                                    tracking=tracking)
+            scene = load_scene_recognizer(
+                labels, dataset, model=args.model, pretrained=args.pretrained, device=args.device,
+                precision=args.precision, scene_preset=args.scene_preset, segmentation=segmentation,
+                track=source.sequence and not args.no_track, reuse=not args.no_reuse, top_k=args.top_k,
+                **recognizer_options(args))
+            rec = scene.recognizer
             if channels is not None:
                 channels.labels = list(rec.labels)
             if mcap is not None:
-                recording = outputs.enter_context(McapRecording(mcap, scene=channels, overwrite=True, metadata={
+                record.append(outputs.enter_context(McapRecording(mcap, scene=channels, overwrite=True, metadata={
                     "input": str(args.input), "topic": args.topic or "", "model": str(args.model),
-                    "pretrained": str(args.pretrained), "labels": ",".join(rec.labels)}))
-            if server is not None and args.wait and not server.wait_for_subscriber(timeout=args.wait):
+                    "pretrained": str(args.pretrained), "labels": ",".join(rec.labels)})))
+            if args.serve and args.wait and not server.wait_for_subscriber(timeout=args.wait):
                 print(f"pointfalip scene: no viewer subscribed within {args.wait} s; streaming anyway",
                       file=sys.stderr, flush=True)
-            pacer = RealtimePacer() if args.realtime else None
-            results, last, frames, first_pass = [], None, source.frames, True
-            while True:
-                for frame in frames:
-                    if pacer is not None:
-                        pacer.wait(frame.stamp_ns)
-                    result = scene.recognize(frame.points, stamp_ns=frame.stamp_ns, frame_id=frame.frame_id)
-                    out = result.to_dict()
-                    if channels is not None:  # a repeated pass goes to the live view at the time now
-                        t0 = time.perf_counter()
-                        channels.log_frame(frame.points, result, stamp_ns=None if first_pass else time.time_ns())
-                        out["timings"]["foxglove"] = round(time.perf_counter() - t0, 4)
-                    if first_pass:
-                        results.append(out)
-                        last = (frame.points, result)
-                if first_pass:
-                    if not results:
-                        raise InputError(f"{args.input}: no frames to recognise")
-                    if recording is not None:
-                        recording.close()
-                    first_pass = False
-                if not args.loop:
-                    break
-                if source.sequence:
-                    frames = read_frames(args.input, args.topic, intrinsics=args.intrinsics,
-                                         depth_scale=args.depth_scale, num_points=args.num_points).frames
-                else:
-                    time.sleep(repeat_s)
-                    channels.log_frame(last[0], last[1], stamp_ns=time.time_ns())
-                    frames = ()
+            results, last = [], None
+            for item in stream(scene, frames, sinks=sinks, record=record, realtime=args.realtime, loop=args.loop):
+                if item.pass_index == 0:
+                    results.append(item.result.to_dict())
+                    last = item
     finally:  # Ctrl-C (and SIGTERM, turned into it) leaves through main: outputs closed above, exit 130
         if on_main:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
     if render is not None:
         from .render import save_scene
 
-        save_scene(render, last[0], last[1].objects, up_axis=rec.config.up_axis)
+        save_scene(render, last.points, last.result.objects, up_axis=rec.config.up_axis)
     extra = {"mcap": str(mcap)} if mcap is not None else {}
     if source.sequence:
         return {"file": str(args.input), "topic": args.topic, "frames": results, **extra}

@@ -46,7 +46,7 @@ import time
 import uuid
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -87,13 +87,9 @@ __all__ = [
     "McapRecording",
     "OBJECTS_TOPIC",
     "POINTS_TOPIC",
-    "RealtimePacer",
     "SceneChannels",
     "TRANSFORMS_TOPIC",
-    "display_label",
     "label_color",
-    "object_text",
-    "probability_of",
     "record",
 ]
 
@@ -144,30 +140,6 @@ def _vector(v: Sequence[float]) -> "Vector3":
 
 def _identity_pose(position: Sequence[float] = (0.0, 0.0, 0.0)) -> "Pose":
     return Pose(position=_vector(position), orientation=Quaternion(x=0.0, y=0.0, z=0.0, w=1.0))
-
-
-def display_label(obj: Any) -> str:
-    """The label to show for an object: its track's smoothed label when tracked, else this frame's best label."""
-    track_label = getattr(obj, "track_label", None)
-    return str(track_label) if track_label else str(obj.label)
-
-
-def probability_of(obj: Any, label: str) -> float:
-    """This frame's probability of ``label`` for the object (0 when it is not among its predictions)."""
-    if label == str(obj.label):
-        return float(obj.probability)
-    for p in getattr(obj, "predictions", None) or ():
-        if str(p.label) == label:
-            return float(p.probability)
-    return 0.0
-
-
-def object_text(obj: Any) -> str:
-    """The caption of an object: ``"mug 0.82 #3"`` (shown label, its probability in this frame, track id when set)."""
-    label = display_label(obj)
-    text = f"{label} {probability_of(obj, label):.2f}"
-    track_id = getattr(obj, "id", None)
-    return text if track_id is None else f"{text} #{int(track_id)}"
 
 
 class SceneChannels:
@@ -240,7 +212,7 @@ class SceneChannels:
             idx = np.asarray(obj.indices, dtype=np.int64).reshape(-1)
             if idx.size and (idx.min() < 0 or idx.max() >= len(xyz)):
                 raise ValueError(f"object indices out of range for a frame of {len(xyz)} points")
-            rgba[idx, :3] = label_color(display_label(obj), self.labels)
+            rgba[idx, :3] = label_color(obj.display_label, self.labels)
         finite = np.isfinite(xyz).all(axis=1)
         if not finite.all():
             xyz, rgba = xyz[finite], rgba[finite]
@@ -262,13 +234,14 @@ class SceneChannels:
             lo = np.asarray(obj.bbox_min, dtype=np.float64).reshape(3)
             hi = np.asarray(obj.bbox_max, dtype=np.float64).reshape(3)
             centre, size = (lo + hi) / 2, hi - lo
-            label = display_label(obj)
+            label = obj.display_label
             r, g, b = (c / 255.0 for c in label_color(label, self.labels))
             track_id = getattr(obj, "id", None)
             top = (centre[0], centre[1], hi[2])
             metadata = [KeyValuePair(key="label", value=str(obj.label)),
                         KeyValuePair(key="probability", value=f"{float(obj.probability):.4f}"),
-                        KeyValuePair(key="num_points", value=str(int(obj.num_points)))]
+                        KeyValuePair(key="num_points", value=str(int(obj.num_points))),
+                        KeyValuePair(key="reused", value=str(bool(getattr(obj, "reused", False))).lower())]
             if getattr(obj, "track_label", None):
                 metadata.append(KeyValuePair(key="track_label", value=str(obj.track_label)))
             entities.append(SceneEntity(
@@ -281,7 +254,7 @@ class SceneChannels:
                 texts=[TextPrimitive(pose=_identity_pose(top), billboard=True, font_size=_TEXT_SIZE_PX,
                                      scale_invariant=True, color=Color(r=_TEXT_RGBA[0], g=_TEXT_RGBA[1],
                                                                        b=_TEXT_RGBA[2], a=_TEXT_RGBA[3]),
-                                     text=object_text(obj))],
+                                     text=obj.text)],
             ))
         deletion = SceneEntityDeletion(timestamp=ts, type=SceneEntityDeletionType.All)
         return SceneUpdate(deletions=[deletion], entities=entities)
@@ -524,43 +497,3 @@ class LiveServer:
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         self.stop()
-
-
-class RealtimePacer:
-    """Releases the frames of a recording at the pace of their stamps, measured on a monotonic clock.
-
-    :meth:`wait` sleeps until a frame is due: the first frame (and the first after the stamps go back, as when a
-    recording starts over) is due at once, every later one ``stamp - first stamp`` after it. A frame that is
-    already late (processing slower than the recording) is released at once; nothing is skipped.
-
-    Args:
-        clock: seconds on a monotonic clock (``time.monotonic``; wall-clock jumps do not disturb the pace).
-        sleep: how to wait a number of seconds (``time.sleep``).
-    """
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
-        self._clock = clock
-        self._sleep = sleep
-        self._origin: tuple[int, float] | None = None  # (stamp_ns, clock seconds) of the first frame
-        self._last_stamp_ns: int | None = None
-        self.late_s = 0.0  # how late the newest frame was released (0 when on time)
-
-    def reset(self) -> None:
-        """The next frame is due at once."""
-        self._origin, self._last_stamp_ns = None, None
-
-    def wait(self, stamp_ns: int | None) -> float:
-        """Sleep until the frame stamped ``stamp_ns`` (nanoseconds; None: at once) is due; returns the seconds slept."""
-        if stamp_ns is None:
-            return 0.0
-        stamp_ns = int(stamp_ns)
-        if self._origin is None or (self._last_stamp_ns is not None and stamp_ns < self._last_stamp_ns):
-            self._origin = (stamp_ns, self._clock())
-        self._last_stamp_ns = stamp_ns
-        first_stamp, first_clock = self._origin
-        delay = first_clock + (stamp_ns - first_stamp) / _NS_PER_S - self._clock()
-        self.late_s = max(0.0, -delay)
-        if delay <= 0:
-            return 0.0
-        self._sleep(delay)
-        return delay

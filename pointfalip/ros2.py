@@ -9,40 +9,46 @@ The node subscribes to ``sensor_msgs/msg/PointCloud2`` on ``input_topic``, runs 
 ``vision_msgs/msg/Detection3DArray`` on ``detections_topic`` and ``visualization_msgs/msg/MarkerArray`` (a box
 and a caption per object, for RViz) on ``markers_topic``, both with the cloud's header (stamp and frame).
 
-Everything between the messages is plain Python, the same code as the bag path (``pointfalip scene BAG``) and
-tested without ROS: :func:`process_cloud` (decode, recognise, track), :func:`detections_from_result` and
-:func:`markers_from_result` (dicts that describe the messages field by field). The node class only copies those
-dicts into ROS message types. ``rclpy`` and the message packages are imported when the node is built, never by
+Everything between the messages is plain Python, the same loop as the bag path (``pointfalip scene BAG``) and
+tested without ROS: the subscriber's callback turns a message into a frame (:func:`frame_from_message`) and pushes
+it to a :class:`NodeLoop`, whose worker thread runs :func:`pointfalip.stream.stream` over the newest frames; its
+sink (:class:`MessageSink`) describes the outgoing messages as dicts (:func:`detections_from_result`,
+:func:`markers_from_result`) and hands them to publish functions. The node class only copies those dicts into ROS
+message types. ``rclpy`` and the message packages are imported when the node is built, never by
 importing this module: they are not dependencies of pointfalip.
 
 Parameters (:class:`NodeSettings`): ``labels`` (comma-separated) or ``dataset``, ``model``, ``pretrained``,
-``precision``, ``device``, ``preset`` (recognizer preset), ``scene_preset`` (segmentation and tracking preset),
-``track``, ``top_k``, ``up_axis``, ``input_topic``, ``detections_topic``, ``markers_topic``.
+``precision``, ``device``, ``preset`` (recognizer preset; ``robot_fast`` for 6 views), ``scene_preset``
+(segmentation and tracking preset), ``track``, ``reuse``, ``top_k``, ``up_axis``, ``input_topic``, ``detections_topic``, ``markers_topic``.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
 import sys
+import threading
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
 from .errors import InputError
-from .foxglove import display_label, label_color, object_text, probability_of
-from .rosbag import decode_pointcloud2
+from .foxglove import label_color
+from .sources import BagFrame, decode_pointcloud2
+from .stream import FrameQueue, stream
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "MessageSink",
+    "NodeLoop",
     "NodeSettings",
     "build_scene_recognizer",
     "detections_from_result",
+    "frame_from_message",
     "header_stamp_ns",
     "main",
     "markers_from_result",
-    "process_cloud",
 ]
 
 _NS_PER_S = 1_000_000_000
@@ -73,6 +79,7 @@ class NodeSettings:
     preset: str = "pointclip_v2"  # recognizer preset (configs/presets) or YAML file
     scene_preset: str = "tabletop"  # segmentation and tracking preset of configs/scene.yaml
     track: bool = True  # stable object ids across messages
+    reuse: bool = True  # a tracked object whose cloud barely changed keeps its view features (not encoded again)
     top_k: int = 3  # hypotheses per detection
     up_axis: str = "z"  # up axis of the clouds' frame (z for robot and lidar frames, -y for optical frames)
     input_topic: str = "points"  # sensor_msgs/msg/PointCloud2 (relative: remap it with -r points:=/your/topic)
@@ -89,25 +96,13 @@ class NodeSettings:
 
 def build_scene_recognizer(settings: NodeSettings, model: Any = None) -> Any:
     """The :class:`~pointfalip.scene.SceneRecognizer` the settings describe (``model``: an already loaded one)."""
-    from .model import load_model
-    from .recognize import Recognizer
-    from .scene import SceneRecognizer, load_segmentation_config
-    from .tracking import list_tracking_presets, load_tracking_config
+    from .scene import load_scene_recognizer
 
-    labels = settings.label_list()
-    if model is None:
-        device = settings.device
-        if device == "auto":
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        model = load_model(settings.model, settings.pretrained, device=device, precision=settings.precision)
-    recognizer = Recognizer(model, labels=labels, dataset=settings.dataset or None, preset=settings.preset,
-                            up_axis=settings.up_axis)
-    tracking = load_tracking_config(settings.scene_preset) if settings.scene_preset in list_tracking_presets() \
-        else None
-    return SceneRecognizer(recognizer, load_segmentation_config(settings.scene_preset), top_k=settings.top_k,
-                           track=settings.track, tracking=tracking)
+    return load_scene_recognizer(settings.label_list(), settings.dataset or None,
+                                 model=settings.model if model is None else model, pretrained=settings.pretrained,
+                                 device=settings.device, precision=settings.precision, preset=settings.preset,
+                                 scene_preset=settings.scene_preset, track=settings.track, reuse=settings.reuse,
+                                 top_k=settings.top_k, up_axis=settings.up_axis)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -125,23 +120,84 @@ def _header(result: Any) -> dict:
     return {"stamp_ns": int(stamp_ns or 0), "frame_id": str(getattr(result, "frame_id", None) or "")}
 
 
-def process_cloud(scene: Any, msg: Any) -> tuple[np.ndarray, Any]:
-    """Decode a PointCloud2 message and recognise (and, if the scene tracks, track) its objects.
-
-    Args:
-        scene: a :class:`~pointfalip.scene.SceneRecognizer`.
-        msg: a ``sensor_msgs/msg/PointCloud2`` (rclpy's, or any object with its fields, e.g. from ``rosbags``).
-
-    Returns:
-        ``(points, result)``: the ``(N, 3)`` float32 points and the :class:`~pointfalip.scene.SceneResult`,
-        stamped with the message's header stamp and frame id.
+def frame_from_message(msg: Any) -> BagFrame:
+    """A ``sensor_msgs/msg/PointCloud2`` (rclpy's, or any object with its fields, e.g. from ``rosbags``) as the frame
+    :func:`pointfalip.stream.stream` reads: its points, header stamp and frame id.
 
     Raises:
-        InputError: the message is not a usable PointCloud2 (see :func:`pointfalip.rosbag.decode_pointcloud2`).
+        InputError: the message is not a usable PointCloud2 (see :func:`pointfalip.sources.decode_pointcloud2`).
     """
-    points = decode_pointcloud2(msg)
-    frame_id = str(msg.header.frame_id) or None
-    return points, scene.recognize(points, stamp_ns=header_stamp_ns(msg.header), frame_id=frame_id)
+    return BagFrame(header_stamp_ns(msg.header), decode_pointcloud2(msg), str(msg.header.frame_id) or None)
+
+
+class MessageSink:
+    """A :func:`~pointfalip.stream.stream` sink that describes each result as the node's outgoing messages.
+
+    Args:
+        publish_detections: called with ``(header, detections)``: the result's header dict and
+            :func:`detections_from_result`'s list.
+        publish_markers: called with :func:`markers_from_result`'s list.
+        labels: the label set (the markers' colours).
+    """
+
+    def __init__(self, publish_detections: Callable[[dict, list], None], publish_markers: Callable[[list], None],
+                 labels: Sequence[str] | None = None):
+        self.publish_detections = publish_detections
+        self.publish_markers = publish_markers
+        self.labels = list(labels) if labels is not None else None
+
+    def log_frame(self, points: Any, result: Any, *, stamp_ns: Optional[int] = None) -> None:
+        self.publish_detections(_header(result), detections_from_result(result))
+        self.publish_markers(markers_from_result(result, self.labels))
+
+
+class NodeLoop:
+    """The node's frame loop: :meth:`push` a message from the subscriber's callback; a worker thread runs
+    :func:`pointfalip.stream.stream` over the newest frames (older waiting ones are dropped: recognition is slower
+    than a sensor) and hands every result to the sinks. :meth:`stop` ends it after the frames already pushed.
+
+    Args:
+        scene: the :class:`~pointfalip.scene.SceneRecognizer`.
+        sinks: :func:`~pointfalip.stream.stream` sinks, e.g. a :class:`MessageSink`.
+        warn: where a message that is not a usable cloud, or a frame that failed, is reported (one line).
+        queue_size: frames waiting at most.
+    """
+
+    def __init__(self, scene: Any, sinks: Sequence[Any], warn: Callable[[str], None] = logger.warning,
+                 queue_size: int = _QUEUE_DEPTH):
+        self.scene = scene
+        self.sinks = list(sinks)
+        self.warn = warn
+        self.frames = FrameQueue(queue_size)
+        self.processed = 0
+        self._thread = threading.Thread(target=self._run, name="pointfalip-frames", daemon=True)
+        self._thread.start()
+
+    def push(self, msg: Any) -> None:
+        """Queue a PointCloud2 message (a message that is not a usable cloud is reported and skipped)."""
+        try:
+            self.frames.put(frame_from_message(msg))
+        except InputError as e:
+            self.warn(" ".join(str(e).split()))
+
+    def _run(self) -> None:
+        while True:
+            try:
+                for _ in stream(self.scene, self.frames, sinks=self.sinks):
+                    self.processed += 1
+                return
+            except InputError as e:
+                if self.frames.closed:  # stopped with no frame left: nothing to report
+                    return
+                self.warn(" ".join(str(e).split()))
+            except Exception as e:  # noqa: BLE001 - one bad frame must not stop the node
+                logger.exception("a frame failed")
+                self.warn(f"a frame failed: {e}")
+
+    def stop(self, timeout: Optional[float] = None) -> None:
+        """Process the frames already pushed, then end the worker thread."""
+        self.frames.close()
+        self._thread.join(timeout)
 
 
 def _box(obj: Any) -> tuple[list[float], list[float]]:
@@ -154,9 +210,9 @@ def _hypotheses(obj: Any) -> list[dict]:
     """This frame's predictions, best first; a tracked object's smoothed label goes first (its score is this
     frame's probability of it, 0 when it fell out of the top k), as consumers read ``results[0]``."""
     hyps = [{"class_id": str(p.label), "score": float(p.probability)} for p in obj.predictions]
-    shown = display_label(obj)
+    shown = obj.display_label
     rest = [h for h in hyps if h["class_id"] != shown]
-    return [{"class_id": shown, "score": probability_of(obj, shown)}] + rest
+    return [{"class_id": shown, "score": obj.probability_of(shown)}] + rest
 
 
 def detections_from_result(result: Any) -> list[dict]:
@@ -202,7 +258,7 @@ def markers_from_result(result: Any, labels: Sequence[str] | None = None,
         centre, size = _box(obj)
         track_id = getattr(obj, "id", None)
         marker_id = i if track_id is None else int(track_id)
-        r, g, b = (c / 255.0 for c in label_color(display_label(obj), labels))
+        r, g, b = (c / 255.0 for c in label_color(obj.display_label, labels))
         top = [centre[0], centre[1], float(np.asarray(obj.bbox_max, dtype=np.float64).reshape(3)[2])]
         markers.append({"header": dict(header), "ns": BOX_NAMESPACE, "id": marker_id, "type": MARKER_CUBE,
                         "action": MARKER_ADD, "position": centre, "orientation": identity,
@@ -210,7 +266,7 @@ def markers_from_result(result: Any, labels: Sequence[str] | None = None,
         markers.append({"header": dict(header), "ns": TEXT_NAMESPACE, "id": marker_id,
                         "type": MARKER_TEXT_VIEW_FACING, "action": MARKER_ADD, "position": top,
                         "orientation": identity, "scale": [0.0, 0.0, float(text_height)], "color": list(_TEXT_RGBA),
-                        "text": object_text(obj)})
+                        "text": obj.text})
     return markers
 
 
@@ -310,6 +366,10 @@ def create_node(settings: NodeSettings | None = None, model: Any = None, **node_
             self.labels = list(self.scene.recognizer.labels)
             self.detections = self.create_publisher(t.Detection3DArray, self.settings.detections_topic, 10)
             self.markers = self.create_publisher(t.MarkerArray, self.settings.markers_topic, 10)
+            sink = MessageSink(
+                lambda header, dets: self.detections.publish(detection_array_message(t, header, dets)),
+                lambda markers: self.markers.publish(marker_array_message(t, markers)), self.labels)
+            self.loop = NodeLoop(self.scene, [sink], warn=self.get_logger().warning)
             qos = QoSProfile(depth=_QUEUE_DEPTH, history=HistoryPolicy.KEEP_LAST,
                              reliability=ReliabilityPolicy.BEST_EFFORT)  # takes reliable publishers too
             self.subscription = self.create_subscription(t.PointCloud2, self.settings.input_topic, self.on_cloud, qos)
@@ -317,16 +377,11 @@ def create_node(settings: NodeSettings | None = None, model: Any = None, **node_
                                    f"(tracking {'on' if self.settings.track else 'off'})")
 
         def on_cloud(self, msg: Any) -> None:
-            try:
-                _, result = process_cloud(self.scene, msg)
-            except InputError as e:
-                self.get_logger().warning(" ".join(str(e).split()))
-                return
-            header = _header(result)
-            self.detections.publish(detection_array_message(t, header, detections_from_result(result)))
-            self.markers.publish(marker_array_message(t, markers_from_result(result, self.labels)))
-            timings = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in result.timings.items())
-            self.get_logger().debug(f"{len(result.objects)} object(s); {timings}")
+            self.loop.push(msg)
+
+        def destroy_node(self) -> None:
+            self.loop.stop(timeout=5.0)
+            super().destroy_node()
 
     return PointfalipNode()
 

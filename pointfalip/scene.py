@@ -40,7 +40,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple, Optional
+from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -61,6 +61,7 @@ __all__ = [
     "SceneSegmentation",
     "SegmentationConfig",
     "list_segmentation_presets",
+    "load_scene_recognizer",
     "load_segmentation_config",
     "segment",
     "segment_scene",
@@ -453,13 +454,34 @@ class RecognizedObject:
     num_points: int  # M
     id: Optional[int] = None  # track id, when a tracker follows the objects over frames
     track_label: Optional[str] = None  # the label smoothed over the track
+    reused: bool = False  # its view features were its track's earlier ones (the cloud barely changed), not recomputed
+
+    @property
+    def display_label(self) -> str:
+        """The label to show: the track's smoothed label when tracked, else this frame's best label."""
+        return str(self.track_label) if self.track_label else str(self.label)
+
+    def probability_of(self, label: str) -> float:
+        """This frame's probability of ``label`` (0 when it is not among the object's predictions)."""
+        if label == str(self.label):
+            return float(self.probability)
+        return next((float(p.probability) for p in self.predictions or () if str(p.label) == label), 0.0)
+
+    @property
+    def text(self) -> str:
+        """The caption shown beside the object: ``"mug 0.82 #3"`` (shown label, its probability in this frame,
+        track id when tracked)."""
+        label = self.display_label
+        caption = f"{label} {self.probability_of(label):.2f}"
+        return caption if self.id is None else f"{caption} #{int(self.id)}"
 
     def to_dict(self) -> dict:
-        """JSON-ready: label, score (the probability), top_k, centroid, bbox_min, bbox_max, num_points, and id and
-        track_label when tracked."""
+        """JSON-ready: label, score (the probability), top_k, centroid, bbox_min, bbox_max, num_points, reused, and
+        id and track_label when tracked."""
         out = {"label": self.label, "score": self.probability, "top_k": [p.to_dict() for p in self.predictions],
                "centroid": [float(v) for v in self.centroid], "bbox_min": [float(v) for v in self.bbox_min],
-               "bbox_max": [float(v) for v in self.bbox_max], "num_points": int(self.num_points)}
+               "bbox_max": [float(v) for v in self.bbox_max], "num_points": int(self.num_points),
+               "reused": bool(self.reused)}
         if self.id is not None:
             out.update(id=int(self.id), track_label=self.track_label)
         return out
@@ -488,25 +510,36 @@ class SceneRecognizer:
     shared. ``last_timings`` is the newest finished call's; with several calling threads use
     :meth:`recognize`, which returns each call's own timings.
 
+    **Reuse of unchanged objects.** With a :class:`pointfalip.Recognizer` (anything with ``embed``, ``logits``,
+    ``probabilities``, ``feature_settings`` and ``labels``), ``track=True`` and ``reuse=True``, each frame's objects
+    are first matched to the tracks; an object whose track continues and whose cloud barely changed since its
+    features were computed (:meth:`pointfalip.tracking.Tracker.reusable_features`: centroid, box and point count
+    within the tracking preset's ``reuse_*`` limits, at most ``reuse_max_age`` frames old, same model and feature
+    settings) keeps those view features instead of being projected and encoded again; it is marked ``reused``.
+    Logits are always computed afresh from the features (``Recognizer.logits``), so new labels or a few-shot cache
+    take effect at once: view features do not depend on the labels.
+
     Args:
-        recognizer: an object with ``classify(list_of_point_arrays, top_k=k)`` returning, for each array, a list
-            of `pointfalip.recognize.Prediction` best first (e.g. :class:`pointfalip.Recognizer`). Arrays are
-            the objects' full-resolution points, float32 ``(M_i, 3)`` in the scene's frame and metres (M_i
-            differ); normalisation is the recognizer's job. If it has a ``last_timings`` mapping (e.g.
-            ``projection``, ``encoder``), it is merged into this object's.
+        recognizer: a :class:`pointfalip.Recognizer`, or any object with ``classify(list_of_point_arrays,
+            top_k=k)`` returning, for each array, a list of `pointfalip.recognize.Prediction` best first (no reuse
+            then). Arrays are the objects' full-resolution points, float32 ``(M_i, 3)`` in the scene's frame and
+            metres (M_i differ); normalisation is the recognizer's job. If it has a ``last_timings`` mapping
+            (e.g. ``projection``, ``encoder``), it is merged into this object's.
         config: segmentation settings (``None``: the ``tabletop`` defaults).
         top_k: predictions kept for each object.
         track: follow the objects over the frames: every :meth:`recognize` call (frames without objects
-            too) runs a :class:`~pointfalip.tracking.Tracker` after recognition, and the objects get ``id``
-            and ``track_label``. Give the frames of one sequence in time order, from one thread at a time (the
-            tracker's update runs under a lock, but frames from racing threads reach it in any order).
+            too) runs a :class:`~pointfalip.tracking.Tracker`, and the objects get ``id`` and ``track_label``.
+            Give the frames of one sequence in time order, from one thread at a time (the tracker's update runs
+            under a lock, but frames from racing threads reach it in any order).
         tracking: the tracker's settings, a :class:`~pointfalip.tracking.TrackerConfig` or a mapping of them
             (``None``: the ``tabletop`` preset's, see :func:`pointfalip.tracking.load_tracking_config`); checked
             even when ``track`` is False.
+        reuse: reuse the view features of unchanged tracked objects (see above; needs ``track``).
     """
 
     def __init__(self, recognizer: Any, config: SegmentationConfig | None = None, top_k: int = 5,
-                 track: bool = False, tracking: TrackerConfig | Mapping[str, Any] | None = None):
+                 track: bool = False, tracking: TrackerConfig | Mapping[str, Any] | None = None,
+                 reuse: bool = True):
         from .recognize import check_top_k
 
         if not callable(getattr(recognizer, "classify", None)):
@@ -524,6 +557,7 @@ class SceneRecognizer:
             raise InputError(f"tracking must be a TrackerConfig or a mapping, got {type(tracking).__name__}")
         self.tracking = tracking
         self.tracker = Tracker(tracking) if track else None
+        self.reuse = bool(reuse)
         self._model_lock = threading.Lock()
         self._track_lock = threading.Lock()
         self._last_timings: dict[str, float] = {}
@@ -560,39 +594,126 @@ class SceneRecognizer:
         objects = segment(points, self.config)
         t1 = time.perf_counter()
         timings = {"segmentation": t1 - t0, "recognition": 0.0, "wait": 0.0}
-        predictions: list = []
+        matching = None
+        if self.tracker is not None:
+            with self._track_lock:
+                matching = self.tracker.match(objects, stamp_ns)
+        predictions, features, cached, extra = [], None, [None] * len(objects), {}
         if objects:
-            clouds = [o.points for o in objects]
+            reusing = self.reuse and matching is not None and _scores_features(self.recognizer)
             with self._model_lock:
                 t2 = time.perf_counter()
-                predictions = self.recognizer.classify(clouds, top_k=self.top_k)
+                if reusing:
+                    key = _feature_key(self.recognizer)
+                    cached = [self.tracker.reusable_features(t, o, key) for t, o in zip(matching.tracks, objects)]
+                if _scores_features(self.recognizer):
+                    predictions, features = self._predict(objects, cached)
+                else:
+                    predictions = self.recognizer.classify([o.points for o in objects], top_k=self.top_k)
                 t3 = time.perf_counter()
                 extra = getattr(self.recognizer, "last_timings", None)
                 extra = dict(extra) if isinstance(extra, Mapping) else {}
             timings["wait"] = t2 - t1
             timings["recognition"] = t3 - t2
-            for key, value in extra.items():
-                name = f"recognizer_{key}" if key in timings or key == "total" else str(key)
+            for key_name, value in extra.items():
+                name = f"recognizer_{key_name}" if key_name in timings or key_name == "total" else str(key_name)
                 try:
                     timings[name] = float(value)
                 except (TypeError, ValueError):
                     continue
             predictions = _check_predictions(predictions, len(objects))
         results = []
-        for obj, preds in zip(objects, predictions):
+        for obj, preds, reused in zip(objects, predictions, cached):
             top = list(preds[: self.top_k])
             results.append(RecognizedObject(label=top[0].label, probability=float(top[0].probability),
                                             predictions=top, points=obj.points, indices=obj.indices,
                                             centroid=obj.centroid, bbox_min=obj.bbox_min, bbox_max=obj.bbox_max,
-                                            num_points=obj.num_points))
+                                            num_points=obj.num_points, reused=reused is not None))
         if self.tracker is not None:
             t4 = time.perf_counter()
             with self._track_lock:
-                results = self.tracker.update(results, stamp_ns)
+                results = self.tracker.update(results, stamp_ns, matching)
+                if self.reuse and features is not None:
+                    key = _feature_key(self.recognizer)
+                    for obj, feats, reused in zip(results, features, cached):
+                        if reused is None:
+                            self.tracker.store_features(obj, feats, key)
             timings["tracking"] = time.perf_counter() - t4
         timings["total"] = time.perf_counter() - t0
         self._last_timings = timings  # a fresh dict each call, replaced in one step, never mutated after
         return SceneResult(results, dict(timings), stamp_ns=stamp_ns, frame_id=frame_id)
+
+    def _predict(self, objects: list[SceneObject], cached: list) -> tuple[list, Any]:
+        """Predictions of the objects through ``embed`` -> ``logits``, encoding only those without cached view
+        features; returns them with every object's view features ``(B, V, D)``."""
+        import torch
+
+        from .recognize import ranked
+
+        rec = self.recognizer
+        todo = [i for i, c in enumerate(cached) if c is None]
+        fresh = rec.embed([objects[i].points for i in todo]) if todo else None
+        if fresh is None:
+            rec.last_timings = {"projection": 0.0, "encoder": 0.0}
+            features = torch.stack(cached)
+        else:
+            slots = list(cached)
+            for row, i in enumerate(todo):
+                slots[i] = fresh[row].clone()
+            features = torch.stack(slots)
+        probs = rec.probabilities(rec.logits(features))
+        return [ranked(rec.labels, p, self.top_k) for p in probs], features
+
+
+def load_scene_recognizer(labels: Optional[Sequence[str]] = None, dataset: Optional[str] = None, *,
+                          model: Any = "ViT-B-16", pretrained: str = "openai", device: str = "auto",
+                          precision: Optional[str] = None, preset: str = "pointclip_v2",
+                          scene_preset: str = "tabletop", segmentation: Optional[Mapping[str, Any]] = None,
+                          track: bool = True, reuse: bool = True, top_k: int = 3,
+                          **recognizer_options: Any) -> "SceneRecognizer":
+    """The :class:`SceneRecognizer` named by settings: what ``pointfalip scene`` and the ROS 2 node build.
+
+    Args:
+        labels, dataset: the names to recognise (or a packaged label set), as for :class:`pointfalip.Recognizer`.
+        model: an open_clip model name (loaded with ``pretrained``, ``device`` and ``precision``) or a loaded
+            :class:`pointfalip.FalipCLIP`.
+        device: a torch device; ``"auto"``: CUDA when available, else the CPU.
+        precision: the model's precision; ``None``: the recognizer preset's (``auto`` in the packaged ones).
+        preset: recognizer preset (``configs/presets``: ``pointclip_v2``, ``pointclip``, ``robot_fast``) or YAML file.
+        scene_preset: segmentation and tracking preset of ``configs/scene.yaml`` (``tabletop``, ``room``).
+        segmentation: overrides of the segmentation preset's settings (``{"voxel_size": 0.01}``).
+        track, reuse, top_k: as :class:`SceneRecognizer`'s.
+        **recognizer_options: further :class:`pointfalip.Recognizer` keywords (``falip``, ``up_axis``,
+            ``projection``, ``prompt_file``, ``fewshot``, ...).
+    """
+    from .recognize import Recognizer, load_preset
+    from .tracking import list_tracking_presets
+
+    config = load_segmentation_config(scene_preset, **dict(segmentation or {}))
+    tracking = load_tracking_config(scene_preset) if scene_preset in list_tracking_presets() else None
+    if isinstance(model, str):
+        from .model import load_model
+
+        if device == "auto":
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        model = load_model(model, pretrained, device=device, precision=precision or load_preset(preset).precision)
+    recognizer = Recognizer(model, labels=labels, dataset=dataset, preset=preset, **recognizer_options)
+    return SceneRecognizer(recognizer, config, top_k=top_k, track=track, tracking=tracking, reuse=reuse)
+
+
+def _scores_features(recognizer: Any) -> bool:
+    """Whether the recognizer offers the embed -> logits path (features that can be reused)."""
+    return all(callable(getattr(recognizer, n, None)) for n in ("embed", "logits", "probabilities", "feature_settings"))
+
+
+def _feature_key(recognizer: Any) -> tuple:
+    """What view features depend on: the model (this instance) and the settings that shape them."""
+    import json
+
+    settings = json.dumps(recognizer.feature_settings(), sort_keys=True, default=str)
+    return id(recognizer.model), settings, bool(getattr(recognizer, "falip", True))
 
 
 def _check_predictions(predictions: Any, count: int) -> list:

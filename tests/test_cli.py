@@ -201,7 +201,7 @@ def test_scene_file_json_and_render(env, tiny_json, tmp_path):
 
 
 def test_scene_bag_frames_and_errors(env, tiny_json, tmp_path):
-    from test_rosbag import PC2, make_cloud, write_bag
+    from test_sources import PC2, make_cloud, write_bag
 
     scene, _ = _tabletop(np.random.default_rng(4))
     plane_only = scene[:30000]

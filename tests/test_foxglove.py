@@ -18,13 +18,13 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory  # 
 from pointfalip.errors import InputError  # noqa: E402
 from pointfalip.recognize import Prediction  # noqa: E402
 from pointfalip.scene import RecognizedObject, SceneResult  # noqa: E402
+from pointfalip.stream import RealtimePacer  # noqa: E402
 from pointfalip.foxglove import (  # noqa: E402
     OBJECTS_TOPIC,
     POINTS_TOPIC,
     TRANSFORMS_TOPIC,
     LiveServer,
     McapRecording,
-    RealtimePacer,
     SceneChannels,
     label_color,
     record,

@@ -4,6 +4,7 @@ PointCloud2 messages are built with rosbags' message types, which carry the same
 import importlib.util
 import subprocess
 import sys
+import threading
 import warnings
 
 import numpy as np
@@ -11,13 +12,13 @@ import pytest
 from rosbags.rosbag2 import StoragePlugin
 
 from conftest import load_random
-from test_rosbag import PC2, TS, make_cloud, write_bag
+from test_sources import PC2, TS, make_cloud, write_bag
 from test_scene import FakeRecognizer
 
 from pointfalip.errors import InputError
 from pointfalip.foxglove import label_color
 from pointfalip.recognize import Prediction
-from pointfalip.rosbag import read_bag
+from pointfalip.sources import read_bag
 from pointfalip.ros2 import (
     BOX_NAMESPACE,
     MARKER_ADD,
@@ -25,14 +26,17 @@ from pointfalip.ros2 import (
     MARKER_DELETEALL,
     MARKER_TEXT_VIEW_FACING,
     TEXT_NAMESPACE,
+    MessageSink,
+    NodeLoop,
     NodeSettings,
     build_scene_recognizer,
     detections_from_result,
+    frame_from_message,
     header_stamp_ns,
     markers_from_result,
-    process_cloud,
 )
 from pointfalip.scene import RecognizedObject, SceneRecognizer, SceneResult
+from pointfalip.stream import stream
 
 STAMP_NS = 1_700_000_000_123_456_789
 
@@ -104,32 +108,54 @@ def _scene_points(rng, shift):
     return np.concatenate([table] + cubes)
 
 
-def test_process_cloud_is_the_bag_path(tmp_path):
-    """The node's handling of a message equals `pointfalip scene BAG`'s (read_bag + SceneRecognizer) on it."""
+def _node_run(scene, msgs, warnings_seen):
+    """Push the messages through a NodeLoop one at a time (as a subscriber's callback does, waiting for each so none
+    is dropped) and collect what its sink publishes."""
+    published = []
+    sink = MessageSink(lambda header, dets: published.append((header, dets)), lambda markers: None)
+    loop = NodeLoop(scene, [sink], warn=warnings_seen.append)
+    try:
+        for msg in msgs:
+            done = loop.processed
+            loop.push(msg)
+            for _ in range(500):
+                if loop.processed > done or warnings_seen:
+                    break
+                threading.Event().wait(0.01)
+    finally:
+        loop.stop(timeout=10)
+    return published
+
+
+def test_node_loop_is_the_bag_path(tmp_path):
+    """The node's loop (callback -> FrameQueue -> stream -> MessageSink) publishes what `pointfalip scene BAG`'s
+    path (read_bag + the same stream) computes from the same messages."""
     rng = np.random.default_rng(2)
     msgs = [make_cloud(_scene_points(rng, (0.02 * k, -0.01 * k, 0.0)), STAMP_NS + k * 100_000_000) for k in range(3)]
-    node_scene = SceneRecognizer(FakeRecognizer(), track=True)
-    node_results = [process_cloud(node_scene, msg)[1] for msg in msgs]
-    assert [r.stamp_ns for r in node_results] == [header_stamp_ns(m.header) for m in msgs]
-    assert [r.stamp_ns - STAMP_NS for r in node_results] == [0, 100_000_000, 200_000_000]
-    assert {r.frame_id for r in node_results} == {"lidar"}
-    assert [sorted(o.id for o in r.objects) for r in node_results] == [[0, 1]] * 3
+    frames = [frame_from_message(m) for m in msgs]
+    assert [f.stamp_ns - STAMP_NS for f in frames] == [0, 100_000_000, 200_000_000]
+    assert {f.frame_id for f in frames} == {"lidar"}
+
+    warned = []
+    published = _node_run(SceneRecognizer(FakeRecognizer(), track=True), msgs, warned)
+    assert warned == [] and len(published) == 3
+    assert [h["stamp_ns"] for h, _ in published] == [header_stamp_ns(m.header) for m in msgs]
+    assert [sorted(int(d["id"]) for d in dets) for _, dets in published] == [[0, 1]] * 3
 
     bag = write_bag(tmp_path / "bag", StoragePlugin.SQLITE3, [("/points", PC2, k, m) for k, m in enumerate(msgs)])
     bag_scene = SceneRecognizer(FakeRecognizer(), track=True)
-    bag_results = [bag_scene.recognize(f.points, stamp_ns=f.stamp_ns, frame_id=f.frame_id) for f in read_bag(bag)]
-    for node, from_bag in zip(node_results, bag_results):
-        assert (node.stamp_ns, node.frame_id) == (from_bag.stamp_ns, from_bag.frame_id)
-        assert [o.to_dict() for o in node.objects] == [o.to_dict() for o in from_bag.objects]
-        assert detections_from_result(node) == detections_from_result(from_bag)
+    bag_results = [item.result for item in stream(bag_scene, list(read_bag(bag)))]
+    assert [dets for _, dets in published] == [detections_from_result(r) for r in bag_results]
 
-    empty = make_cloud(np.zeros((0, 3)), STAMP_NS + 300_000_000)
-    points, result = process_cloud(node_scene, empty)
-    assert points.shape == (0, 3) and result.objects == [] and "tracking" in result.timings
     broken = TS.types[PC2](header=msgs[0].header, height=1, width=3, fields=[], is_bigendian=False, point_step=12,
                            row_step=36, data=np.zeros(36, np.uint8), is_dense=True)
     with pytest.raises(InputError, match="no field"):
-        process_cloud(node_scene, broken)
+        frame_from_message(broken)
+    warned = []
+    empty = make_cloud(np.zeros((0, 3)), STAMP_NS + 300_000_000)
+    published = _node_run(SceneRecognizer(FakeRecognizer(), track=True), [broken, empty], warned)
+    assert len(warned) == 1 and "no field" in warned[0] and "\n" not in warned[0]  # reported, skipped
+    assert [dets for _, dets in published] == [[]]  # the empty cloud still answers (no objects)
 
 
 def test_node_settings_build_the_scene_recognizer():

@@ -359,7 +359,7 @@ def test_scene_recognizer_outputs_one_entry_per_object(tabletop):
         assert rec_obj.probability == rec_obj.predictions[0].probability
     results = [o.to_dict() for o in recognized]
     for res, obj in zip(results, objects):
-        assert set(res) == {"label", "score", "top_k", "centroid", "bbox_min", "bbox_max", "num_points"}
+        assert set(res) == {"label", "score", "top_k", "centroid", "bbox_min", "bbox_max", "num_points", "reused"}
         assert len(res["top_k"]) == 2
         assert res["label"] == res["top_k"][0]["label"]
         assert res["score"] == res["top_k"][0]["score"] and type(res["score"]) is float

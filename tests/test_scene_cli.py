@@ -24,7 +24,7 @@ from rosbags.rosbag2 import StoragePlugin  # noqa: E402
 
 from conftest import TINY, one_line_error  # noqa: E402
 from test_foxglove import message_class, read_mcap  # noqa: E402
-from test_rosbag import PC2, make_cloud, write_bag  # noqa: E402
+from test_sources import PC2, make_cloud, write_bag  # noqa: E402
 
 LABELS = "mug,box,bowl"
 STEP_S = 0.1  # seconds between the bag's frames
@@ -92,7 +92,7 @@ def test_bag_to_mcap_with_stable_ids(main, bag, tiny_json, tmp_path):
     assert {f["frame_id"] for f in frames} == {"lidar"}  # make_cloud's header.frame_id
     assert [len(f["objects"]) for f in frames] == [2] * NUM_FRAMES + [0]
 
-    assert all("tracking" in f["timings"] and "foxglove" in f["timings"] for f in frames)
+    assert all("tracking" in f["timings"] and "output" in f["timings"] for f in frames)
     ids = {0: set(), 1: set()}  # cube -> the ids it had
     for k, frame in enumerate(frames[:NUM_FRAMES]):
         for obj in frame["objects"]:
@@ -134,7 +134,7 @@ def test_no_track_removes_ids_and_a_single_file_is_untracked(main, bag, tiny_jso
     code, stdout, err = main("scene", cloud, "--json", *_model(tiny_json))
     assert code == 0, err
     assert [sorted(o) for o in json.loads(stdout)["objects"]] == [
-        sorted(["label", "score", "top_k", "centroid", "bbox_min", "bbox_max", "num_points"])] * 2
+        sorted(["label", "score", "top_k", "centroid", "bbox_min", "bbox_max", "num_points", "reused"])] * 2
 
 
 # ---- bad input -------------------------------------------------------------------------------------------

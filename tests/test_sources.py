@@ -6,7 +6,7 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
 from pointfalip.errors import InputError
-from pointfalip.rosbag import (
+from pointfalip.sources import (
     BagFrame,
     decode_pointcloud2,
     depth_to_points,

@@ -1,4 +1,7 @@
-"""Scene inputs from robots: ROS 2 bags of ``sensor_msgs/msg/PointCloud2`` and depth images.
+"""Scene inputs as frames: ROS 2 bags of ``sensor_msgs/msg/PointCloud2``, depth images and point files.
+
+* :func:`read_frames` dispatches on what the input is and returns its frames (:class:`FrameSource`), the
+  iterable that :func:`pointfalip.stream.stream` reads.
 
 * :func:`read_bag` reads a rosbag2 recording (a bag folder with ``metadata.yaml``, or its ``.db3`` /
   ``.mcap`` file; sqlite3 and mcap storage) with the ``rosbags`` library, no ROS installation needed,
