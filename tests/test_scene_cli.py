@@ -137,6 +137,25 @@ def test_no_track_removes_ids_and_a_single_file_is_untracked(main, bag, tiny_jso
         sorted(["label", "score", "top_k", "centroid", "bbox_min", "bbox_max", "num_points", "reused"])] * 2
 
 
+def test_static_bag_reuses_features_unless_no_reuse(main, tiny_json, tmp_path):
+    """A bag of the same frame three times: after the first frame every object's features are reused, and the answers
+    equal those of --no-reuse (which encodes every object of every frame)."""
+    rng = np.random.default_rng(9)
+    cloud = _frame(rng, 0)
+    bag = write_bag(tmp_path / "static", StoragePlugin.SQLITE3,
+                    [("/points", PC2, k, make_cloud(cloud, START_NS + k * 100_000_000)) for k in range(3)])
+    runs = {}
+    for flag in ((), ("--no-reuse",)):
+        code, stdout, err = main("scene", bag, "--json", *flag, *_model(tiny_json))
+        assert code == 0, err
+        runs[flag] = json.loads(stdout)["frames"]
+    assert [[o["reused"] for o in f["objects"]] for f in runs[()]] == [[False, False], [True, True], [True, True]]
+    assert all(not o["reused"] for f in runs[("--no-reuse",)] for o in f["objects"])
+    strip = [[{k: v for k, v in o.items() if k != "reused"} for o in f["objects"]] for f in runs[()]]
+    assert strip == [[{k: v for k, v in o.items() if k != "reused"} for o in f["objects"]]
+                     for f in runs[("--no-reuse",)]]
+
+
 # ---- bad input -------------------------------------------------------------------------------------------
 def test_bad_input_is_one_line_and_leaves_nothing(main, bag, tiny_json, tmp_path):
     out = tmp_path / "out.mcap"

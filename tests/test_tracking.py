@@ -237,3 +237,79 @@ def test_packaged_scene_config_gives_tracking_settings():
     with pytest.raises(InputError, match="choose one of"):
         load_tracking_config("garden")
     assert load_tracking_config("tabletop") == TrackerConfig()  # the dataclass defaults are the tabletop preset
+
+
+# ---- motion model and size-relative gate -------------------------------------------------------------------------
+@pytest.mark.parametrize("rate_hz", [1, 2, 5])
+@pytest.mark.parametrize("move", [0.105, 0.125, 0.15])
+def test_objects_pushed_by_10_to_15_cm_keep_their_ids(rate_hz, move):
+    """Objects of 32-40 cm moved by 10-15 cm between processed frames (beyond the 10 cm gate, below half their
+    size), once and then again in another direction, keep their ids; nothing else is near."""
+    tracker = Tracker(load_tracking_config("tabletop"))
+    period = 1_000_000_000 // rate_hz
+    sizes = (0.32, 0.36, 0.40)
+    starts = np.array([[0.0, 0.0, 1.0], [0.8, 0.0, 1.0], [0.0, 0.9, 1.0]])
+    directions = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.6, 0.0, 0.8]])
+    positions = [starts, starts + move * directions, starts + move * directions + move * directions[::-1]]
+    for frame, centres in enumerate(positions):
+        out = tracker.update([make_object(c, s) for c, s in zip(centres, sizes)], stamp_ns=frame * period)
+        assert [o.id for o in out] == [0, 1, 2]
+    assert np.linalg.norm(positions[1][0] - positions[0][0]) > tracker.config.max_distance  # the old rule lost it
+
+
+def test_constant_motion_is_followed_by_prediction():
+    """An object that starts at 4 cm a frame and goes on at 8 cm stays matched with a 5 cm gate (its predicted
+    centroid is where it is); without prediction it is lost at each 8 cm step."""
+    centres = [np.array([x, 0.0, 1.0]) for x in (0.0, 0.04, 0.12, 0.20, 0.28, 0.36)]
+    for predict, expected in ((True, [0] * 6), (False, [0, 0, 1, 2, 3, 4])):
+        tracker = Tracker(TrackerConfig(max_distance=0.05, relative_distance=0.0, predict=predict))
+        ids = [tracker.update([make_object(c, 0.06)], stamp_ns=k * 200_000_000)[0].id for k, c in enumerate(centres)]
+        assert ids == expected
+    tracker = Tracker(TrackerConfig(max_distance=0.05, relative_distance=0.0))
+    tracker.update([make_object(centres[0], 0.06)], stamp_ns=0)
+    tracker.update([make_object(centres[1], 0.06)], stamp_ns=100_000_000)
+    (track,) = tracker.tracks
+    np.testing.assert_allclose(track.velocity, [0.4, 0.0, 0.0])  # metres a second from the two stamps
+    np.testing.assert_allclose(track.predicted(0.25), [0.10, 0.0, 1.0])  # 0.04 + 0.4 m/s * 0.15 s
+
+
+def test_two_objects_crossing_near_each_other_keep_their_ids():
+    """Two 20 cm objects pass each other 12 cm apart, each moving 6 cm a frame (at the crossing their boxes
+    overlap); constant-velocity prediction keeps each on its own track."""
+    tracker = Tracker(load_tracking_config("tabletop"))
+    for k in range(12):
+        a = np.array([-0.33 + 0.06 * k, 0.0, 1.0])
+        b = np.array([0.33 - 0.06 * k, 0.12, 1.0])
+        objects = [make_object(b, 0.2), make_object(a, 0.2)] if k % 2 else [make_object(a, 0.2), make_object(b, 0.2)]
+        out = tracker.update(objects, stamp_ns=k * 500_000_000)
+        by_side = {("a" if o.centroid[1] == 0.0 else "b"): o.id for o in out}
+        assert by_side == {"a": 0, "b": 1}, k
+
+
+def test_a_new_object_far_away_gets_a_new_id_and_the_relative_gate_needs_mutual_nearest():
+    tracker = Tracker(load_tracking_config("tabletop"))
+    big = make_object([0.0, 0.0, 1.0], 0.4)
+    tracker.update([big], stamp_ns=0)
+    out = tracker.update([make_object([0.0, 0.0, 1.0], 0.4), make_object([1.5, 0.0, 1.0], 0.4)], stamp_ns=10**9)
+    assert [o.id for o in out] == [0, 1]
+    # 15 cm from track 0 (inside half its 40 cm size) but another object is nearer to it: no steal, a new id
+    tracker = Tracker(load_tracking_config("tabletop"))
+    tracker.update([make_object([0.0, 0.0, 1.0], 0.4)], stamp_ns=0)
+    out = tracker.update([make_object([0.15, 0.0, 1.0], 0.4), make_object([-0.12, 0.0, 1.0], 0.4)], stamp_ns=10**9)
+    assert [o.id for o in out] == [1, 0]
+    cfg = TrackerConfig(relative_distance=0.5)
+    cost = Tracker(cfg).cost_matrix(np.zeros((1, 3)), np.full((1, 3), -0.2), np.full((1, 3), 0.2),
+                                    np.array([[0.15, 0.0, 0.0], [0.3, 0.0, 0.0]]),
+                                    np.array([[-0.05, -0.2, -0.2], [0.1, -0.2, -0.2]]),
+                                    np.array([[0.35, 0.2, 0.2], [0.5, 0.2, 0.2]]))
+    iou = box_iou(np.full((1, 3), -0.2), np.full((1, 3), 0.2), np.array([[-0.05, -0.2, -0.2]]),
+                  np.array([[0.35, 0.2, 0.2]]))[0, 0]
+    assert cost[0, 0] == pytest.approx(0.15 / 0.2 + 1 - iou)  # gate: half the 40 cm side
+    assert cost[0, 1] >= 1e6  # 30 cm: beyond both gates
+
+
+def test_new_tracker_settings_are_checked():
+    for bad in ({"relative_distance": -0.1}, {"predict": "yes"}, {"reuse_max_point_ratio": 0.5},
+                {"reuse_max_age": 0}, {"reuse_max_move": float("nan")}):
+        with pytest.raises(InputError):
+            TrackerConfig.from_dict(bad)
