@@ -1,6 +1,13 @@
-"""Latency per frame of `SceneRecognizer` by stage, and what Foxglove output adds to a frame (not a test).
+"""Latency per frame of a robot's stream (`pointfalip.stream.stream`), with and without reuse of unchanged objects,
+by stage, and what Foxglove output adds to a frame (not a test).
 
-    python bench/bench_scene.py [--model ViT-B-16] [--repeats 3] [--logs 20]
+    python bench/bench_scene.py [--model ViT-B-16] [--frames 20] [--baseline-frames 5] [--repeats 3] [--logs 20]
+
+Table 1, streams: 20-frame bags (5 Hz stamps) of the static four-object tabletop below and of the same table where
+the lamp moves 3 cm a frame, through `stream` with tracking, for the default recognizer preset (pointclip_v2,
+10 views) and the fast one (robot_fast, PointCLIP's 6 views), in fp32 and bf16: the first frame, and the median of
+the frames after it ("steady"). Without reuse every frame costs the same, so those runs stop after
+``--baseline-frames``. Table 2 is the stage breakdown of one frame and the Foxglove output cost.
 
 A 50k-point tabletop scene: a 1.2 m x 0.8 m table (2 mm noise) with four demo objects (chair, lamp, bottle,
 cone) scaled to 12-25 cm, z up, in metres; each repeat moves it 1 cm so the tracker follows the objects. Stages:
@@ -28,6 +35,8 @@ from pointfalip import Recognizer
 from pointfalip.demo import demo_clouds
 from pointfalip.foxglove import LiveServer, McapRecording, SceneChannels
 from pointfalip.scene import SceneRecognizer, load_segmentation_config
+from pointfalip.sources import BagFrame
+from pointfalip.stream import stream
 from pointfalip.tracking import load_tracking_config
 
 OVERHEAD_TARGET = 0.05  # MCAP + live streaming may add at most this share to a frame
@@ -127,16 +136,70 @@ def foxglove_costs(points: np.ndarray, result, labels: list[str], count: int) ->
     return out
 
 
+MOVER_STEP = 0.03  # metres a frame the moving bag's lamp moves (beyond reuse_max_move, within the tracking gate)
+PERIOD_NS = 200_000_000  # 5 Hz
+
+
+def moving_lamp(scene: np.ndarray, frame: int) -> np.ndarray:
+    """The tabletop with the lamp (the object around (0.3, 0.2)) moved MOVER_STEP * frame along y."""
+    out = scene.copy()
+    lamp = (np.abs(out[:, 0] - 0.3) < 0.12) & (np.abs(out[:, 1] - 0.2) < 0.12) & (out[:, 2] > 0.006)
+    out[lamp, 1] += MOVER_STEP * frame
+    return out
+
+
+def stream_latency(model, preset: str, clouds: list, reuse: bool) -> tuple[float, float, int]:
+    """(first frame s, median of the later frames s, objects encoded in the later frames) of one stream."""
+    rec = Recognizer(model, dataset="modelnet40", preset=preset, up_axis="z")
+    scene = SceneRecognizer(rec, load_segmentation_config("tabletop"), top_k=3, track=True,
+                            tracking=load_tracking_config("tabletop"), reuse=reuse)
+    frames = [BagFrame(k * PERIOD_NS, c, "table") for k, c in enumerate(clouds)]
+    totals, encoded = [], 0
+    for k, item in enumerate(stream(scene, frames)):
+        totals.append(item.result.timings["total"])
+        encoded += sum(not o.reused for o in item.result.objects) if k else 0
+    return totals[0], statistics.median(totals[1:]), encoded
+
+
+def latency_table(models, frames: int, baseline_frames: int) -> None:
+    static = tabletop()
+    bags = {"static": [static] * frames, "one moving": [moving_lamp(static, k) for k in range(frames)]}
+    segment_warm = SceneRecognizer(Recognizer(models[0][1], labels=["a"]), load_segmentation_config("tabletop"))
+    segment_warm.recognize(static)  # imports open3d and warms the caches outside the timings
+    print("| precision | preset | bag | reuse | frames | first frame (s) | steady median (s) | "
+          "objects encoded after frame 0 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for precision, model in models:
+        for preset in ("pointclip_v2", "robot_fast"):
+            for bag, clouds in bags.items():
+                for reuse in (True, False):
+                    if not reuse and bag != "static":
+                        continue  # without reuse a moving object costs what a static one does
+                    used = clouds if reuse else clouds[:baseline_frames]
+                    first, steady, encoded = stream_latency(model, preset, used, reuse)
+                    print(f"| {precision} | {preset} | {bag} | {'yes' if reuse else 'no'} | {len(used)} | {first:.2f} | "
+                          f"{steady:.3f} | {encoded} of {4 * (len(used) - 1)} |", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="ViT-B-16")
+    ap.add_argument("--frames", type=int, default=20, help="frames of each bag streamed with reuse")
+    ap.add_argument("--baseline-frames", type=int, default=5, help="frames streamed without reuse")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--logs", type=int, default=20, help="log_frame calls a Foxglove time is the median of")
+    ap.add_argument("--skip-stages", action="store_true", help="only the stream table")
     args = ap.parse_args()
     scene = tabletop()
     fp32, bf16 = fp32_and_bf16(args.model)
-    print(f"{args.model}, {len(scene)}-point tabletop scene, CPU: {cpu_name()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}; recognition: best of {args.repeats} frames, Foxglove: median of {args.logs} calls")
+    print(f"{args.model}, {len(scene)}-point tabletop scene with 4 objects, CPU: {cpu_name()}, "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+    print()
+    latency_table([("fp32", fp32), ("bf16", bf16)], args.frames, args.baseline_frames)
+    if args.skip_stages:
+        return
+    print()
+    print(f"One frame by stage (no reuse): best of {args.repeats} frames; Foxglove: median of {args.logs} calls")
     print("| precision | objects | segmentation (s) | projection (s) | encoder (s) | tracking (ms) | MCAP write (ms) | "
           "live stream (ms) | MCAP + live (ms) | total per frame (s) | MCAP + live share |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -144,7 +207,7 @@ def main():
     for name, model in (("fp32", fp32), ("bf16", bf16)):
         recognizer = SceneRecognizer(Recognizer(model, dataset="modelnet40", up_axis="z"),
                                      load_segmentation_config("tabletop"), top_k=3, track=True,
-                                     tracking=load_tracking_config("tabletop"))
+                                     tracking=load_tracking_config("tabletop"), reuse=False)
         recognizer.recognize(scene, stamp_ns=0)  # warm-up
         best = None
         for i in range(1, args.repeats + 1):
