@@ -116,7 +116,8 @@ def test_bag_to_mcap_with_stable_ids(main, bag, tiny_json, tmp_path):
             score = {p["label"]: p["score"] for p in obj["top_k"]}.get(obj["track_label"], 0.0)
             assert entity.id == str(obj["id"]) and entity.frame_id == "lidar"
             assert entity.texts[0].text == f"{obj['track_label']} {score:.2f} #{obj['id']}"
-            assert {kv.key: kv.value for kv in entity.metadata}["label"] == obj["label"]
+            meta = {kv.key: kv.value for kv in entity.metadata}
+            assert meta["label"] == obj["label"] and meta["reused"] == str(obj["reused"]).lower()
             np.testing.assert_allclose([entity.cubes[0].size.x, entity.cubes[0].size.y, entity.cubes[0].size.z],
                                        np.subtract(obj["bbox_max"], obj["bbox_min"]), atol=1e-6)
 
