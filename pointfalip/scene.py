@@ -643,6 +643,13 @@ class SceneRecognizer:
         self._last_timings = timings  # a fresh dict each call, replaced in one step, never mutated after
         return SceneResult(results, dict(timings), stamp_ns=stamp_ns, frame_id=frame_id)
 
+    def stream(self, frames: Any, **options: Any):
+        """:func:`pointfalip.stream.stream` of this recogniser: frames in, a ``StreamedFrame`` per frame out, every
+        result handed to the ``sinks`` (the one frame loop of the command line and the ROS 2 node)."""
+        from .stream import stream
+
+        return stream(self, frames, **options)
+
     def _predict(self, objects: list[SceneObject], cached: list) -> tuple[list, Any]:
         """Predictions of the objects through ``embed`` -> ``logits``, encoding only those without cached view
         features; returns them with every object's view features ``(B, V, D)``."""

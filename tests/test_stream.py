@@ -72,7 +72,7 @@ def _summary(result: SceneResult):
 def test_static_objects_reuse_their_features_and_answer_as_without_reuse(model):
     clouds = [tabletop(seed=0)] * 5
     rec = CountingRecognizer(model, labels=["mug", "box", "bowl", "bottle"], up_axis="z")
-    reused = [item.result for item in stream(_scene(rec), frames_of(clouds))]
+    reused = [item.result for item in _scene(rec).stream(frames_of(clouds))]  # SceneRecognizer.stream is stream
     assert rec.encoded == [3]  # the first frame's three objects, then nothing
     assert [[o.reused for o in r.objects] for r in reused] == [[False] * 3] + [[True] * 3] * 4
     assert all(r.timings["encoder"] == 0.0 for r in reused[1:])
