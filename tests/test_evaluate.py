@@ -409,8 +409,8 @@ def test_bad_input_one_line_exit_2(tmp_path, main, tiny_json, checkpoint, case):
 
 def test_nothing_evaluable_exit_2(tmp_path, main, tiny_json, checkpoint):
     for name in ("chair_0001.off", "chair_0002.off"):
-        _write_box(tmp_path / "chair" / "test" / name, None)
-    code, _, err = main_eval(main, tiny_json, checkpoint, tmp_path, tmp_path / "r.json")
+        _write_box(tmp_path / "data" / "chair" / "test" / name, None)
+    code, _, err = main_eval(main, tiny_json, checkpoint, tmp_path / "data", tmp_path / "r.json")
     assert_one_line_error(code, err, "nothing to evaluate", "all 2 item(s)", "chair_0001.off")
     assert not (tmp_path / "r.json").exists() and not partial_path(tmp_path / "r.json").exists()
 
