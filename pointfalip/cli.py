@@ -757,6 +757,8 @@ def run_evaluate(args) -> dict:
     if args.category or args.dense:
         raise InputError("--category and --dense apply to --dataset shapenetpart (part segmentation) only")
     run_names(args.compare, args.falip, bool(args.fewshot))  # refuse bad combinations before reading anything
+    if args.out:
+        _check_report_outputs(args, args.out)
     dataset = open_dataset(args.dataset, args.root, split=args.split, limit=args.limit, num_points=args.num_points,
                            up_axis=args.up_axis)
     out = _check_report_outputs(args, args.out or default_report_path(dataset.name))
@@ -827,6 +829,8 @@ def _evaluate_parts(args) -> dict:
         raise InputError(f"'{preset}' is not a parts preset: choose one of {', '.join(list_part_presets())} "
                          "or a YAML file")
     part_runs(args.compare, args.dense, settings)
+    if args.out:
+        _check_report_outputs(args, args.out)
     dataset = open_dataset("shapenetpart", args.root, split=args.split, num_points=args.num_points,
                            up_axis=args.up_axis).restrict(args.category, args.limit)
     out = _check_report_outputs(args, args.out or part_report_path(dataset.category))

@@ -157,8 +157,8 @@ def read_input_text(path: PathLike, what: str) -> str:
 
 def run_inputs(args) -> list[Path]:
     """The files and folders a parsed command line reads (`INPUT_OPTIONS`): what no output of the run may be or
-    be inside. Options that are names or tags (a preset name, ``--pretrained openai``) count only when a path of
-    that name exists."""
+    be inside. Options that are names or tags (a preset name, ``--pretrained openai``, ``--model ViT-B-16``) count
+    only when a file of that name exists (a folder of that name is not what they read)."""
     found = []
     for option in INPUT_OPTIONS:
         value = getattr(args, option, None)
@@ -166,7 +166,8 @@ def run_inputs(args) -> list[Path]:
         for v in values:
             if not isinstance(v, (str, os.PathLike)) or not str(v).strip():
                 continue
-            if option in ("preset", "pretrained", "model") and not os.path.lexists(os.path.expanduser(v)):
+            if option in ("preset", "pretrained", "model") and input_kind(os.path.expanduser(v)) in (
+                    "missing", "folder"):
                 continue
             found.append(Path(v).expanduser())
     return found

@@ -65,6 +65,25 @@ def test_an_output_inside_an_input_folder_is_refused(tmp_path):
     assert (bag / "bag_0.mcap").read_bytes() == b"recording"
 
 
+@pytest.mark.parametrize("target", ["bag/bag_0.mcap", "bag/new.mcap", "data/r.json"])
+def test_a_bag_or_a_dataset_root_is_never_written_into(main, tiny_json, tmp_path, target):
+    """`scene BAG --mcap BAG/BAG.mcap` replaced the bag; an evaluation report inside its dataset root joins it."""
+    bag = tmp_path / "bag"
+    bag.mkdir()
+    (bag / "metadata.yaml").write_text("rosbag2_bagfile_information: {}\n")
+    (bag / "bag_0.mcap").write_bytes(b"the user's recording")
+    root = _folder_dataset(tmp_path / "data")
+    before = _snapshot(tmp_path)
+    if target.startswith("bag"):
+        code, _, err = main("scene", bag, "--labels", "a,b", "--mcap", tmp_path / target, "--model", tiny_json,
+                            "--pretrained", "none")
+    else:
+        code, _, err = main("evaluate", "--dataset", "folder", "--root", root, "--out", tmp_path / target, "--model",
+                            tiny_json, "--pretrained", "none")
+    one_line_error(code, err, "input folder")
+    assert _snapshot(tmp_path) == before
+
+
 def test_a_device_is_never_an_output(tmp_path):
     with pytest.raises(InputError, match="device"):
         files.check_output("/dev/null", "-o")
