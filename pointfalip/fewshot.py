@@ -23,7 +23,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -330,14 +330,19 @@ def _epoch_lr(epoch: int, epochs: int, lr: float) -> float:
     return lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - WARMUP_EPOCHS) / epochs))
 
 
-def train_adapter(view_feats: torch.Tensor, targets: torch.Tensor, text: torch.Tensor,
-                  view_weights: torch.Tensor, logit_scale: float, epochs: int = TRAIN_EPOCHS,
-                  lr: float = TRAIN_LR, seed: int = 0, *, batch_size: int = TRAIN_BATCH,
+def train_adapter(view_feats: torch.Tensor, targets: torch.Tensor, text: Optional[torch.Tensor] = None,
+                  view_weights: Optional[torch.Tensor] = None, logit_scale: Optional[float] = None,
+                  epochs: int = TRAIN_EPOCHS, lr: float = TRAIN_LR, seed: int = 0, *, batch_size: int = TRAIN_BATCH,
                   ratio: float = ADAPTER_RATIO, fusion_init: float = ADAPTER_FUSION_INIT,
-                  dropout: float = ADAPTER_DROPOUT, device: Union[str, torch.device] = "cpu") -> InterViewAdapter:
-    """Fit an :class:`InterViewAdapter` on cached unit view features (K, V, D) with targets (K,) indexing text (C, D).
+                  dropout: float = ADAPTER_DROPOUT, device: Union[str, torch.device] = "cpu",
+                  logits: Optional[Callable[[InterViewAdapter, torch.Tensor], torch.Tensor]] = None
+                  ) -> InterViewAdapter:
+    """Fit an :class:`InterViewAdapter` on cached unit view features (K, V, D) with targets (K,) indexing the labels.
 
-    Logits are ``logit_scale · adapter_scores(...)``; loss :func:`smooth_cross_entropy`; SGD with the reference's
+    ``logits(adapter, view_feats) -> (B, C)`` scores the adapted features (a Recognizer passes its own
+    `Recognizer.adapter_logits`, the adapted branch of its one scoring step); without it they are
+    ``logit_scale · adapter_scores(adapter, f, text, view_weights)`` of text features (C, D). Loss
+    :func:`smooth_cross_entropy`; SGD with the reference's
     momentum, weight decay, batch size, one constant warm-up epoch and a cosine schedule (constants above).
     Unlike the reference there is no point-cloud augmentation (the encoder never runs again) and no checkpoint
     selection on validation (test) accuracy: the last epoch is returned. Seeded: the weights depend only on the
@@ -346,19 +351,25 @@ def train_adapter(view_feats: torch.Tensor, targets: torch.Tensor, text: torch.T
     device = torch.device(device)
     feats = view_feats.detach().to(device, torch.float32)
     y = torch.as_tensor(targets, dtype=torch.int64).to(device)
-    t = F.normalize(text.detach().to(device, torch.float32), dim=-1)
-    w = torch.as_tensor(view_weights).detach().to(device, torch.float32)
     if feats.ndim != 3 or y.shape != (feats.shape[0],):
         raise InputError(f"view features must be (K, V, D) with K targets, got {tuple(feats.shape)} "
                          f"and {tuple(y.shape)}")
     k, v, d = feats.shape
     if k < 2:
         raise InputError("training the adapter needs at least two labelled examples")
-    if t.shape[1] != d or (k and (int(y.min()) < 0 or int(y.max()) >= t.shape[0])):
-        raise InputError(f"text features must be (C, {d}) with every target below C")
+    if logits is None:
+        if text is None or view_weights is None or logit_scale is None:
+            raise ValueError("train_adapter needs logits=, or text, view_weights and logit_scale")
+        t = F.normalize(text.detach().to(device, torch.float32), dim=-1)
+        w = torch.as_tensor(view_weights).detach().to(device, torch.float32)
+        if t.shape[1] != d or (k and (int(y.min()) < 0 or int(y.max()) >= t.shape[0])):
+            raise InputError(f"text features must be (C, {d}) with every target below C")
+        scale = float(logit_scale)
+
+        def logits(adapter: InterViewAdapter, f: torch.Tensor) -> torch.Tensor:
+            return scale * adapter_scores(adapter, f, t, w)
     if epochs < 0 or batch_size < 2:
         raise InputError("epochs must be >= 0 and the batch size >= 2")
-    logit_scale = float(logit_scale)
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
@@ -375,8 +386,7 @@ def train_adapter(view_feats: torch.Tensor, targets: torch.Tensor, text: torch.T
             total = 0.0
             for start in range(0, k - step + 1, step):
                 batch = perm[start:start + step]
-                logits = logit_scale * adapter_scores(adapter, feats[batch], t, w)
-                loss = smooth_cross_entropy(logits, y[batch])
+                loss = smooth_cross_entropy(logits(adapter, feats[batch]), y[batch])
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()
@@ -630,8 +640,8 @@ def cache_from_features(recognizer, view_feats: torch.Tensor, targets: Sequence[
         cache.alpha, cache.beta = tune(cache, zero_shot)
         cache.metadata["tuned"] = can_tune(cache)
     if adapter:
-        cache.adapter = train_adapter(view_feats, cache.targets, recognizer.text.cpu(), weights,
-                                      recognizer.model.logit_scale, epochs=adapter_epochs, seed=seed)
+        cache.adapter = train_adapter(view_feats, cache.targets, epochs=adapter_epochs, seed=seed,
+                                      logits=recognizer.adapter_logits)
     return cache
 
 

@@ -290,11 +290,19 @@ class Recognizer:
         if self.fewshot.adapter is not None:
             adapter = self.fewshot.adapter.to(view_feats.device)
             with torch.no_grad():
-                score = fewshot.adapter_scores(adapter, view_feats, self._text(), weights)
+                zero_shot = self.adapter_logits(adapter, view_feats)
         else:
-            score = self.score(view_feats)
+            zero_shot = self.model.logit_scale * self.score(view_feats)
         query = fewshot.fuse_views(view_feats, weights)
-        return self.model.logit_scale * score + fewshot.cache_logits(query, self.fewshot, self._fewshot_labels)
+        return zero_shot + fewshot.cache_logits(query, self.fewshot, self._fewshot_labels)
+
+    def adapter_logits(self, adapter, view_feats: torch.Tensor) -> torch.Tensor:
+        """``logit_scale · Σ_v β_v <â_v, t_c>`` (B, C) of an inter-view adapter's features â of view features
+        (B, V, D): the adapted branch of `logits`, and what training the adapter optimises (differentiable)."""
+        from . import fewshot
+
+        return self.model.logit_scale * fewshot.adapter_scores(adapter, view_feats, self._text(),
+                                                               self.view_weights(view_feats.shape[1]))
 
     def view_logits(self, view_feats: torch.Tensor) -> torch.Tensor:
         """Each view's own logits (B, V, C) against the text, before fusion (what each view alone would say)."""
