@@ -110,6 +110,18 @@ def test_adapter_in_the_scoring_step(model, shots):
     torch.testing.assert_close(with_adapter.logits(feats), expected)
 
 
+def test_a_built_adapter_is_trained_on_the_recognizers_own_scores(model, shots):
+    """cache_from_features trains through Recognizer.adapter_logits: the same adapter as training on the text
+    features and view weights directly, from the same seed."""
+    rec = Recognizer(model, labels=LABELS, cache_dir=False)
+    feats = rec.embed(shots[0])
+    built = fewshot.cache_from_features(rec, feats, shots[1], 3, 400, adapter=True, adapter_epochs=3, seed=5)
+    direct = fewshot.train_adapter(feats, torch.tensor(shots[1]), rec.text, torch.ones(feats.shape[1]),
+                                   model.logit_scale, epochs=3, seed=5)
+    for name, value in direct.state_dict().items():
+        torch.testing.assert_close(built.adapter.state_dict()[name], value)
+
+
 # ---- the command line ---------------------------------------------------------------------------------------
 @pytest.fixture
 def tiny_json(tmp_path):
