@@ -57,7 +57,7 @@ def main() -> None:
             model = load_model(name, pretrained="none", precision=precision)
         rec = Recognizer(model, labels=names, preset=args.preset, falip=True, cache_dir=False)
 
-        def run(runs):
+        def run(runs, rec=rec):
             rec.falip = runs[0] == FALIP
             return score_batch(rec, rec.prepare(list(batch)), runs)
 

@@ -6,4 +6,4 @@ from .errors import InputError, WeightsUnavailable  # noqa: E402
 from .model import FalipCLIP, load_model  # noqa: E402
 from .recognize import Recognizer  # noqa: E402
 
-__all__ = ["FalipCLIP", "InputError", "Recognizer", "WeightsUnavailable", "load_model", "__version__"]
+__all__ = ["FalipCLIP", "InputError", "Recognizer", "WeightsUnavailable", "load_model", "parts", "__version__"]

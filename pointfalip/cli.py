@@ -21,6 +21,8 @@ import torch
 
 from . import __version__, io
 from .errors import InputError
+from .files import forget_pipes
+from .presets import PRECISION_CHOICES
 
 log = logging.getLogger("pointfalip")
 
@@ -107,9 +109,19 @@ def bounded_float(lo: float, hi: float) -> Callable[[str], float]:
 
 
 MAX_POINTS = io.MAX_NUM_POINTS
+MAX_SEED = 2**31 - 1  # seeds of the example draws: numpy's generators take any, the reports keep them as JSON ints
 top_k_type = bounded_int(1, 10_000)
 num_points_type = bounded_int(io.MIN_POINTS, io.MAX_NUM_POINTS)
 metres_type = bounded_float(1e-4, 100.0)  # 0.1 mm to 100 m: smaller voxels overflow the grid's integer indices
+
+
+def seed_list(text: str) -> list[int]:
+    """An argparse type: comma-separated seeds, each an integer in [0, MAX_SEED]."""
+    parse = bounded_int(0, MAX_SEED)
+    seeds = [parse(v.strip()) for v in text.split(",") if v.strip()]
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"'{text}' holds no seed")
+    return seeds
 
 
 # ---- shared option groups ------------------------------------------------------------------------------
@@ -123,7 +135,7 @@ def model_args(p: argparse.ArgumentParser, precision_default: str = "the preset'
     g.add_argument("--pretrained", default="openai",
                    help="open_clip tag, hf-hub:ID, local checkpoint, or 'none' for random weights (default %(default)s)")
     g.add_argument("--device", default=_default_device(), help="torch device (default %(default)s)")
-    g.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
+    g.add_argument("--precision", choices=PRECISION_CHOICES,
                    help=f"auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32 (default: {precision_default})")
 
 
@@ -138,8 +150,12 @@ def label_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dataset", help="a dataset's class names: modelnet40, modelnet10, scanobjectnn")
 
 
-def recognizer_args(p: argparse.ArgumentParser, up_default: str = "the preset's, y") -> None:
-    p.add_argument("--preset", default="pointclip_v2", help="configs/presets name or YAML file (default %(default)s)")
+DEFAULT_PRESET = "pointclip_v2"  # the recognition preset when --preset is not given
+
+
+def recognizer_args(p: argparse.ArgumentParser, up_default: str = "the preset's, y",
+                    preset_help: str = f"configs/presets name or YAML file (default {DEFAULT_PRESET})") -> None:
+    p.add_argument("--preset", help=preset_help)
     p.add_argument("--projection", choices=("realistic", "simple"), help="override the preset's projection")
     p.add_argument("--no-falip", dest="falip", action="store_false", help="plain CLIP (the baseline)")
     p.add_argument("--up-axis", choices=io.UP_AXES, help=f"up axis of the input (default: {up_default})")
@@ -151,8 +167,8 @@ def recognizer_args(p: argparse.ArgumentParser, up_default: str = "the preset's,
 
 def recognizer_options(args) -> dict:
     """The keyword arguments of `Recognizer` that the command line sets: the one reading of them."""
-    return {"preset": args.preset, "falip": args.falip, "projection": args.projection, "up_axis": args.up_axis,
-            "prompt_file": args.prompt_file, "fewshot": getattr(args, "fewshot", None)}
+    return {"preset": args.preset or DEFAULT_PRESET, "falip": args.falip, "projection": args.projection,
+            "up_axis": args.up_axis, "prompt_file": args.prompt_file, "fewshot": getattr(args, "fewshot", None)}
 
 
 def load_model(args):
@@ -162,7 +178,7 @@ def load_model(args):
     if args.precision is None:
         from .recognize import load_preset
 
-        args.precision = load_preset(args.preset).precision if getattr(args, "preset", None) else "auto"
+        args.precision = load_preset(args.preset or DEFAULT_PRESET).precision if hasattr(args, "preset") else "auto"
     return load(args.model, args.pretrained, device=args.device, precision=args.precision)
 
 
@@ -175,17 +191,10 @@ def build_recognizer(args, model, labels=None, dataset=None):
 def read_labels(args) -> tuple[Optional[list[str]], Optional[str]]:
     """(labels, dataset) from --labels, --labels-file or --dataset."""
     if getattr(args, "labels_file", None):
-        path = Path(args.labels_file)
-        if path.is_dir():
-            raise InputError(f"labels file {path} is a folder")
-        if not path.is_file():
-            raise InputError(f"labels file {path} does not exist")
-        try:
-            text = path.read_text(encoding="utf-8-sig")
-        except UnicodeDecodeError as e:
-            raise InputError(f"labels file {path} is not UTF-8 text") from e
-        except PermissionError as e:
-            raise InputError(f"labels file {path}: permission denied") from e
+        from .files import read_input_text
+
+        path = args.labels_file
+        text = read_input_text(path, "labels file")
         labels = [line.strip() for line in text.splitlines() if line.strip()]
         if not labels:
             raise InputError(f"labels file {path} is empty")
@@ -229,8 +238,6 @@ def _print_classify(results: list[dict]) -> None:
 
 @command("classify", "which label fits each point cloud", _classify_args, _print_classify)
 def run_classify(args) -> list[dict]:
-    from .recognize import ranked
-
     labels, dataset = read_labels(args)
     clouds = [io.load_points(f, num_points=args.num_points) for f in args.files]
     rec = build_recognizer(args, load_model(args), labels, dataset)
@@ -239,13 +246,12 @@ def run_classify(args) -> list[dict]:
         for f, cloud in zip(args.files, prepared):
             log.info("%s -> model input (normalised, up=%s): %s", f, rec.config.up_axis, io.describe(cloud))
     feats = rec.embed(prepared, prepared=True)
-    probs = rec.probabilities(rec.logits(feats))
+    views = rec.rank_views(feats) if args.per_view else None
     out = []
-    view_probs = rec.probabilities(rec.view_logits(feats)) if args.per_view else None
-    for i, f in enumerate(args.files):
-        item = {"file": str(f), "predictions": _predictions(ranked(rec.labels, probs[i], args.top_k))}
-        if view_probs is not None:
-            item["views"] = [ranked(rec.labels, p, 1)[0].to_dict() for p in view_probs[i]]
+    for i, (f, preds) in enumerate(zip(args.files, rec.rank(feats, args.top_k))):
+        item = {"file": str(f), "predictions": _predictions(preds)}
+        if views is not None:
+            item["views"] = _predictions(views[i])
         out.append(item)
     if args.verbose:
         log.info("timings: %s", {k: round(v, 3) for k, v in rec.last_timings.items()})
@@ -264,23 +270,19 @@ def _render_args(p):
 
 @command("render", "contact sheet of the depth views with their foveal masks", _render_args)
 def run_render(args) -> dict:
-    from .files import IMAGE_SUFFIXES, check_output
-    from .foveal import from_occupancy
+    from .files import IMAGE_SUFFIXES, check_output, run_inputs
     from .model import config_grid
-    from .projection import project
-    from .recognize import DEFAULT_VIEWS, load_preset
+    from .recognize import foveal_biases, project_clouds, resolve_config
     from .render import save_sheet
 
-    output = check_output(args.output, "--output", inputs=[args.file], suffixes=IMAGE_SUFFIXES)
-    preset = load_preset(args.preset)
-    method = args.projection or preset.projection
-    views = preset.views if method == preset.projection else DEFAULT_VIEWS[method]
+    output = check_output(args.output, "--output", inputs=run_inputs(args), suffixes=IMAGE_SUFFIXES)
+    config = resolve_config(args.preset, projection=args.projection, up_axis=args.up_axis)
     grid, size = config_grid(args.model)
-    cloud = io.normalize(io.load_points(args.file, num_points=args.num_points), args.up_axis or preset.up_axis)
+    cloud = io.normalize(io.load_points(args.file, num_points=args.num_points), config.up_axis)
     if size[0] != size[1]:
         raise InputError(f"model '{args.model}' takes {size[0]}x{size[1]} images; depth views are square")
-    depth = project(cloud, method=method, views=views, image_size=size[0])
-    weights = from_occupancy(depth.occupancy[0], grid, preset.foveal)
+    depth = project_clouds(config, [cloud], size[0])
+    weights = foveal_biases(config, depth, grid)
     path = save_sheet(output, depth.images[0], weights, [f"view {v}" for v in range(depth.images.shape[1])])
     return {"file": str(args.file), "output": str(path), "views": int(depth.images.shape[1])}
 
@@ -305,24 +307,23 @@ def _print_demo(result: dict) -> None:
 @command("demo", "the embedded default: built-in objects against ModelNet40 names", _demo_args, _print_demo)
 def run_demo(args) -> dict:
     from .demo import demo_clouds
-    from .files import IMAGE_SUFFIXES, check_output
-    from .recognize import Recognizer, ranked
+    from .files import IMAGE_SUFFIXES, check_output, run_inputs
+    from .recognize import Recognizer
     from .render import save_sheet
 
-    output = check_output(args.output, "--output", suffixes=IMAGE_SUFFIXES)
+    output = check_output(args.output, "--output", inputs=run_inputs(args), suffixes=IMAGE_SUFFIXES)
     clouds = demo_clouds()
     model = load_model(args)
     rec = Recognizer(model, dataset="modelnet40", preset=args.preset)
     names = list(clouds)
     views = rec.project(rec.prepare([clouds[n] for n in names]))
-    probs = rec.probabilities(rec.logits(rec.embed_views(views)))
+    ranks = rec.rank(rec.embed_views(views), args.top_k)
     _, bias = rec.encoder_input(views)
     v = views.images.shape[1]
     captions = [f"{n} v{i}" for n in names for i in range(v)]
     sheet = save_sheet(output, views.images.flatten(0, 1), bias, captions, columns=v)
     return {"model": model.name, "pretrained": model.pretrained, "contact_sheet": str(sheet),
-            "objects": [{"object": n, "predictions": _predictions(ranked(rec.labels, p, args.top_k))}
-                        for n, p in zip(names, probs)]}
+            "objects": [{"object": n, "predictions": _predictions(preds)} for n, preds in zip(names, ranks)]}
 
 
 # ---- parts ---------------------------------------------------------------------------------------------
@@ -331,7 +332,7 @@ def _segment_args(p):
     p.add_argument("--parts", help="comma-separated part names, e.g. 'back,seat,leg,arm'")
     p.add_argument("--category", help="what the object is (filled into the prompts); a ShapeNetPart category "
                                       "gives its parts when --parts is absent")
-    p.add_argument("--preset", default="pointclip_v2_parts",
+    p.add_argument("--preset", default="pointfalip_parts",
                    help="configs/parts name or YAML file (default %(default)s)")
     p.add_argument("--dense", choices=("tokens", "clearclip"), help="dense features (default: the preset's)")
     p.add_argument("-o", "--output", help="write the points as a PLY with one colour per part")
@@ -357,15 +358,18 @@ def _print_segment(result: dict) -> None:
 def run_segment(args) -> dict:
     import numpy as np
 
-    from .files import IMAGE_SUFFIXES, atomic_write, check_output
+    from .files import IMAGE_SUFFIXES, atomic_write, check_output, run_inputs
     from .parts import PartSegmenter, load_part_preset, resolve_parts
     from .render import part_colors, save_part_sheet
 
     names = resolve_parts(args.parts, args.category)
     targets = {"output": (args.output, "-o/--output", (".ply",)), "render": (args.render, "--render", IMAGE_SUFFIXES),
                "per_point": (args.per_point, "--per-point", (".npy",))}
-    paths = {k: check_output(path, what, inputs=[args.cloud], suffixes=suffixes)
+    inputs = run_inputs(args)
+    paths = {k: check_output(path, what, inputs=inputs, suffixes=suffixes)
              for k, (path, what, suffixes) in targets.items() if path is not None}
+    if len({os.path.realpath(p) for p in paths.values()}) < len(paths):
+        raise InputError("-o, --render and --per-point name the same file: give each its own")
     preset = load_part_preset(args.preset)
     cloud = io.load_points(args.cloud, num_points=args.num_points, max_points=None)
     if args.precision is None:
@@ -477,7 +481,7 @@ def run_scene(args) -> dict:
     import threading
     from contextlib import ExitStack
 
-    from .files import IMAGE_SUFFIXES, check_output
+    from .files import IMAGE_SUFFIXES, check_output, run_inputs
     from .scene import load_scene_recognizer
     from .sources import read_frames
     from .stream import stream
@@ -491,9 +495,9 @@ def run_scene(args) -> dict:
         if (args.loop or args.realtime) and not args.serve:
             raise InputError("--loop and --realtime pace the live view: add --serve (or drop them)")
         labels, dataset = read_labels(args)
-        render = check_output(args.render, "--render", inputs=[args.input], suffixes=IMAGE_SUFFIXES) \
-            if args.render else None
-        mcap = check_output(args.mcap, "--mcap", inputs=[args.input], suffixes=(".mcap",)) if args.mcap else None
+        inputs = run_inputs(args)
+        render = check_output(args.render, "--render", inputs=inputs, suffixes=IMAGE_SUFFIXES) if args.render else None
+        mcap = check_output(args.mcap, "--mcap", inputs=inputs, suffixes=(".mcap",)) if args.mcap else None
 
         def open_source():
             return read_frames(args.input, args.topic, intrinsics=args.intrinsics, depth_scale=args.depth_scale,
@@ -626,7 +630,7 @@ def _fewshot_build_args(p):
     p.add_argument("--split", default="train", choices=("train", "test"),
                    help="the release's split the shots are drawn from (default %(default)s; a folder has one)")
     p.add_argument("--shots", type=bounded_int(1, 10_000), default=16, help="examples per label (default %(default)s)")
-    p.add_argument("--seed", type=bounded_int(0, 2**31 - 1), default=0, help="which examples are drawn")
+    p.add_argument("--seed", type=bounded_int(0, MAX_SEED), default=0, help="which examples are drawn")
     p.add_argument("--tune", action="store_true", help="pick the cache's alpha and beta by leave-one-out on the shots")
     p.add_argument("--adapter", action="store_true", help="also train PointCLIP's inter-view adapter on the shots")
     p.add_argument("--adapter-epochs", type=bounded_int(1, 10_000), default=250,
@@ -649,10 +653,10 @@ def _print_fewshot_build(result: dict) -> None:
 def run_fewshot_build(args) -> dict:
     from .datasets import open_dataset
     from .fewshot import build_from_dataset, save_cache
-    from .files import check_output
+    from .files import check_output, run_inputs
     from .recognize import Recognizer
 
-    output = check_output(args.output, "--output", inputs=[args.root], suffixes=(".fewshot", ".safetensors"))
+    output = check_output(args.output, "--output", inputs=run_inputs(args), suffixes=(".fewshot", ".safetensors"))
     if args.fewshot:
         raise InputError("--fewshot reads a cache; fewshot build writes one with -o")
     split = "test" if args.dataset.lower() == "folder" else args.split
@@ -665,7 +669,8 @@ def run_fewshot_build(args) -> dict:
                                adapter_epochs=args.adapter_epochs, progress=sys.stderr.isatty())
     save_cache(output, cache)
     return {"output": str(output), "examples": len(cache.targets), "labels": cache.labels, "shots": args.shots,
-            "per_label": cache.shot_counts(), "alpha": cache.alpha, "beta": cache.beta, "tuned": args.tune,
+            "per_label": cache.shot_counts(), "alpha": cache.alpha, "beta": cache.beta,
+            "tuned": bool(cache.metadata.get("tuned", False)),
             "adapter": cache.adapter is not None}
 
 
@@ -679,16 +684,18 @@ def _evaluate_args(p):
     p.add_argument("--limit", type=bounded_int(1, 10**9), help="the first N objects only")
     p.add_argument("--compare", action="store_true", help="FALIP and the plain-CLIP baseline from the same views "
                    "(shapenetpart: tokens and clearclip dense features)")
-    g = p.add_argument_group("part segmentation (--dataset shapenetpart; --preset defaults to pointclip_v2_parts)")
+    g = p.add_argument_group("part segmentation (--dataset shapenetpart; --preset defaults to pointfalip_parts)")
     g.add_argument("--category", help="one ShapeNetPart category only, e.g. chair")
     g.add_argument("--dense", choices=("tokens", "clearclip"), help="dense features (default: the preset's)")
     p.add_argument("--batch-size", type=bounded_int(1, 4096), default=16, help="objects per batch (default %(default)s)")
     p.add_argument("--out", help="report path, .json (default evaluate_<dataset>.json); the confusion PNG goes beside it")
     g = p.add_argument_group("few-shot protocol (K examples per class from the train split, several seeds)")
     g.add_argument("--shots", type=bounded_int(1, 10_000), help="examples per class for a few-shot cache per seed")
-    g.add_argument("--seeds", default="1", help="comma-separated seeds of the example draws (default %(default)s)")
+    g.add_argument("--seeds", type=seed_list, default=[1],
+                   help="comma-separated seeds of the example draws, each in [0, 2^31) (default 1)")
     g.add_argument("--train-root", help="folder of the release's train split (default --root)")
-    recognizer_args(p, up_default="the dataset's")
+    recognizer_args(p, up_default="the dataset's", preset_help=f"configs/presets name or YAML file (default "
+                    f"{DEFAULT_PRESET}; shapenetpart: a configs/parts name, default pointfalip_parts)")
     model_args(p)
 
 
@@ -725,24 +732,21 @@ def _print_evaluate(report: dict) -> None:
          _print_evaluate)
 def run_evaluate(args) -> dict:
     from .datasets import is_part_dataset, open_dataset
-    from .evaluate import check_report_path, default_report_path, distributed, evaluate, run_names
-    from .files import check_output
+    from .evaluate import default_report_path, distributed, evaluate, run_names
 
     if is_part_dataset(args.dataset):
         return _evaluate_parts(args)
     if args.category or args.dense:
         raise InputError("--category and --dense apply to --dataset shapenetpart (part segmentation) only")
     run_names(args.compare, args.falip, bool(args.fewshot))  # refuse bad combinations before reading anything
+    if args.out:
+        _check_report_outputs(args, args.out)
     dataset = open_dataset(args.dataset, args.root, split=args.split, limit=args.limit, num_points=args.num_points,
                            up_axis=args.up_axis)
-    out = check_output(args.out or default_report_path(dataset.name), "--out", suffixes=(".json",))
-    check_report_path(out)
+    out = _check_report_outputs(args, args.out or default_report_path(dataset.name))
     protocol = {}
     if args.shots is not None:
-        try:
-            seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
-        except ValueError:
-            raise InputError(f"--seeds '{args.seeds}' must be comma-separated integers") from None
+        seeds = args.seeds
         train_split = "test" if args.dataset.lower() == "folder" else "train"
         train = open_dataset(args.dataset, args.train_root or args.root, split=train_split,
                              num_points=args.num_points, up_axis=args.up_axis)
@@ -759,12 +763,35 @@ def run_evaluate(args) -> dict:
     return report
 
 
+def _check_report_outputs(args, out) -> Path:
+    """The report path of an evaluation and every file it writes beside it (the confusion matrix or the
+    per-point predictions, the resume folder), checked before any work: none may be an input of the run."""
+    from .batches import check_report_path, partial_path
+    from .datasets import is_part_dataset
+    from .evaluate import confusion_path
+    from .evaluate_parts import predictions_path
+    from .files import check_output, run_inputs
+
+    inputs = run_inputs(args)
+    out = check_output(out, "--out", inputs=inputs, suffixes=(".json",))
+    if is_part_dataset(args.dataset):
+        check_output(predictions_path(out), "the predictions file beside --out", inputs=inputs)
+    else:
+        check_output(confusion_path(out), "the confusion-matrix picture beside --out", inputs=inputs)
+    partial = partial_path(out)
+    for source in inputs:
+        if os.path.realpath(source) == os.path.realpath(partial):
+            raise InputError(f"{partial}, where --out keeps its resume cache, is an input of this run")
+    check_report_path(out)
+    return out
+
+
 def _evaluate_parts(args) -> dict:
     """`evaluate --dataset shapenetpart`: zero-shot part segmentation (pointfalip.evaluate_parts)."""
     from .datasets import open_dataset
-    from .evaluate import check_report_path, distributed
+    from .evaluate import distributed
     from .evaluate_parts import evaluate_parts, part_report_path, part_runs
-    from .files import check_output
+    from .parts import DEFAULT_PRESET as DEFAULT_PART_PRESET
     from .parts import list_part_presets, load_part_preset
 
     classification_only = (("--projection", args.projection), ("--no-falip", not args.falip),
@@ -774,8 +801,8 @@ def _evaluate_parts(args) -> dict:
     if unused:
         raise InputError(f"{', '.join(unused)} do(es) not apply to part segmentation (--dataset shapenetpart); "
                          "set its options in a parts preset")
-    preset = args.preset
-    if preset in list_part_presets() or preset.endswith((".yaml", ".yml")) or Path(preset).is_file():
+    preset = args.preset or DEFAULT_PART_PRESET  # --preset pointclip_v2 gives V2's own, pointclip_v2_parts
+    if preset in list_part_presets() or preset.endswith((".yaml", ".yml")) or os.path.exists(preset):
         settings = load_part_preset(preset)
     elif f"{preset}_parts" in list_part_presets():
         preset = f"{preset}_parts"
@@ -784,10 +811,11 @@ def _evaluate_parts(args) -> dict:
         raise InputError(f"'{preset}' is not a parts preset: choose one of {', '.join(list_part_presets())} "
                          "or a YAML file")
     part_runs(args.compare, args.dense, settings)
+    if args.out:
+        _check_report_outputs(args, args.out)
     dataset = open_dataset("shapenetpart", args.root, split=args.split, num_points=args.num_points,
                            up_axis=args.up_axis).restrict(args.category, args.limit)
-    out = check_output(args.out or part_report_path(dataset.category), "--out", suffixes=(".json",))
-    check_report_path(out)
+    out = _check_report_outputs(args, args.out or part_report_path(dataset.category))
     with distributed(args.device) as device:
         args.device = device
         if args.precision is None:
@@ -845,6 +873,21 @@ class _Held(logging.Handler):
             print(text, file=sys.stderr)
 
 
+def _non_finite(value, where: str = "the top") -> Optional[str]:
+    """Where in a result (a JSON path such as ``[0].predictions[1].score``) the first NaN or infinity lies, None
+    when every number is finite."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else where
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) \
+        else ()
+    for key, item in items:
+        found = _non_finite(item, f"{'' if where == 'the top' else where}" + (f".{key}" if isinstance(key, str)
+                                                                              else f"[{key}]"))
+        if found is not None:
+            return found
+    return None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -880,18 +923,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(f"pointfalip {args.command}: interrupted", file=sys.stderr)
                 return 130
     finally:
+        forget_pipes()
         root.setLevel(saved[0])
         root.handlers = saved[1]
         ours.setLevel(saved[2])
+    bad = _non_finite(result)
+    if bad is not None:  # garbage that passed every check: say so instead of printing nan, and print nothing
+        print(f"pointfalip {args.command}: error: the result holds a non-finite number at {bad}; nothing was "
+              "printed (please report this with the command line)", file=sys.stderr)
+        return 1
     held.flush_lines()
     try:
-        if args.json:
-            json.dump(result, sys.stdout, indent=2, allow_nan=False)
-            print()
-        elif cmd.printer is not None:
-            cmd.printer(result)
+        if args.json or cmd.printer is None:
+            text = json.dumps(result, indent=2, allow_nan=False)  # whole before the first byte goes out
+            print(text)
         else:
-            print(json.dumps(result, indent=2, allow_nan=False))
+            cmd.printer(result)
         sys.stdout.flush()
     except BrokenPipeError:  # `pointfalip ... --json | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

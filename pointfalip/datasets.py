@@ -54,6 +54,7 @@ import numpy as np
 from . import io as pio
 from . import prompts
 from .errors import InputError
+from .files import check_input_file
 
 logger = logging.getLogger(__name__)
 
@@ -447,6 +448,9 @@ def _resolve_listed(line: str, base: Path, listing: Path, lineno: int) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate
+    for candidate in candidates:
+        if os.path.lexists(candidate):  # there, but a folder, a device, a pipe: say what it is
+            check_input_file(candidate, f"{listing} line {lineno} names '{line}', but")
     raise InputError(f"{listing} line {lineno} names '{line}', but {base / p.name} does not exist; "
                      "keep the h5 files next to the list")
 
@@ -626,6 +630,9 @@ class ShapeNetPartDataset(H5Dataset):
                 raise InputError(f"{self.files[k]}: cannot read rows {lo}-{hi - 1} of '{_DATA_KEY}' or "
                                  f"'{_PART_KEY}' ({pio._reason(e)}); the file may be truncated") from e
         clouds_, pids_ = np.concatenate(clouds), np.concatenate(pids)
+        for j, i in enumerate(indices):  # the rule of every command: finite, at least MIN_POINTS distinct points
+            k, row = located[j]
+            pio.validate(clouds_[j], name=f"{self.files[k]}[{row}] (item {i})")
         self._check_parts(indices, pids_)
         return clouds_, pids_
 

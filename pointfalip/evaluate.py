@@ -26,22 +26,23 @@ the same batch as in a single process.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import os
-import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence, Union
+from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from . import __version__
+from .batches import (KEY_VERSION, MADE_BY, PARTIAL_SUFFIX, BatchCache, barrier, check_report_path, dist_rank,
+                      distributed, dumps_report, gather, missing_ranges, ordered_batches, partial_path, run_batches,
+                      write_report)
+from .batches import run_key as _hashed_key
 from .datasets import Dataset
 from .errors import InputError
 from .files import atomic_write, file_identity
@@ -52,11 +53,6 @@ log = logging.getLogger(__name__)
 
 FALIP, BASELINE = "falip", "baseline"  # run names in the report
 FEWSHOT_SUFFIX = "+fewshot"  # a run scored with a few-shot cache
-PARTIAL_SUFFIX = ".partial"  # the resume cache: <report path> + this suffix, a folder
-_KEY_FILE = "key.json"
-_KEY_VERSION = 1  # bump when the batch files' contents change
-_MADE_BY = "pointfalip evaluate"  # the key file says who made the cache folder
-_OWN_FILE = re.compile(r"key\.json|batch_\d{9}\.npz|\..+\.tmp")  # the files the cache writes
 
 # confusion-matrix picture
 _CELL_MAX, _CELL_MIN = 28, 6  # pixels per cell, for few and for many classes
@@ -207,9 +203,7 @@ def run_key(model: FalipCLIP, dataset: Dataset, preset: str, config: RecognizerC
             batch_size: int, fewshot=None) -> dict:
     """Everything that changes an evaluation's results, and its sha256 under "hash"."""
     prompt_file = config.prompt_file
-    payload = {
-        "made_by": _MADE_BY,
-        "version": _KEY_VERSION,
+    return _hashed_key({
         "pointfalip": __version__,
         "dataset": dataset.name,
         "root": str(Path(dataset.root).resolve()),
@@ -228,9 +222,12 @@ def run_key(model: FalipCLIP, dataset: Dataset, preset: str, config: RecognizerC
         "batch_size": batch_size,
         "fewshot": None if fewshot is None else (file_identity(fewshot) if isinstance(fewshot, (str, os.PathLike))
                                                  else _cache_identity(fewshot)),
-    }
-    text = json.dumps(payload, sort_keys=True, default=str)
-    return {**json.loads(text), "hash": hashlib.sha256(text.encode("utf-8")).hexdigest()}
+    })
+
+
+def confusion_path(out: Union[str, Path]) -> Path:
+    """The confusion-matrix picture beside the report ``out``."""
+    return Path(str(Path(out).with_suffix("")) + ".confusion.png")
 
 
 def _cache_identity(cache) -> str:
@@ -241,154 +238,6 @@ def _cache_identity(cache) -> str:
     return digest.hexdigest()
 
 
-class BatchCache:
-    """Per-batch results in a folder, valid for one `run_key`; files are replaced atomically."""
-
-    def __init__(self, folder: Path, key: dict, runs: Sequence[str]):
-        self.folder = Path(folder)
-        self.key = key
-        self.runs = tuple(runs)
-
-    def _matches(self) -> bool:
-        try:
-            return json.loads((self.folder / _KEY_FILE).read_text()).get("hash") == self.key["hash"]
-        except (OSError, ValueError):
-            return False
-
-    def _ours(self) -> bool:
-        """Whether the folder is a cache this tool made: its key file names pointfalip and it holds nothing else
-        than the files the cache writes."""
-        try:
-            key = json.loads((self.folder / _KEY_FILE).read_text())
-        except (OSError, ValueError):
-            return False
-        if not isinstance(key, dict) or key.get("made_by") != _MADE_BY:
-            return False
-        return all(_OWN_FILE.fullmatch(p.name) for p in self.folder.iterdir())
-
-    def check(self) -> None:
-        """InputError unless the folder is absent or a cache this tool made (run before any work)."""
-        if self.folder.exists() and not self.folder.is_dir():
-            raise InputError(f"{self.folder} is a file; the evaluation keeps its resume cache there: move it")
-        if self.folder.exists() and not self._ours():
-            raise InputError(f"{self.folder} exists and was not made by pointfalip evaluate; move it away or "
-                             "choose another --out")
-
-    def open(self, fresh_if_stale: bool = True) -> bool:
-        """Make the folder ready for this key; True when it already held this key's batches.
-
-        A stale cache of this tool is emptied; a folder the tool cannot prove it made (no key file of its own,
-        or files it does not write) is never touched: that is a one-line InputError."""
-        self.check()
-        if self._matches():
-            return True
-        if not fresh_if_stale:
-            return False
-        if self.folder.exists():
-            log.warning("%s holds results of other arguments; starting afresh", self.folder)
-            self.remove()
-        self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.folder / _KEY_FILE, lambda f: f.write(json.dumps(self.key, indent=1).encode()))
-        return False
-
-    def path(self, start: int) -> Path:
-        return self.folder / f"batch_{start:09d}.npz"
-
-    def save(self, b: BatchResult) -> None:
-        arrays = {"start": np.int64(b.start), "indices": b.indices, "labels": b.labels,
-                  "skipped_index": np.array([s[0] for s in b.skipped], dtype=np.int64),
-                  "skipped_source": np.array([s[1] for s in b.skipped], dtype=str),
-                  "skipped_reason": np.array([s[2] for s in b.skipped], dtype=str)}
-        arrays.update({f"pred_{r}": b.predictions[r] for r in self.runs})
-        atomic_write(self.path(b.start), lambda f: np.savez(f, **arrays))
-
-    def load(self, start: int) -> Optional[BatchResult]:
-        path = self.path(start)
-        if not path.is_file():
-            return None
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                preds = {r: z[f"pred_{r}"].astype(np.int64) for r in self.runs}
-                skipped = [(int(i), str(s), str(r)) for i, s, r in
-                           zip(z["skipped_index"], z["skipped_source"], z["skipped_reason"])]
-                b = BatchResult(int(z["start"]), z["indices"].astype(np.int64), z["labels"].astype(np.int64),
-                                preds, skipped)
-        except (OSError, ValueError, KeyError) as e:
-            log.warning("%s: unreadable (%s); computing the batch again", path, e)
-            return None
-        if b.start != start or any(len(p) != len(b.indices) for p in preds.values()):
-            log.warning("%s: inconsistent contents; computing the batch again", path)
-            return None
-        return b
-
-    def remove(self) -> None:
-        """Delete the cache's own files and then the folder, if it is empty; nothing else."""
-        if not self.folder.is_dir():
-            return
-        for p in self.folder.iterdir():
-            if _OWN_FILE.fullmatch(p.name) and p.is_file():
-                p.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            self.folder.rmdir()
-
-
-# --------------------------------------------------------------------------------------------------
-# torch.distributed
-# --------------------------------------------------------------------------------------------------
-
-def _dist():
-    """(rank, world size) of the current process group, (0, 1) without one."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if _dist()[1] > 1:
-        dist.barrier()
-
-
-@contextlib.contextmanager
-def distributed(device: Union[str, torch.device] = "cpu") -> Iterator[str]:
-    """Join torchrun's process group when ``WORLD_SIZE`` > 1 (NCCL on CUDA, gloo on the CPU); yields the device
-    this rank should use (``cuda:LOCAL_RANK`` on CUDA). A no-op for a single process or an existing group."""
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1 or (dist.is_available() and dist.is_initialized()):
-        yield str(device)
-        return
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise InputError(f"unknown device '{device}'") from e
-    if dev.type == "cuda":
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(dev)
-        backend = "nccl"
-    else:
-        backend = "gloo"
-    dist.init_process_group(backend)
-    try:
-        yield str(dev)
-    finally:
-        dist.destroy_process_group()
-
-
-def _gather(batches: list) -> list:
-    import torch.distributed as dist
-
-    if _dist()[1] == 1:
-        return batches
-    parts = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, batches)
-    return [b for part in parts for b in part]
-
-
 # --------------------------------------------------------------------------------------------------
 # evaluation
 # --------------------------------------------------------------------------------------------------
@@ -396,56 +245,6 @@ def _gather(batches: list) -> list:
 def default_report_path(dataset_name: str) -> Path:
     """``evaluate_<dataset>.json`` in the current folder."""
     return Path(f"evaluate_{dataset_name}.json")
-
-
-def partial_path(out: Union[str, Path]) -> Path:
-    """The resume cache of the report ``out``."""
-    return Path(str(out) + PARTIAL_SUFFIX)
-
-
-def check_report_path(out: Union[str, Path]) -> None:
-    """InputError when the report's resume cache folder holds something this tool did not make."""
-    BatchCache(partial_path(out), {}, ()).check()
-
-
-def _progress(total: int, initial: int, enabled: bool, desc: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, unit="obj", desc=desc, dynamic_ncols=True, smoothing=0.1,
-                disable=not (enabled and sys.stderr.isatty()))
-
-
-def run_batches(cache: BatchCache, n_items: int, batch_size: int, compute: Callable[[int, int], Iterator],
-                progress: bool, desc: str) -> list:
-    """The batches of every rank: the resume cache opened (rank 0 first), this rank's block of batch positions
-    taken from the cache where done and computed otherwise (``compute(lo, hi)`` yields the results of the
-    positions in [lo, hi), each saved as it comes), then gathered from all ranks."""
-    rank, world = _dist()
-    if rank == 0:
-        resumed = cache.open()
-    _barrier()
-    if rank != 0:
-        resumed = cache.open()  # the same folder on a shared file system; this node's own otherwise
-    starts = list(range(0, n_items, batch_size))
-    mine = starts[rank * len(starts) // world:(rank + 1) * len(starts) // world]
-    done = {s: b for s in mine if (b := cache.load(s)) is not None}
-    if resumed and rank == 0:
-        log.info("%s: resuming, %d of %d batches done", cache.folder, len(done), len(mine))
-
-    def span(s: int) -> int:
-        return min(s + batch_size, n_items) - s
-
-    results = list(done.values())
-    bar = _progress(sum(span(s) for s in mine), sum(span(s) for s in done), progress and rank == 0, desc)
-    try:
-        for lo, hi in _missing_ranges(mine, done, batch_size):
-            for b in compute(lo, hi):
-                cache.save(b)
-                results.append(b)
-                bar.update(span(b.start))
-    finally:
-        bar.close()
-    return _gather(results)
 
 
 def evaluate(model: FalipCLIP, dataset: Dataset, preset: Union[str, RecognizerConfig] = "pointclip_v2",
@@ -494,10 +293,10 @@ def evaluate(model: FalipCLIP, dataset: Dataset, preset: Union[str, RecognizerCo
     out = Path(out) if out is not None else default_report_path(dataset.name)
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    rank, _ = _dist()
+    rank, _ = dist_rank()
     key = run_key(model, dataset, preset_name, rec.config, runs, batch_size,
                   fewshot=overrides.get("fewshot") or (protocol and json.dumps(protocol, sort_keys=True)))
-    cache = BatchCache(partial_path(out), key, runs)
+    cache = BatchCache(partial_path(out), key, runs, BatchResult)
 
     def compute(lo: int, hi: int) -> Iterator[BatchResult]:
         for start, indices, clouds, labels_, skipped in _positions(dataset, batch_size, lo, hi):
@@ -508,18 +307,18 @@ def evaluate(model: FalipCLIP, dataset: Dataset, preset: Union[str, RecognizerCo
     if protocol is not None:
         _merge_seeds(report, protocol)
     if report["n"] == 0:
-        _barrier()
+        barrier()
         if rank == 0:
             cache.remove()
         raise InputError(f"nothing to evaluate: all {len(dataset)} item(s) of {dataset.name} under {dataset.root} "
                          f"were skipped (first: {report['skipped'][0]['source']}: {report['skipped'][0]['reason']})")
     report["report"] = str(out)
-    report["confusion_png"] = str(out.with_suffix("")) + ".confusion.png"
+    report["confusion_png"] = str(confusion_path(out))
     if rank == 0:
-        atomic_write(out, lambda f: f.write((_dumps(report) + "\n").encode("utf-8")))
         save_confusion_png(report["confusion_png"], report)
+        write_report(out, report)
         log.info("report written to %s", out)
-    _barrier()
+    barrier()
     cache.remove()
     return report
 
@@ -583,39 +382,6 @@ def _merge_seeds(report: dict, protocol: dict) -> None:
         run["seeds"] = by_seed
         report["runs"][base] = run
     report["fewshot"] = protocol
-
-
-def _dumps(value, indent: int = 0) -> str:
-    """JSON with objects indented and lists of numbers (a prediction list, a confusion row) on one line."""
-    pad = " " * (indent + 1)
-    if isinstance(value, dict) and value:
-        items = [f"{pad}{json.dumps(str(k))}: {_dumps(v, indent + 1)}" for k, v in value.items()]
-        return "{\n" + ",\n".join(items) + "\n" + " " * indent + "}"
-    if isinstance(value, list) and value and any(isinstance(v, (dict, list)) for v in value):
-        return "[\n" + ",\n".join(pad + _dumps(v, indent + 1) for v in value) + "\n" + " " * indent + "]"
-    return json.dumps(value, ensure_ascii=False)
-
-
-def _missing_ranges(starts: list, done: dict, batch_size: int) -> list[tuple[int, int]]:
-    """Contiguous [lo, hi) item ranges of the batch starts not yet done."""
-    ranges = []
-    for s in starts:
-        if s in done:
-            continue
-        if ranges and ranges[-1][1] == s:
-            ranges[-1] = (ranges[-1][0], s + batch_size)
-        else:
-            ranges.append((s, s + batch_size))
-    return ranges
-
-
-def ordered_batches(results: list, n_items: int, batch_size: int) -> list:
-    """Every batch position's result, in dataset order; a missing position is a bug (RuntimeError)."""
-    expected = set(range(0, n_items, batch_size))
-    got = {b.start for b in results}
-    if got != expected:  # a bug, not the user's doing
-        raise RuntimeError(f"batches missing from the evaluation: {sorted(expected - got)[:5]}")
-    return sorted(results, key=lambda b: b.start)
 
 
 def _report(model, dataset: Dataset, preset_name: str, rec: Recognizer, runs, results: list,
@@ -718,5 +484,12 @@ def save_confusion_png(path, report: dict) -> Path:
         x += p.width
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
-    return path
+    return atomic_write(path, lambda f: sheet.save(f, format="PNG"))
+
+
+# the names the resume and sharding machinery had here before it moved to `pointfalip.batches`
+_KEY_VERSION, _MADE_BY, _dumps = KEY_VERSION, MADE_BY, dumps_report
+_dist, _barrier, _gather, _missing_ranges = dist_rank, barrier, gather, missing_ranges
+__all__ = ["BASELINE", "FALIP", "FEWSHOT_SUFFIX", "PARTIAL_SUFFIX", "BatchCache", "BatchResult", "check_report_path",
+           "confusion_path", "default_report_path", "distributed", "evaluate", "metrics", "ordered_batches",
+           "partial_path", "run_batches", "run_key", "run_names", "save_confusion_png", "score_batch"]

@@ -37,8 +37,9 @@ import numpy as np
 from . import __version__, io
 from .datasets import ShapeNetPartDataset
 from .errors import InputError
-from .evaluate import (_KEY_VERSION, _MADE_BY, BatchCache, _barrier, _dist, _dumps, default_report_path,
-                       ordered_batches, partial_path, run_batches)
+from .batches import (BatchCache, barrier, dist_rank, ordered_batches, partial_path, run_batches, run_key,
+                      write_report)
+from .evaluate import default_report_path
 from .files import atomic_write, file_identity
 from .model import DENSE_MODES, FalipCLIP
 from .parts import (DEFAULT_PRESET, PartPreset, PartSegmenter, category_labels, category_parts, load_part_preset,
@@ -129,9 +130,7 @@ def _score(segmenters: dict, dataset: ShapeNetPartDataset, runs, start: int, ind
 def part_run_key(model: FalipCLIP, dataset: ShapeNetPartDataset, preset: str, settings: PartPreset,
                  runs: Sequence[str], batch_size: int) -> dict:
     """Everything that changes a part evaluation's results, and its sha256 under "hash"."""
-    payload = {
-        "made_by": _MADE_BY,
-        "version": _KEY_VERSION,
+    return run_key({
         "task": TASK,
         "pointfalip": __version__,
         "dataset": dataset.name,
@@ -149,39 +148,7 @@ def part_run_key(model: FalipCLIP, dataset: ShapeNetPartDataset, preset: str, se
         "prompt_file": file_identity(str(settings.prompt_file)) if settings.prompt_file else None,
         "runs": list(runs),
         "batch_size": batch_size,
-    }
-    text = json.dumps(payload, sort_keys=True, default=str)
-    return {**json.loads(text), "hash": hashlib.sha256(text.encode("utf-8")).hexdigest()}
-
-
-class PartBatchCache(BatchCache):
-    """`BatchCache` holding `PartBatch` files."""
-
-    def save(self, b: PartBatch) -> None:
-        arrays = {"start": np.int64(b.start), "indices": b.indices, "categories": b.categories}
-        for r in self.runs:
-            arrays.update({f"pred_{r}": b.predictions[r], f"iou_{r}": b.part_ious[r], f"acc_{r}": b.accuracies[r]})
-        atomic_write(self.path(b.start), lambda f: np.savez(f, **arrays))
-
-    def load(self, start: int) -> Optional[PartBatch]:
-        path = self.path(start)
-        if not path.is_file():
-            return None
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                b = PartBatch(int(z["start"]), z["indices"].astype(np.int64), z["categories"].astype(np.int64),
-                              {r: z[f"pred_{r}"].astype(np.int16) for r in self.runs},
-                              {r: z[f"iou_{r}"].astype(np.float64) for r in self.runs},
-                              {r: z[f"acc_{r}"].astype(np.float64) for r in self.runs})
-        except (OSError, ValueError, KeyError) as e:
-            log.warning("%s: unreadable (%s); computing the batch again", path, e)
-            return None
-        n = len(b.indices)
-        if b.start != start or any(len(x[r]) != n for x in (b.predictions, b.part_ious, b.accuracies)
-                                   for r in self.runs):
-            log.warning("%s: inconsistent contents; computing the batch again", path)
-            return None
-        return b
+    })
 
 
 # --------------------------------------------------------------------------------------------------
@@ -224,9 +191,9 @@ def evaluate_parts(model: FalipCLIP, dataset: ShapeNetPartDataset,
     out = Path(out) if out is not None else part_report_path()
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    rank, _ = _dist()
-    cache = PartBatchCache(partial_path(out), part_run_key(model, dataset, preset_name, settings, runs, batch_size),
-                           runs)
+    rank, _ = dist_rank()
+    cache = BatchCache(partial_path(out), part_run_key(model, dataset, preset_name, settings, runs, batch_size),
+                       runs, PartBatch)
 
     def compute(lo: int, hi: int):
         batches = dataset.iter_segments(batch_size, start=lo)
@@ -248,9 +215,9 @@ def evaluate_parts(model: FalipCLIP, dataset: ShapeNetPartDataset,
                   "categories": np.concatenate([b.categories for b in results])}
         arrays.update({f"pred_{r}": np.concatenate([b.predictions[r] for b in results]) for r in runs})
         atomic_write(report["predictions"], lambda f: np.savez_compressed(f, **arrays))
-        atomic_write(out, lambda f: f.write((_dumps(report) + "\n").encode("utf-8")))
+        write_report(out, report)
         log.info("report written to %s", out)
-    _barrier()
+    barrier()
     cache.remove()
     return report
 

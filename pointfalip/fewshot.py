@@ -23,7 +23,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import InputError
-from .files import atomic_write
+from .files import atomic_write, read_input
+from .projection import unit_view_weights
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,21 @@ class FewShotCache:
             raise InputError("few-shot cache: duplicate label names")
         if k and (int(self.targets.min()) < 0 or int(self.targets.max()) >= len(self.labels)):
             raise InputError(f"few-shot cache: targets must index the {len(self.labels)} labels")
+        if not self.view_keys.is_floating_point() or not self.keys.is_floating_point():
+            raise InputError("few-shot cache: view_keys and keys must be floating-point features")
+        if not (torch.isfinite(self.view_keys).all() and torch.isfinite(self.keys).all()):
+            raise InputError("few-shot cache: its features hold NaN or infinite values")
+        if k and not torch.allclose(self.keys.float().norm(dim=-1), torch.ones(k), atol=1e-3):
+            raise InputError("few-shot cache: its keys are not unit vectors (fused, normalised view features)")
+        for name in ("alpha", "beta"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
+                    or not math.isfinite(value) or value < 0:
+                raise InputError(f"few-shot cache: {name} must be a finite number >= 0, got {value!r}")
+            setattr(self, name, float(value))
+        if self.adapter is not None and not all(torch.isfinite(t).all() for t in self.adapter.state_dict().values()
+                                                if t.is_floating_point()):
+            raise InputError("few-shot cache: its adapter's weights hold NaN or infinite values")
 
     @property
     def num_views(self) -> int:
@@ -118,13 +134,7 @@ class FewShotCache:
 
 
 def _unit_weights(view_weights: torch.Tensor, num_views: int, like: torch.Tensor) -> torch.Tensor:
-    w = torch.as_tensor(view_weights, dtype=like.dtype, device=like.device).reshape(-1)
-    if w.shape[0] != num_views:
-        raise InputError(f"{w.shape[0]} view weights for {num_views} views")
-    total = w.sum()
-    if not torch.isfinite(total) or total <= 0:
-        raise InputError("view weights must be finite with a positive sum")
-    return w / total
+    return unit_view_weights(torch.as_tensor(view_weights).reshape(-1), num_views, like.device, like.dtype)
 
 
 def fuse_views(view_feats: torch.Tensor, view_weights: torch.Tensor) -> torch.Tensor:
@@ -177,6 +187,11 @@ def cache_logits(query: torch.Tensor, cache: FewShotCache, class_labels: Sequenc
     return alpha * affinity @ _label_matrix(cache, class_labels, q.device, torch.float32)
 
 
+def can_tune(cache: FewShotCache) -> bool:
+    """Whether `tune` can hold a shot out: some label has at least two shots (else it keeps the defaults)."""
+    return bool((torch.bincount(cache.targets, minlength=len(cache.labels)) >= 2).any())
+
+
 def tune(cache: FewShotCache, zero_shot_logits: torch.Tensor,
          grid: tuple[Sequence[float], Sequence[float]] = DEFAULT_GRID) -> tuple[float, float]:
     """α, β maximising leave-one-out accuracy on the shots of the cache alone.
@@ -198,7 +213,7 @@ def tune(cache: FewShotCache, zero_shot_logits: torch.Tensor,
         raise InputError(f"zero-shot logits of the shots must be ({k}, {c}), got {tuple(logits.shape)}")
     counts = torch.bincount(cache.targets, minlength=c)
     single = int((counts == 1).sum())
-    if int((counts >= 2).sum()) == 0:
+    if not can_tune(cache):
         log.warning("few-shot tuning needs at least 2 shots of a label; keeping alpha=%g, beta=%g",
                     DEFAULT_ALPHA, DEFAULT_BETA)
         return DEFAULT_ALPHA, DEFAULT_BETA
@@ -315,14 +330,19 @@ def _epoch_lr(epoch: int, epochs: int, lr: float) -> float:
     return lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - WARMUP_EPOCHS) / epochs))
 
 
-def train_adapter(view_feats: torch.Tensor, targets: torch.Tensor, text: torch.Tensor,
-                  view_weights: torch.Tensor, logit_scale: float, epochs: int = TRAIN_EPOCHS,
-                  lr: float = TRAIN_LR, seed: int = 0, *, batch_size: int = TRAIN_BATCH,
+def train_adapter(view_feats: torch.Tensor, targets: torch.Tensor, text: Optional[torch.Tensor] = None,
+                  view_weights: Optional[torch.Tensor] = None, logit_scale: Optional[float] = None,
+                  epochs: int = TRAIN_EPOCHS, lr: float = TRAIN_LR, seed: int = 0, *, batch_size: int = TRAIN_BATCH,
                   ratio: float = ADAPTER_RATIO, fusion_init: float = ADAPTER_FUSION_INIT,
-                  dropout: float = ADAPTER_DROPOUT, device: Union[str, torch.device] = "cpu") -> InterViewAdapter:
-    """Fit an :class:`InterViewAdapter` on cached unit view features (K, V, D) with targets (K,) indexing text (C, D).
+                  dropout: float = ADAPTER_DROPOUT, device: Union[str, torch.device] = "cpu",
+                  logits: Optional[Callable[[InterViewAdapter, torch.Tensor], torch.Tensor]] = None
+                  ) -> InterViewAdapter:
+    """Fit an :class:`InterViewAdapter` on cached unit view features (K, V, D) with targets (K,) indexing the labels.
 
-    Logits are ``logit_scale · adapter_scores(...)``; loss :func:`smooth_cross_entropy`; SGD with the reference's
+    ``logits(adapter, view_feats) -> (B, C)`` scores the adapted features (a Recognizer passes its own
+    `Recognizer.adapter_logits`, the adapted branch of its one scoring step); without it they are
+    ``logit_scale · adapter_scores(adapter, f, text, view_weights)`` of text features (C, D). Loss
+    :func:`smooth_cross_entropy`; SGD with the reference's
     momentum, weight decay, batch size, one constant warm-up epoch and a cosine schedule (constants above).
     Unlike the reference there is no point-cloud augmentation (the encoder never runs again) and no checkpoint
     selection on validation (test) accuracy: the last epoch is returned. Seeded: the weights depend only on the
@@ -331,19 +351,25 @@ def train_adapter(view_feats: torch.Tensor, targets: torch.Tensor, text: torch.T
     device = torch.device(device)
     feats = view_feats.detach().to(device, torch.float32)
     y = torch.as_tensor(targets, dtype=torch.int64).to(device)
-    t = F.normalize(text.detach().to(device, torch.float32), dim=-1)
-    w = torch.as_tensor(view_weights).detach().to(device, torch.float32)
     if feats.ndim != 3 or y.shape != (feats.shape[0],):
         raise InputError(f"view features must be (K, V, D) with K targets, got {tuple(feats.shape)} "
                          f"and {tuple(y.shape)}")
     k, v, d = feats.shape
     if k < 2:
         raise InputError("training the adapter needs at least two labelled examples")
-    if t.shape[1] != d or (k and (int(y.min()) < 0 or int(y.max()) >= t.shape[0])):
-        raise InputError(f"text features must be (C, {d}) with every target below C")
+    if logits is None:
+        if text is None or view_weights is None or logit_scale is None:
+            raise ValueError("train_adapter needs logits=, or text, view_weights and logit_scale")
+        t = F.normalize(text.detach().to(device, torch.float32), dim=-1)
+        w = torch.as_tensor(view_weights).detach().to(device, torch.float32)
+        if t.shape[1] != d or (k and (int(y.min()) < 0 or int(y.max()) >= t.shape[0])):
+            raise InputError(f"text features must be (C, {d}) with every target below C")
+        scale = float(logit_scale)
+
+        def logits(adapter: InterViewAdapter, f: torch.Tensor) -> torch.Tensor:
+            return scale * adapter_scores(adapter, f, t, w)
     if epochs < 0 or batch_size < 2:
         raise InputError("epochs must be >= 0 and the batch size >= 2")
-    logit_scale = float(logit_scale)
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
@@ -360,8 +386,7 @@ def train_adapter(view_feats: torch.Tensor, targets: torch.Tensor, text: torch.T
             total = 0.0
             for start in range(0, k - step + 1, step):
                 batch = perm[start:start + step]
-                logits = logit_scale * adapter_scores(adapter, feats[batch], t, w)
-                loss = smooth_cross_entropy(logits, y[batch])
+                loss = smooth_cross_entropy(logits(adapter, feats[batch]), y[batch])
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()
@@ -409,6 +434,7 @@ def check_compatible(cache: FewShotCache, expected_metadata: Mapping[str, Any]) 
 _ADAPTER_PREFIX = "adapter."
 _HEADER_BYTES = 8
 _MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
+MAX_CACHE_BYTES = 16 << 30  # a cache larger than this is not one (10,000 shots x 10 views x 1024 floats is 400 MB)
 
 
 def save_cache(path: PathLike, cache: FewShotCache) -> None:
@@ -482,12 +508,7 @@ def load_cache(path: PathLike) -> FewShotCache:
     from safetensors.torch import load
 
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"few-shot cache {path} does not exist")
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise InputError(f"cannot read few-shot cache {path}: {e.strerror or e}") from None
+    data = read_input(path, "few-shot cache", limit=MAX_CACHE_BYTES)
     meta = _read_header(path, data)
     try:
         tensors = load(data)
@@ -513,8 +534,7 @@ def load_cache(path: PathLike) -> FewShotCache:
     metadata = {key[len("meta."):]: value for key, value in meta.items() if key.startswith("meta.")}
     try:
         cache = FewShotCache(tensors["view_keys"], tensors["keys"], labels, tensors["targets"],
-                             float(meta.get("alpha", DEFAULT_ALPHA)), float(meta.get("beta", DEFAULT_BETA)),
-                             metadata, adapter)
+                             meta.get("alpha", DEFAULT_ALPHA), meta.get("beta", DEFAULT_BETA), metadata, adapter)
     except (InputError, TypeError, ValueError) as e:
         raise InputError(f"{path} is a damaged few-shot cache: {e}") from None
     if adapter is not None and (adapter.num_views, adapter.dim) != (cache.num_views, cache.dim):
@@ -613,13 +633,15 @@ def cache_from_features(recognizer, view_feats: torch.Tensor, targets: Sequence[
     metadata = recognizer.fewshot_metadata(shots, points)
     cache = build_cache(view_feats, targets, list(recognizer.labels), weights, metadata)
     if tune_cache:
-        with torch.no_grad():
-            zero_shot = (recognizer.model.logit_scale * torch.einsum(
-                "kvd,cd,v->kc", view_feats, recognizer.text.cpu(), weights)).float()
+        if recognizer.fewshot is not None:
+            raise ValueError("tuning a new cache needs the zero-shot logits: use a recognizer without a cache")
+        with torch.no_grad():  # the shots' zero-shot logits, scored as every query is (Recognizer.logits)
+            zero_shot = recognizer.logits(view_feats.to(recognizer.model.device)).float().cpu()
         cache.alpha, cache.beta = tune(cache, zero_shot)
+        cache.metadata["tuned"] = can_tune(cache)
     if adapter:
-        cache.adapter = train_adapter(view_feats, cache.targets, recognizer.text.cpu(), weights,
-                                      recognizer.model.logit_scale, epochs=adapter_epochs, seed=seed)
+        cache.adapter = train_adapter(view_feats, cache.targets, epochs=adapter_epochs, seed=seed,
+                                      logits=recognizer.adapter_logits)
     return cache
 
 

@@ -1,14 +1,18 @@
-"""Files the tool writes: atomic writes that keep the usual permissions, output paths checked before any work,
-and the identity of a local file (for cache keys).
+"""Files the tool reads and writes: inputs named for what they are (folder, device, named pipe, process
+substitution) and read once with a bound, atomic writes that keep the usual permissions, output paths checked
+before any work, the inputs of a run, and the identity of a local file (for cache keys).
 
-The rules here are the user's safety: an output never replaces an input of the same run, never lands in a
-folder that is not there or under a regular file, and a file is either absent or whole.
+The rules here are the user's safety: an output never replaces an input of the same run nor lands inside an input
+folder, never lands in a folder that is not there or under a regular file, and a file is either absent or whole;
+a pipe with no writer never hangs the tool.
 """
 from __future__ import annotations
 
 import os
+import select
 import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence, Union
 
@@ -16,6 +20,157 @@ from .errors import InputError
 
 PathLike = Union[str, os.PathLike]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # what the tool's pictures (contact sheets, renders) are saved as
+PIPE_WAIT_S = 10.0  # a pipe silent this long (seconds) is given up on: a named pipe nobody writes to never hangs
+MAX_TEXT_BYTES = 64 << 20  # labels, prompts and presets larger than this are not what they claim to be
+# the options of the command line that name a file or folder the run reads (`run_inputs`)
+INPUT_OPTIONS = ("files", "file", "cloud", "input", "image", "mask", "root", "train_root", "labels_file",
+                 "prompt_file", "preset", "fewshot", "pretrained", "model", "annotations", "detections")
+
+
+def path_text(path: PathLike) -> str:
+    """A path as messages show it: as it is, or escaped (``ascii``) when it holds control characters."""
+    text = os.fsdecode(path)
+    return text if text.isprintable() else ascii(text)
+
+
+def input_kind(path: PathLike) -> str:
+    """What a path is: "file", "folder", "device", "named pipe", "pipe" (a process substitution such as
+    ``<(cmd)`` or ``/dev/fd/N``), "socket", "missing" or "unusable" (a link loop, a name too long)."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return "missing"
+    except (OSError, ValueError):
+        return "unusable"
+    if stat.S_ISREG(info.st_mode):
+        return "file"
+    if stat.S_ISDIR(info.st_mode):
+        return "folder"
+    if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode):
+        return "device"
+    if stat.S_ISSOCK(info.st_mode):
+        return "socket"
+    if stat.S_ISFIFO(info.st_mode):
+        try:
+            anonymous = os.readlink(path).startswith("pipe:")  # /dev/fd/N of `<(cmd)` links to pipe:[inode]
+        except OSError:
+            anonymous = False
+        return "pipe" if anonymous else "named pipe"
+    return "unusable"
+
+
+_KIND_TEXT = {"folder": "is a folder, not a file", "device": "is a device, not a file",
+              "named pipe": "is a named pipe (FIFO), not a regular file",
+              "pipe": "is a pipe (a process substitution such as <(...)), not a regular file",
+              "socket": "is a socket, not a file"}
+
+
+def check_input_file(path: PathLike, what: str, pipes: bool = False) -> Path:
+    """``path`` if it is a regular file (or, with ``pipes``, a pipe to be read once by `read_input`); else a
+    one-line InputError that names what the path is."""
+    p = Path(path).expanduser()
+    name = f"{what} {path_text(path)}"
+    kind = input_kind(p)
+    if kind == "file" or pipes and kind in ("pipe", "named pipe"):
+        return p
+    if kind == "missing":
+        raise InputError(f"{name} does not exist")
+    if kind == "unusable":
+        raise InputError(f"{name}: not a usable path (a link loop or a name too long?)")
+    if kind == "folder":
+        raise InputError(f"{name} {_KIND_TEXT[kind]}")
+    reread = "" if kind == "device" or pipes else " (it is read more than once)"
+    raise InputError(f"{name} {_KIND_TEXT[kind]}; give a regular file{reread}")
+
+
+_pipes_read: dict = {}  # (path, device, inode) of a pipe -> its bytes: a pipe can be read once per command
+
+
+def forget_pipes() -> None:
+    """Drop the bytes of the pipes read so far (the command line calls it when a command ends)."""
+    _pipes_read.clear()
+
+
+def read_input(path: PathLike, what: str, limit: int = MAX_TEXT_BYTES) -> bytes:
+    """The bytes of an input: a regular file, or a pipe (``<(cmd)``, a named pipe) read until its writer closes
+    it and kept, so that the steps of one command that read it again get the same bytes (`forget_pipes`); a pipe
+    silent for `PIPE_WAIT_S` seconds (a named pipe nobody writes to) is an InputError, never a hang. More than
+    ``limit`` bytes is an InputError."""
+    p = check_input_file(path, what, pipes=True)
+    name = f"{what} {path_text(path)}"
+    try:
+        if input_kind(p) == "file":
+            with open(p, "rb") as f:
+                data = f.read(limit + 1)
+        else:
+            info = os.stat(p)
+            key = (os.path.abspath(p), info.st_dev, info.st_ino)
+            if key not in _pipes_read:
+                _pipes_read[key] = _read_pipe(p, name, limit)
+            data = _pipes_read[key]
+    except PermissionError:
+        raise InputError(f"{name}: permission denied") from None
+    except OSError as e:
+        raise InputError(f"{name}: cannot be read ({e.strerror or e})") from None
+    if len(data) > limit:
+        raise InputError(f"{name} is larger than {limit >> 20} MiB; it is not what it claims to be")
+    return data
+
+
+def _read_pipe(path: Path, name: str, limit: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a named pipe's open would wait for a writer: never block
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        chunks, size, deadline = [], 0, time.monotonic() + PIPE_WAIT_S
+        while size <= limit:
+            events = poller.poll(max(0.0, deadline - time.monotonic()) * 1000)
+            if not events:
+                if time.monotonic() >= deadline:
+                    raise InputError(f"{name}: nothing came through the pipe within {PIPE_WAIT_S:g} s "
+                                     "(a named pipe with no writer?)")
+                continue
+            try:
+                chunk = os.read(fd, 1 << 16)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                if any(ev & select.POLLHUP for _, ev in events):
+                    break  # the writer closed the pipe: the end
+                time.sleep(0.01)  # no writer has connected yet (a named pipe): wait for one, up to the deadline
+                continue
+            chunks.append(chunk)
+            size += len(chunk)
+            deadline = time.monotonic() + PIPE_WAIT_S
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def read_input_text(path: PathLike, what: str) -> str:
+    """`read_input` decoded as UTF-8 (a byte-order mark dropped); InputError when it is not UTF-8 text."""
+    try:
+        return read_input(path, what).decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise InputError(f"{what} {path_text(path)} is not UTF-8 text") from None
+
+
+def run_inputs(args) -> list[Path]:
+    """The files and folders a parsed command line reads (`INPUT_OPTIONS`): what no output of the run may be or
+    be inside. Options that are names or tags (a preset name, ``--pretrained openai``, ``--model ViT-B-16``) count
+    only when a file of that name exists (a folder of that name is not what they read)."""
+    found = []
+    for option in INPUT_OPTIONS:
+        value = getattr(args, option, None)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if not isinstance(v, (str, os.PathLike)) or not str(v).strip():
+                continue
+            if option in ("preset", "pretrained", "model") and input_kind(os.path.expanduser(v)) in (
+                    "missing", "folder"):
+                continue
+            found.append(Path(v).expanduser())
+    return found
 
 
 def _default_mode() -> int:
@@ -62,8 +217,9 @@ def check_output(path: PathLike, what: str = "output", inputs: Iterable[PathLike
     """``path`` if the tool may write it; else a one-line InputError, raised before any work is done.
 
     Refused: an existing folder, a folder that does not exist, a parent that is a regular file, a folder the
-    process cannot write, a suffix outside ``suffixes``, and any path that is one of ``inputs`` (the same file
-    under another name included).
+    process cannot write, a suffix outside ``suffixes``, any path that is one of ``inputs`` (the same file under
+    another name included), and any path inside an input that is a folder (a rosbag2 folder, a dataset root:
+    every file in it is the run's input). A device or pipe given as output is refused too.
     """
     p = Path(path).expanduser()
     if str(path).strip() == "":
@@ -82,15 +238,22 @@ def check_output(path: PathLike, what: str = "output", inputs: Iterable[PathLike
         raise InputError(f"{what} {p}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"{what} {p}: permission denied (cannot write in {parent})")
+    kind = input_kind(p)
+    if kind not in ("file", "missing"):
+        raise InputError(f"{what} {path_text(p)} {_KIND_TEXT.get(kind, 'is not a usable path')}; give a file name")
     if p.exists() and not os.access(p, os.W_OK):
         raise InputError(f"{what} {p}: permission denied")
+    real = Path(os.path.realpath(p))
     for source in inputs:
         s = Path(source).expanduser()
-        same = os.path.realpath(s) == os.path.realpath(p)
+        real_source = Path(os.path.realpath(s))
+        same = real_source == real
         try:
             same = same or (s.exists() and p.exists() and os.path.samefile(s, p))
         except OSError:  # a link loop or an unreadable input: the name comparison stands
             pass
         if same:
             raise InputError(f"{what} {p} is an input of this run; choose another name so it is not overwritten")
+        if s.is_dir() and real.is_relative_to(real_source):
+            raise InputError(f"{what} {p} is inside {s}, an input folder of this run; write it elsewhere")
     return p

@@ -44,12 +44,12 @@ import os
 import threading
 import time
 import uuid
-import zlib
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .colors import label_color
 from .errors import InputError
 
 try:
@@ -100,11 +100,6 @@ DEFAULT_FRAME = "pointfalip"  # frame id of results that do not name their frame
 DEFAULT_PARENT_FRAME = "world"
 
 _NS_PER_S = 1_000_000_000
-# Tableau 10 without its grey (grey is the background): colours of labels, as RGB 0-255
-_PALETTE = np.array([
-    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-    (140, 86, 75), (227, 119, 194), (188, 189, 34), (23, 190, 207),
-], dtype=np.uint8)
 _BACKGROUND_RGBA = (170, 170, 170, 255)  # points that belong to no object
 _CUBE_ALPHA = 0.35  # opacity of the object boxes (0-1): the points inside stay visible
 _TEXT_RGBA = (1.0, 1.0, 1.0, 1.0)  # label texts (0-1)
@@ -117,16 +112,6 @@ def _require_sdk() -> None:
     if _IMPORT_ERROR is not None:
         raise InputError(f"Foxglove output needs the foxglove-sdk package ({_IMPORT_ERROR}); "
                          "install it with: pip install foxglove-sdk")
-
-
-def label_color(label: str, labels: Sequence[str] | None = None) -> tuple[int, int, int]:
-    """RGB (0-255) of a label: the palette colour of its position in ``labels`` when it is listed, else one
-    chosen by a CRC-32 of the label (the same in every run and process)."""
-    if labels is not None and label in labels:
-        index = list(labels).index(label)
-    else:
-        index = zlib.crc32(label.encode("utf-8"))
-    return tuple(int(v) for v in _PALETTE[index % len(_PALETTE)])
 
 
 def _timestamp(stamp_ns: int) -> "Timestamp":

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .errors import InputError
-from .io import path_text
+from .files import check_input_file, path_text
 
 IMAGE_BACKGROUND = (255, 255, 255)  # transparent pixels are shown on white, as image viewers and web pages do
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # "I" (32-bit) is read as 16-bit: PNG's 16-bit grey
@@ -38,7 +38,7 @@ def open_image(path, what: str = "image") -> Image.Image:
     if stat.S_ISDIR(info.st_mode):
         raise InputError(f"{name} is a folder, not a file; give an image file")
     if not stat.S_ISREG(info.st_mode):
-        raise InputError(f"{name} is not a regular file; give an image file")
+        check_input_file(path, what)  # names what it is: a device, a named pipe, a process substitution
     if info.st_size == 0:
         raise InputError(f"{name} is empty; give an image file")
     if not os.access(path, os.R_OK):

@@ -24,6 +24,7 @@ from typing import Any, BinaryIO, Callable, Iterator, NamedTuple
 import numpy as np
 
 from .errors import InputError
+from .files import check_input_file, path_text
 
 logger = logging.getLogger(__name__)
 
@@ -233,12 +234,6 @@ def _short(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def path_text(path: str | os.PathLike) -> str:
-    """A path as messages show it: as it is, or escaped (``ascii``) when it holds control characters."""
-    text = os.fsdecode(path)
-    return text if text.isprintable() else ascii(text)
-
-
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """Hide the readers' warnings (numpy, trimesh, PIL): the checks around them report what matters."""
@@ -327,7 +322,7 @@ def _check_file(source: str | os.PathLike) -> tuple[Path, bytes]:
     if stat.S_ISDIR(info.st_mode):
         raise InputError(f"{name}: is a folder, not a file; give a point-cloud or mesh file")
     if not stat.S_ISREG(info.st_mode):
-        raise InputError(f"{name}: is not a regular file (a device, pipe or socket); give a point-cloud or mesh file")
+        check_input_file(path, "point file")  # names what it is: a device, a named pipe, a process substitution
     ext = path.suffix.lower()
     if ext not in SUPPORTED_EXTENSIONS:
         raise InputError(f"{name}: unsupported file type {_short(ext) or '(no extension)'!r}; "

@@ -19,12 +19,14 @@ from open_clip.transformer import PatchDropout, ResidualAttentionBlock, VisionTr
 from torch import nn
 
 from .errors import InputError, WeightsUnavailable
+from .files import check_input_file
+from .presets import PRECISION_CHOICES
 
 log = logging.getLogger(__name__)
 
 # Weights and activations are cast to the chosen dtype. On CPU, torch's bf16 autocast was measured 3x slower
 # than fp32 while bf16 weights run 7x faster with feature cosine 0.99995 (bench/bench_falip.py).
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = dict(zip(PRECISION_CHOICES[1:], (torch.float32, torch.bfloat16, torch.float16)))  # name -> dtype
 # Keys that only OpenAI's released state dicts carry (integer buffers of their `build_model`).
 _OPENAI_ONLY_KEYS = ("input_resolution", "context_length", "vocab_size")
 _TEXT_BATCH = 256
@@ -117,7 +119,8 @@ def is_random(pretrained: Optional[str]) -> bool:
 
 def resolve_model_name(name: str) -> str:
     """An open_clip model name; a path to a model config JSON is registered under its file stem."""
-    if name.endswith(".json") and os.path.isfile(name):
+    if name.endswith(".json") and os.path.lexists(name):
+        check_input_file(name, "model config")  # open_clip reads it again by path: a regular file only
         import json
 
         try:
@@ -202,8 +205,10 @@ def _build(name: str, pretrained: Optional[str]) -> nn.Module:
             return open_clip.create_model(pretrained)
         except Exception as e:
             raise WeightsUnavailable(_offline_hint(f"'{pretrained}'")) from e
-    if os.path.isfile(pretrained):
-        return _load_local(name, pretrained)
+    tag_folder = os.path.isdir(pretrained) and open_clip.get_pretrained_cfg(name, pretrained)  # a tag wins
+    if os.path.lexists(pretrained) and not tag_folder:
+        # a checkpoint is read by path, more than once: a regular file only
+        return _load_local(name, str(check_input_file(pretrained, "checkpoint")))
     _check_name(name)
     tag_cfg = open_clip.get_pretrained_cfg(name, pretrained)
     if not tag_cfg:
@@ -380,15 +385,24 @@ class FalipCLIP(nn.Module):
                              f"blocks (valid: {-n} .. {n - 1}); choose layers in that range in the preset")
         return sorted({i % n for i in chosen})
 
-    def _head_mask(self, heads: Optional[Iterable[int]]) -> Optional[torch.Tensor]:
+    def resolve_heads(self, heads: Optional[Iterable[int]]) -> Optional[list[int]]:
+        """Head indices (non-negative, sorted) of `heads` (None: all); InputError if out of range."""
         if heads is None:
             return None
         h = self.num_heads
-        mask = torch.zeros(h, device=self.device)
-        for i in heads:
-            if not -h <= i < h:
-                raise ValueError(f"head {i} out of range for {h} heads")
-            mask[i % h] = 1.0
+        chosen = list(heads)
+        bad = [i for i in chosen if isinstance(i, bool) or not isinstance(i, int) or not -h <= i < h]
+        if bad:
+            raise InputError(f"foveal heads {chosen} do not fit model '{self.name}': its attention has {h} heads "
+                             f"(valid: {-h} .. {h - 1}); choose heads in that range in the preset")
+        return sorted({i % h for i in chosen})
+
+    def _head_mask(self, heads: Optional[Iterable[int]]) -> Optional[torch.Tensor]:
+        chosen = self.resolve_heads(heads)
+        if chosen is None:
+            return None
+        mask = torch.zeros(self.num_heads, device=self.device)
+        mask[chosen] = 1.0
         return mask
 
     def _embed(self, images: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:

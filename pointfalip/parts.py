@@ -49,13 +49,14 @@ from . import projection as _projection
 from . import prompts as _prompts
 from .errors import InputError
 from .model import DENSE_MODES
-from .presets import read_data_json
-from .projection import DepthViews, ViewSet, _as_points, _sliding_max, euler_to_matrix
+from .presets import PRECISION_CHOICES, read_data_json
+from .projection import (DepthViews, ViewSet, _as_points, _integer, _real, _sliding_max, check_view_weights,
+                         euler_to_matrix, gaussian_taps, view_frames)
 
 log = logging.getLogger(__name__)
 
 DATA_FILE = "shapenetpart.json"
-DEFAULT_PRESET = "pointclip_v2_parts"
+DEFAULT_PRESET = "pointfalip_parts"  # V2 with points read where drawn; "pointclip_v2_parts" is V2 exactly
 PRESET_KIND = "parts"  # pointfalip.presets kind: configs/parts/<name>.yaml
 ENCODER_BATCH = 64  # images per encoder call
 _GROUP_IMAGES = 256  # views projected and encoded together: bounds the memory of the images
@@ -129,9 +130,15 @@ class PartProjectionConfig:
     def __post_init__(self) -> None:
         for name in ("resolution", "depth", "pool_size", "pool_depth", "gaussian_size", "gaussian_depth",
                      "image_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise InputError(f"PartProjectionConfig.{name} must be a positive integer, got {value!r}")
+            _integer(self, name, 1)
+        for name in ("obj_ratio", "depth_bias", "gaussian_sigma", "gaussian_depth_sigma", "seen_tolerance",
+                     "occupancy_tolerance"):
+            _real(self, name)  # finite numbers: sizes and bins are derived from them
+        if isinstance(self.v2_transposed_lookup, (bool, np.bool_)):
+            object.__setattr__(self, "v2_transposed_lookup", bool(self.v2_transposed_lookup))
+        else:
+            raise InputError(f"PartProjectionConfig.v2_transposed_lookup must be true or false, "
+                             f"got {self.v2_transposed_lookup!r}")
         for name in ("pool_size", "pool_depth", "gaussian_size", "gaussian_depth"):
             if getattr(self, name) % 2 != 1:
                 raise InputError(f"PartProjectionConfig.{name} must be odd, got {getattr(self, name)}")
@@ -147,10 +154,18 @@ class PartProjectionConfig:
         if len(set(rotations)) != 1:
             raise InputError(f"PartProjectionConfig: view_euler, bias_euler and bias2_euler need one triple a view, "
                              f"got {rotations}")
-        if len(self.translation) != 3:
-            raise InputError("PartProjectionConfig.translation must have 3 numbers")
-        object.__setattr__(self, "translation", tuple(float(t) for t in self.translation))
-        lo, hi = (int(c) for c in self.crop)
+        try:
+            shift = tuple(float(t) for t in self.translation)
+        except (TypeError, ValueError):
+            shift = ()
+        if len(shift) != 3 or not all(math.isfinite(t) for t in shift):
+            raise InputError(f"PartProjectionConfig.translation must be 3 finite numbers, got {self.translation!r}")
+        object.__setattr__(self, "translation", shift)
+        crop = self.crop
+        if isinstance(crop, (str, bytes)) or not isinstance(crop, Sequence) or len(crop) != 2 or not all(
+                isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in crop):
+            raise InputError(f"PartProjectionConfig.crop must be two integers [start, stop), got {crop!r}")
+        lo, hi = (int(c) for c in crop)
         if not 0 <= lo < hi <= self.resolution:
             raise InputError(f"PartProjectionConfig.crop must satisfy 0 <= start < stop <= resolution, "
                              f"got {self.crop}")
@@ -195,18 +210,6 @@ class PartViews(NamedTuple):
     visible: torch.Tensor  # (B, V, N) bool: the point is seen in the view
 
 
-def _view_frames(points: torch.Tensor, rotations: Sequence[torch.Tensor],
-                 translation: Sequence[float]) -> torch.Tensor:
-    """``(B, N, 3)`` -> ``(B*V, N, 3)`` view-frame coordinates, cloud-major: the ``(V, 3, 3)`` rotations in
-    order, then the translation subtracted."""
-    b, n, _ = points.shape
-    frames = points.unsqueeze(1)
-    for rot in rotations:
-        frames = frames @ rot.to(points.device).transpose(-1, -2)
-    frames = frames - torch.tensor(translation, dtype=torch.float32, device=points.device)
-    return frames.reshape(-1, n, 3)
-
-
 def _valid_correlate(x: torch.Tensor, taps: Sequence[float], dim: int) -> torch.Tensor:
     """Correlation with ``taps`` along ``dim`` over every full window (no padding)."""
     n = x.shape[dim] - len(taps) + 1
@@ -214,13 +217,6 @@ def _valid_correlate(x: torch.Tensor, taps: Sequence[float], dim: int) -> torch.
     for j in range(1, len(taps)):
         out.add_(x.narrow(dim, j, n), alpha=taps[j])
     return out
-
-
-def _gaussian(size: int, sigma: float) -> list[float]:
-    """Normalised 1-D Gaussian taps; V2's 3-D kernel is their outer product (rows x columns x depth)."""
-    offsets = np.arange(size, dtype=np.float64) - size // 2
-    taps = np.exp(-(offsets ** 2) / (2 * sigma ** 2))
-    return (taps / taps.sum()).tolist()
 
 
 def _reach(cfg: PartProjectionConfig) -> tuple[int, int]:
@@ -274,9 +270,9 @@ def _render(row: torch.Tensor, col: torch.Tensor, level: torch.Tensor, value: to
             pooled.narrow(dim, 0, before).zero_()
         if after:
             pooled.narrow(dim, pooled.shape[dim] - after, after).zero_()
-    xy = _gaussian(cfg.gaussian_size, cfg.gaussian_sigma)
+    xy = gaussian_taps(cfg.gaussian_size, cfg.gaussian_sigma)
     smooth = pooled
-    for dim, taps in ((-1, xy), (-2, xy), (-3, _gaussian(cfg.gaussian_depth, cfg.gaussian_depth_sigma))):
+    for dim, taps in ((-1, xy), (-2, xy), (-3, gaussian_taps(cfg.gaussian_depth, cfg.gaussian_depth_sigma))):
         smooth = _valid_correlate(smooth, taps, dim)
     db, hb, wb = smooth.shape[1:]
     canvas = smooth.new_zeros(m, res, res)
@@ -340,7 +336,7 @@ def _project(pts: torch.Tensor, rotations: Sequence[torch.Tensor], cfg: PartProj
     """`project_parts` of validated clouds ``(B, N, 3)`` float32 with the views' rotations ``(V, 3, 3)`` each."""
     b, n, _ = pts.shape
     v, res, size = rotations[0].shape[0], cfg.resolution, cfg.image_size
-    frames = _view_frames(pts, rotations, cfg.translation)
+    frames = view_frames(pts, rotations, cfg.translation)
     row, col, level, value = _projection.voxel_coordinates(frames, cfg.resolution, cfg.depth, cfg.obj_ratio,
                                                            cfg.depth_bias)
     look_row, look_col = (col, row) if cfg.v2_transposed_lookup else (row, col)
@@ -509,13 +505,11 @@ class PartPreset:
         if self.prompt_file is not None and self.templates is not None:
             raise InputError("give templates or prompt_file, not both")
         if self.view_weights is not None:
-            if isinstance(self.view_weights, (str, bytes)) or not isinstance(self.view_weights, (list, tuple)):
-                raise InputError("view_weights must be a list of numbers, one a view, or null")
-            object.__setattr__(self, "view_weights", tuple(self.view_weights))
+            object.__setattr__(self, "view_weights", check_view_weights(self.view_weights))
         if self.up_axis not in _io.UP_AXES:
             raise InputError(f"up_axis must be one of {', '.join(_io.UP_AXES)}, got {self.up_axis!r}")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise InputError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        if self.precision not in PRECISION_CHOICES:
+            raise InputError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {self.precision!r}")
 
 
 def list_part_presets() -> list[str]:
@@ -596,17 +590,8 @@ class PartSegmenter:
         v = self.config.num_views
         if view_weights is None:
             view_weights = settings.view_weights
-        if view_weights is None:
-            weights = torch.ones(v)
-        else:
-            try:
-                weights = torch.as_tensor(np.asarray(view_weights, dtype=np.float32))
-            except (TypeError, ValueError) as e:
-                raise InputError(f"view weights must be numbers: {e}") from e
-            if weights.shape != (v,):
-                raise InputError(f"{weights.numel()} view weights for {v} views")
-            if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()) or not bool(weights.any()):
-                raise InputError("view weights must be finite, >= 0 and not all 0")
+        weights = torch.ones(v) if view_weights is None else torch.tensor(check_view_weights(view_weights, v),
+                                                                           dtype=torch.float32)
         self.view_weights = weights.to(model.device)
         log.debug("part segmenter: %d parts, %d prompts, %d views, dense=%s", len(self.parts),
                   sum(len(ps) for ps in table.values()), v, dense)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import typing
 from functools import lru_cache
 from importlib import resources
@@ -29,7 +30,9 @@ import numpy as np
 import yaml
 
 from .errors import InputError
+from .files import read_input_text
 
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")  # the one list: presets, --precision, load_model
 CONFIG_PACKAGE = "pointfalip.configs"
 DATA_PACKAGE = "pointfalip.data"
 
@@ -68,14 +71,13 @@ def read_yaml(source: Source) -> dict:
     """The mapping a YAML file (a path or a packaged resource) holds; InputError when it is missing, unreadable,
     invalid or not a mapping."""
     try:
-        if isinstance(source, (str, Path)) and Path(source).is_dir():
-            raise InputError(f"config file {source} is a folder")
-        text = (Path(source) if isinstance(source, str) else source).read_text(encoding="utf-8")
+        if isinstance(source, (str, Path)):
+            text = read_input_text(source, "config file")
+        else:
+            text = source.read_text(encoding="utf-8")
         data = yaml.safe_load(text)
     except FileNotFoundError as e:
         raise InputError(f"config file {source} not found") from e
-    except PermissionError as e:
-        raise InputError(f"config file {source}: permission denied") from e
     except UnicodeDecodeError as e:
         raise InputError(f"config file {source} is not UTF-8 text") from e
     except yaml.YAMLError as e:
@@ -137,7 +139,7 @@ def load_preset(kind: str, name_or_path: Union[str, Path], config_file_: Optiona
             raise InputError(f"unknown {kind} preset '{name_or_path}' in {config_file_}: choose one of "
                              f"{', '.join(sorted(presets))}")
         values, where = presets[name_or_path], f"{config_file_}: preset '{name_or_path}'"
-    elif Path(str(name_or_path)).is_file() or str(name_or_path).endswith((".yaml", ".yml")):
+    elif _is_path(kind, str(name_or_path)):
         values, where = read_yaml(Path(name_or_path)), str(name_or_path)
     elif shared is None:
         values, where = read_yaml(preset_path(kind, str(name_or_path))), f"preset '{name_or_path}'"
@@ -151,6 +153,14 @@ def load_preset(kind: str, name_or_path: Union[str, Path], config_file_: Optiona
     if not isinstance(values, dict):
         raise InputError(f"{where} must be a mapping of settings")
     return {k: v for k, v in values.items() if k not in _META_KEYS}
+
+
+def _is_path(kind: str, name: str) -> bool:
+    """Whether a preset argument names a file: a YAML name, or an existing path (a pipe such as ``<(cmd)``
+    included) that is not a folder named like a packaged preset."""
+    if name.endswith((".yaml", ".yml")):
+        return True
+    return os.path.exists(name) and not (os.path.isdir(name) and name in list_presets(kind))
 
 
 # ---- settings from mappings ----------------------------------------------------------------------------

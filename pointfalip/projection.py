@@ -213,6 +213,45 @@ def list_projection_methods() -> list[str]:
     return sorted(_PROJECTIONS)
 
 
+def default_views(method: str) -> str | None:
+    """The view preset a projection uses when the caller names none (the method's reference's own: PointCLIP V2's
+    10 views for ``realistic``, PointCLIP's 6 for ``simple``); None when its settings hold its views."""
+    return _method(method).default_views
+
+
+def view_count(method: str, views: str | ViewSet | dict | None = None) -> int | None:
+    """How many views ``project(method=method, views=views)`` makes (None for a method whose settings hold its
+    views and no ``views`` given)."""
+    views = default_views(method) if views is None else views
+    return None if views is None else len(_resolve_views(views))
+
+
+def check_view_weights(weights, num_views: int | None = None, what: str = "view_weights") -> tuple[float, ...]:
+    """The one rule of view weights (recognition, few-shot, parts): a non-empty list of finite numbers >= 0, not
+    all 0, one a view when ``num_views`` is given; returned as floats. Anything else is a one-line InputError."""
+    if isinstance(weights, torch.Tensor):
+        weights = weights.detach().cpu().tolist()
+    if isinstance(weights, (str, bytes)) or not isinstance(weights, (Sequence, np.ndarray)) or not len(weights):
+        raise InputError(f"{what} must be a non-empty list of numbers or null, got {weights!r}")
+    try:
+        values = np.asarray(weights, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{what} must be numbers, got {weights!r}") from e
+    if values.ndim != 1 or not np.isfinite(values).all() or (values < 0).any() or values.sum() <= 0:
+        raise InputError(f"{what} must be finite, non-negative and not all zero, got {weights!r}")
+    if num_views is not None and len(values) != num_views:
+        raise InputError(f"{len(values)} view weights for {num_views} views")
+    return tuple(float(v) for v in values)
+
+
+def unit_view_weights(weights, num_views: int, device="cpu", dtype=torch.float32) -> torch.Tensor:
+    """β (V,) summing to one: ``weights`` (`check_view_weights`) divided by their sum, or uniform for None."""
+    if weights is None:
+        return torch.full((num_views,), 1.0 / num_views, device=device, dtype=dtype)
+    w = torch.tensor(check_view_weights(weights, num_views), dtype=torch.float64)
+    return (w / w.sum()).to(device, dtype)
+
+
 def _method(method: str) -> _Method:
     if not isinstance(method, str) or method not in _PROJECTIONS:
         raise InputError(f"unknown projection method {method!r}; choose one of {list_projection_methods()}")
@@ -426,22 +465,28 @@ def _as_points(points) -> torch.Tensor:
     return pts.unsqueeze(0) if pts.ndim == 2 else pts
 
 
-def _to_view_frames(points: torch.Tensor, views: ViewSet, translation: Sequence[float]) -> torch.Tensor:
-    """``(B, N, 3)`` -> ``(B*V, N, 3)`` view-frame coordinates, cloud-major (as the references order them)."""
+def view_frames(points: torch.Tensor, rotations: Sequence[torch.Tensor], translation: Sequence[float]
+                ) -> torch.Tensor:
+    """``(B, N, 3)`` -> ``(B*V, N, 3)`` view-frame coordinates, cloud-major (as the references order them): the
+    ``(V, 3, 3)`` world-to-view rotations applied in order, then ``translation`` subtracted. Every projection
+    (``realistic``, ``simple``, the part projection) turns clouds into its views with this."""
     b, n, _ = points.shape
-    rot = views.rotations.to(points.device).transpose(-1, -2)
-    bias = views.bias_rotations.to(points.device).transpose(-1, -2)
-    shift = torch.tensor(translation, dtype=torch.float32, device=points.device)
-    frames = points.unsqueeze(1) @ rot  # (B, V, N, 3)
-    frames = frames @ bias
-    frames = frames - shift
-    return frames.reshape(b * len(views), n, 3)
+    frames = points.unsqueeze(1)
+    for rot in rotations:
+        frames = frames @ rot.to(points.device).transpose(-1, -2)
+    frames = frames - torch.tensor(translation, dtype=torch.float32, device=points.device)
+    return frames.reshape(-1, n, 3)
 
 
-def _gaussian_taps(cfg: RealisticConfig) -> list[float]:
-    """1-D taps whose outer product is the reference's normalised 2-D Gaussian (separable)."""
-    offsets = np.arange(cfg.gaussian_size, dtype=np.float64) - cfg.gaussian_size // 2
-    taps = np.exp(-(offsets ** 2) / (2 * cfg.gaussian_sigma ** 2))
+def _to_view_frames(points: torch.Tensor, views: ViewSet, translation: Sequence[float]) -> torch.Tensor:
+    return view_frames(points, (views.rotations, views.bias_rotations), translation)
+
+
+def gaussian_taps(size: int, sigma: float) -> list[float]:
+    """Normalised 1-D Gaussian taps of ``size`` (odd) and ``sigma``; the references' 2-D and 3-D kernels are
+    their outer products (separable)."""
+    offsets = np.arange(size, dtype=np.float64) - size // 2
+    taps = np.exp(-(offsets ** 2) / (2 * sigma ** 2))
     return (taps / taps.sum()).tolist()
 
 
@@ -528,7 +573,7 @@ def _grid_to_image(level: torch.Tensor, row: torch.Tensor, col: torch.Tensor, va
     grid.scatter_reduce_(1, index, value, reduce="amax", include_self=True)
     grid = grid.view(m, slices, side, side)
     dense = _sliding_max(_sliding_max(grid, k, dim=-1), k, dim=-2)  # (M, slices, H, W), H = side - k + 1
-    taps = _gaussian_taps(cfg)
+    taps = gaussian_taps(cfg.gaussian_size, cfg.gaussian_sigma)
     return _separable_filter(dense, taps).amax(dim=1)
 
 
@@ -561,7 +606,7 @@ def _separable_filter(x: torch.Tensor, taps: list[float]) -> torch.Tensor:
     return x
 
 
-@register_projection("simple", SimpleConfig)
+@register_projection("simple", SimpleConfig, default_views="pointclip")
 def _project_simple(points: torch.Tensor, views: ViewSet, size: int, cfg: SimpleConfig) -> DepthViews:
     res, eps = cfg.resolution, cfg.depth_epsilon
     frames = _to_view_frames(points, views, (0.0, 0.0, -cfg.camera_distance))
@@ -598,9 +643,9 @@ def project(points, method: str = "realistic", views: str | ViewSet | dict | Non
             V2's part segmentation) or another name of :func:`list_projection_methods`.
         views: a preset name from ``configs/views.yaml`` (``"pointclip_v2"``: 10 views, ``"pointclip"``: 6),
             a :class:`ViewSet`, or a dict ``{"azimuth": [...], "elevation": [...]}`` in degrees (or
-            ``{"euler": [[x, y, z], ...], "bias_euler": [...]}``). ``None``: the method's default,
-            ``"pointclip_v2"`` for ``realistic`` and ``simple``, the views of its settings for
-            ``pointclip_v2_parts``.
+            ``{"euler": [[x, y, z], ...], "bias_euler": [...]}``). ``None``: the method's default
+            (:func:`default_views`), ``"pointclip_v2"`` for ``realistic``, ``"pointclip"`` for ``simple``, the views
+            of its settings for ``pointclip_v2_parts``.
         image_size: side ``S`` of the output images (bilinear resize with ``align_corners=True``).
         config: an instance of the method's settings class (:class:`RealisticConfig`, :class:`SimpleConfig`;
             see :func:`projection_config`); ``None`` uses its defaults, the references'.

@@ -104,16 +104,11 @@ def _validate_prompts(data, source: str) -> Prompts:
 
 def read_prompt_json(path: PathLike):
     """The JSON a prompt file holds, unvalidated; one clear InputError when it cannot be read."""
-    path = Path(path)
+    from .files import read_input_text
+
+    text = read_input_text(path, "prompt file")
     try:
-        with open(path, encoding="utf-8-sig") as f:
-            return json.load(f)
-    except FileNotFoundError as e:
-        raise InputError(f"prompt file {path} does not exist") from e
-    except IsADirectoryError as e:
-        raise InputError(f"prompt file {path} is a folder") from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read prompt file {path}: {' '.join(str(e).split())}") from e
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise InputError(f"prompt file {path} is not valid JSON: {e}") from e
 

@@ -22,11 +22,10 @@ from . import io, presets, prompts
 from .errors import InputError
 from .foveal import FovealConfig, from_occupancy
 from .model import FalipCLIP
-from .projection import DepthViews, project
+from .projection import DepthViews, check_view_weights, default_views, project, unit_view_weights, view_count
 
 ENCODER_BATCH = 64  # images per encoder call: bounds memory, keeps batches large
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-DEFAULT_VIEWS = {"realistic": "pointclip_v2", "simple": "pointclip"}  # a projection's own views when not given
+PRECISIONS = presets.PRECISION_CHOICES  # the one list (presets.py)
 
 
 @dataclass
@@ -56,21 +55,12 @@ class RecognizerConfig:
                              f"got {self.templates!r}")
         if self.prompt_file is not None and not isinstance(self.prompt_file, (str, dict)):
             raise InputError(f"prompt_file must be a file path or null, got {self.prompt_file!r}")
-        if self.precision not in PRECISIONS:
+        if self.precision not in presets.PRECISION_CHOICES:
             raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.up_axis not in io.UP_AXES:
             raise InputError(f"up_axis must be one of {', '.join(io.UP_AXES)}, got {self.up_axis!r}")
         if self.view_weights is not None:
-            weights = self.view_weights
-            if isinstance(weights, (str, bytes)) or not isinstance(weights, Sequence) or not weights:
-                raise InputError(f"view_weights must be a non-empty list of numbers or null, got {weights!r}")
-            try:
-                values = np.asarray(weights, dtype=np.float64)
-            except (TypeError, ValueError) as e:
-                raise InputError(f"view_weights must be numbers, got {weights!r}") from e
-            if values.ndim != 1 or not np.isfinite(values).all() or (values < 0).any() or values.sum() <= 0:
-                raise InputError(f"view_weights must be finite, non-negative and not all zero, got {weights!r}")
-            self.view_weights = [float(v) for v in values]
+            self.view_weights = list(check_view_weights(self.view_weights))
 
 
 
@@ -83,6 +73,40 @@ def load_preset(name_or_path: str) -> RecognizerConfig:
     """A preset by name (configs/presets/NAME.yaml) or from a YAML file."""
     return presets.from_mapping(RecognizerConfig, presets.load_preset("recognizer", name_or_path),
                                 f"preset {name_or_path}")
+
+
+def resolve_config(preset: Union[str, RecognizerConfig] = "pointclip_v2", **overrides) -> RecognizerConfig:
+    """A preset (name, YAML file or config) with overrides of its fields (None values ignored): the one rule of
+    the Recognizer and the commands. A projection other than the preset's brings its own default views
+    (`projection.default_views`) unless ``views`` is given too."""
+    config = preset if isinstance(preset, RecognizerConfig) else load_preset(preset)
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if overrides.get("projection") and overrides["projection"] != config.projection and "views" not in overrides:
+        overrides["views"] = default_views(overrides["projection"]) or config.views
+    if not overrides:
+        return config
+    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    values["foveal"] = dataclasses.asdict(config.foveal)
+    if isinstance(overrides.get("foveal"), FovealConfig):
+        overrides["foveal"] = dataclasses.asdict(overrides["foveal"])
+    return presets.from_mapping(RecognizerConfig, {**values, **overrides}, "recognizer settings")
+
+
+def project_clouds(config: RecognizerConfig, clouds, image_size: int, device="cpu") -> DepthViews:
+    """Depth views of normalised clouds (a list, or a (B, N, 3) tensor) by the config's projection and views,
+    batched where the clouds have the same size: what `Recognizer.project` and `pointfalip render` show."""
+    kwargs = dict(method=config.projection, views=config.views, image_size=image_size)
+    if isinstance(clouds, torch.Tensor) and clouds.ndim == 3:
+        return project(clouds.to(device), **kwargs)
+    if len({len(c) for c in clouds}) == 1:
+        return project(torch.as_tensor(np.stack(clouds), device=device), **kwargs)
+    parts = [project(torch.as_tensor(c, device=device), **kwargs) for c in clouds]
+    return DepthViews(torch.cat([p.images for p in parts]), torch.cat([p.occupancy for p in parts]))
+
+
+def foveal_biases(config: RecognizerConfig, views: DepthViews, grid: tuple[int, int]) -> torch.Tensor:
+    """The foveal attention bias (B·V, gh, gw) of every view on a patch grid, from its occupancy."""
+    return from_occupancy(views.occupancy.flatten(0, 1), grid, config.foveal)
 
 
 def _as_clouds(points) -> tuple[list, bool]:
@@ -114,16 +138,7 @@ class Recognizer:
                  cache_dir=None, fewshot=None, **overrides):
         self.model = model
         self.preset = preset if isinstance(preset, str) else "custom"
-        config = preset if isinstance(preset, RecognizerConfig) else load_preset(preset)
-        overrides = {k: v for k, v in overrides.items() if v is not None}
-        if overrides.get("projection") and "views" not in overrides:
-            overrides["views"] = DEFAULT_VIEWS.get(overrides["projection"], config.views)
-        if overrides:
-            values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
-            values["foveal"] = dataclasses.asdict(config.foveal)
-            if isinstance(overrides.get("foveal"), FovealConfig):
-                overrides["foveal"] = dataclasses.asdict(overrides["foveal"])
-            config = presets.from_mapping(RecognizerConfig, {**values, **overrides}, "recognizer settings")
+        config = resolve_config(preset, **overrides)
         self.config = config
         self.falip = falip
         height, width = model.image_size
@@ -131,7 +146,8 @@ class Recognizer:
             raise InputError(f"model '{model.name}' takes {height}x{width} images but depth views are square: "
                              "choose a model with square input")
         if falip:
-            model.resolve_layers(self.config.foveal.layers)  # a preset's layers must fit the model before any work
+            model.resolve_layers(self.config.foveal.layers)  # a preset's layers and heads must fit the model
+            model.resolve_heads(self.config.foveal.heads)  # before any work
         self.text: Optional[torch.Tensor] = None
         self.fewshot = None
         self._fewshot_labels: list[str] = []
@@ -177,6 +193,12 @@ class Recognizer:
             cache = fewshot.load_cache(cache)
         expected = self.fewshot_metadata(0, None)
         fewshot.check_compatible(cache, {k: expected[k] for k in ("model", "pretrained", "preset_hash", "falip")})
+        views = view_count(self.config.projection, self.config.views)
+        dim = None if self.text is None else self.text.shape[1]
+        if (dim is not None and cache.dim != dim) or (views is not None and cache.num_views != views):
+            raise InputError(f"the few-shot cache holds {cache.num_views} views of {cache.dim} features an example, "
+                             f"this recognizer makes {views} views of {dim if dim is not None else '?'}: rebuild the "
+                             "cache with this model and preset")
         by_key = {prompts.humanize(name).lower(): name for name in cache.labels}
         self._fewshot_labels = [by_key.get(prompts.humanize(label).lower(), label) for label in self.labels]
         if not set(self._fewshot_labels) & set(cache.labels):
@@ -193,15 +215,7 @@ class Recognizer:
     def project(self, clouds) -> DepthViews:
         """Depth views of normalised clouds (a list, or a (B, N, 3) tensor), batched where the clouds have the same
         size."""
-        size = self.model.image_size[0]
-        kwargs = dict(method=self.config.projection, views=self.config.views, image_size=size)
-        device = self.model.device
-        if isinstance(clouds, torch.Tensor) and clouds.ndim == 3:
-            return project(clouds.to(device), **kwargs)
-        if len({len(c) for c in clouds}) == 1:
-            return project(torch.as_tensor(np.stack(clouds), device=device), **kwargs)
-        parts = [project(torch.as_tensor(c, device=device), **kwargs) for c in clouds]
-        return DepthViews(torch.cat([p.images for p in parts]), torch.cat([p.occupancy for p in parts]))
+        return project_clouds(self.config, clouds, self.model.image_size[0], self.model.device)
 
     def encoder_input(self, views: DepthViews) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Images (B·V, 3, S, S) for the encoder and their foveal biases (B·V, gh, gw), None without FALIP."""
@@ -213,8 +227,7 @@ class Recognizer:
             images = (images - mean) / std
         if not self.falip:
             return images, None
-        bias = from_occupancy(views.occupancy.flatten(0, 1), self.model.grid_size, self.config.foveal)
-        return images, bias
+        return images, foveal_biases(self.config, views, self.model.grid_size)
 
     def embed_views(self, views: DepthViews, with_plain: bool = False):
         """Unit-norm features (B, V, D) of every view; with_plain (FALIP on): ``(foveal, plain)``, the plain copy
@@ -253,13 +266,7 @@ class Recognizer:
     # ---- step 2: view features -> logits ---------------------------------------------------------------
     def view_weights(self, num_views: int) -> torch.Tensor:
         """β (V,), summing to one: the preset's view weights or uniform."""
-        weights = self.config.view_weights
-        if weights is None:
-            return torch.full((num_views,), 1.0 / num_views, device=self.model.device)
-        if len(weights) != num_views:
-            raise InputError(f"{len(weights)} view weights for {num_views} views")
-        w = torch.tensor(weights, dtype=torch.float32, device=self.model.device)
-        return w / w.sum()
+        return unit_view_weights(self.config.view_weights, num_views, self.model.device)
 
     def _text(self) -> torch.Tensor:
         if self.text is None:
@@ -283,11 +290,19 @@ class Recognizer:
         if self.fewshot.adapter is not None:
             adapter = self.fewshot.adapter.to(view_feats.device)
             with torch.no_grad():
-                score = fewshot.adapter_scores(adapter, view_feats, self._text(), weights)
+                zero_shot = self.adapter_logits(adapter, view_feats)
         else:
-            score = self.score(view_feats)
+            zero_shot = self.model.logit_scale * self.score(view_feats)
         query = fewshot.fuse_views(view_feats, weights)
-        return self.model.logit_scale * score + fewshot.cache_logits(query, self.fewshot, self._fewshot_labels)
+        return zero_shot + fewshot.cache_logits(query, self.fewshot, self._fewshot_labels)
+
+    def adapter_logits(self, adapter, view_feats: torch.Tensor) -> torch.Tensor:
+        """``logit_scale · Σ_v β_v <â_v, t_c>`` (B, C) of an inter-view adapter's features â of view features
+        (B, V, D): the adapted branch of `logits`, and what training the adapter optimises (differentiable)."""
+        from . import fewshot
+
+        return self.model.logit_scale * fewshot.adapter_scores(adapter, view_feats, self._text(),
+                                                               self.view_weights(view_feats.shape[1]))
 
     def view_logits(self, view_feats: torch.Tensor) -> torch.Tensor:
         """Each view's own logits (B, V, C) against the text, before fusion (what each view alone would say)."""
@@ -302,20 +317,28 @@ class Recognizer:
         """softmax over the labels of logits (..., C)."""
         return logits.softmax(dim=-1)
 
+    def rank(self, view_feats: torch.Tensor, top_k: Optional[int] = 5) -> list[list["Prediction"]]:
+        """Best labels with their probabilities of view features (B, V, D), one list a cloud (`logits`)."""
+        return [ranked(self.labels, p, top_k) for p in self.probabilities(self.logits(view_feats))]
+
+    def rank_views(self, view_feats: torch.Tensor) -> list[list["Prediction"]]:
+        """Each view's best label and its probability of view features (B, V, D) (`view_logits`, no fusion): one
+        list of `Prediction` (one a view) a cloud."""
+        view_probs = self.probabilities(self.view_logits(view_feats))
+        return [[ranked(self.labels, p, 1)[0] for p in cloud] for cloud in view_probs]
+
     def classify(self, points, top_k: int = 5):
         """Best labels with their probabilities: `Prediction` list for one cloud, a list of them for a batch."""
         top_k = check_top_k(top_k)
         _, single = _as_clouds(points)
-        probs = self.probabilities(self.logits(self.embed(points)))
-        results = [ranked(self.labels, p, top_k) for p in probs]
+        results = self.rank(self.embed(points), top_k)
         return results[0] if single else results
 
     def classify_views(self, points) -> list:
         """Each view's best label and its probability (view features against the text, no fusion): a list of
         `Prediction` (one a view) for one cloud, a list of them for a batch."""
         _, single = _as_clouds(points)
-        view_probs = self.probabilities(self.view_logits(self.embed(points)))
-        views = [[ranked(self.labels, p, 1)[0] for p in cloud] for cloud in view_probs]
+        views = self.rank_views(self.embed(points))
         return views[0] if single else views
 
 

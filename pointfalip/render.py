@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from .colors import part_colors
 from .errors import InputError
 from .files import atomic_write
 
@@ -63,22 +64,9 @@ def save_sheet(path, images: torch.Tensor, weights: Optional[torch.Tensor] = Non
     return save_image(contact_sheet(view_tiles(images, weights), captions, columns), path)
 
 
-# part colours: Tableau's ten, then more hues spread by the golden angle
-_TABLEAU = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
 PART_DOT = 1  # a point is drawn as a (2 * PART_DOT + 1)-pixel square
 LEGEND_SWATCH = 12  # side of a legend's colour square, pixels
 LEGEND_ROW = 16  # height of a legend row, pixels
-
-
-def part_colors(count: int) -> np.ndarray:
-    """``(count, 3)`` uint8 RGB, one distinct colour a part (the same part index always gets the same colour)."""
-    colors = list(_TABLEAU[:count])
-    for k in range(len(colors), count):
-        hue = (k * 0.618033988749895) % 1.0
-        r, g, b = (np.clip(np.abs((hue * 6 + off) % 6 - 3) - 1, 0, 1) for off in (0, 4, 2))
-        colors.append(tuple(int(round(40 + 180 * c)) for c in (r, g, b)))
-    return np.asarray(colors, dtype=np.uint8).reshape(count, 3)
 
 
 def part_tiles(images: torch.Tensor, pixels: torch.Tensor, visible: torch.Tensor, labels: torch.Tensor,

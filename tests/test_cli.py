@@ -82,29 +82,76 @@ def test_classify_real_mesh_against_dataset(env, tiny_json, shared_data):
     assert "model input" in proc.stderr
 
 
-def test_render_writes_contact_sheet(env, cloud, tmp_path):
+def test_render_draws_the_projection_and_its_foveal_region(env, cloud, tmp_path):
+    """Tiles in rows of five, each the depth view the projection makes (grey levels of `project`'s image), red
+    where the foveal mask lies, plain grey far from the object where it does not."""
+    import torch
+
+    from pointfalip import io
+    from pointfalip.projection import project
+
     out = tmp_path / "views.png"
     pf(env, "render", cloud, "-o", out, "--model", "ViT-B-32")
-    with Image.open(out) as im:
-        assert im.size[0] == 5 * 224 and im.size[1] >= 2 * 224
+    sheet = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    depth = project(io.normalize(np.load(cloud), "y"), method="realistic", views="pointclip_v2", image_size=224)
+    assert sheet.shape == (2 * (224 + 14), 5 * 224, 3)  # ten views, five a row, a caption line under each
+    for v in range(10):
+        tile = sheet[(v // 5) * 238:(v // 5) * 238 + 224, (v % 5) * 224:(v % 5) * 224 + 224]
+        grey = (depth.images[0, v, 0].clamp(0, 1) * 255).round().to(torch.int64).numpy()
+        rows, cols = np.nonzero(depth.occupancy[0, v].numpy())
+        centre = int(rows.mean()), int(cols.mean())
+        assert tile[centre][0] > tile[centre][1] + 40  # red over the object's middle
+        assert (tile[:8, :8] == grey[:8, :8, None]).all()  # a corner outside the 7x7 grid's region: the image as is
+        assert tile[:8, :8].min() == 255  # which is background there
 
 
-def test_demo_smoke(env, tiny_json, tmp_path):
+def test_demo_answers_as_the_recognizer_does(main, tiny_json, tmp_path):
+    """The demo's table equals the Recognizer's answers for the built-in objects (same seeded random weights), and
+    its contact sheet holds every view of every object."""
+    from pointfalip import Recognizer
+    from pointfalip.demo import demo_clouds
+
     out = tmp_path / "demo.png"
-    proc = pf(env, "demo", "--pretrained", "none", "--model", tiny_json, "-o", out)
-    for name in ("table", "chair", "lamp", "bottle", "cone"):
-        assert name in proc.stdout
-    assert out.is_file()
+    code, stdout, err = main("demo", "--pretrained", "none", "--model", tiny_json, "--precision", "fp32", "-o", out,
+                             "--json")
+    assert code == 0, err
+    result = json.loads(stdout)
+    rec = Recognizer(load_random(tiny_json, precision="fp32"), dataset="modelnet40", cache_dir=False)
+    clouds = demo_clouds()
+    assert [o["object"] for o in result["objects"]] == list(clouds)
+    for obj in result["objects"]:
+        expected = rec.classify(clouds[obj["object"]], top_k=3)
+        assert [p["label"] for p in obj["predictions"]] == [p.label for p in expected]
+        np.testing.assert_allclose([p["score"] for p in obj["predictions"]], [p.probability for p in expected],
+                                   rtol=1e-4)
+    with Image.open(out) as im:
+        assert im.size == (10 * 64, len(clouds) * (64 + 14))  # one row an object, its ten views of 64 pixels
 
 
-@pytest.mark.parametrize("prompt", ["falip", "circle", "blur", "crop", "none"])
-def test_classify_image_box(env, tiny_json, picture, prompt):
-    proc = pf(env, "classify-image", picture / "scene.png", "--labels", "cat,dog,car", "--box", "10,20,90,100",
-              "--prompt", prompt, "--model", tiny_json, "--pretrained", "none", "--json")
-    out = json.loads(proc.stdout)
-    scores = [p["score"] for p in out["predictions"]]
-    assert out["file"].endswith("scene.png") and len(scores) == 3
-    assert sum(scores) == pytest.approx(1, abs=1e-5) and sorted(scores, reverse=True) == scores
+def test_classify_image_prompts_mean_what_they_say(main, tiny_json, picture, tmp_path):
+    """"crop" scores the box's pixels alone (as the whole picture cut by hand), "none" ignores the region, FALIP
+    keeps the pixels but changes the answer; probabilities sum to one, best first."""
+    common = ["--labels", "cat,dog,car", "--model", tiny_json, "--pretrained", "none", "--json"]
+
+    def scores(image, *extra):
+        code, out, err = main("classify-image", image, *common, *extra)
+        assert code == 0, err
+        preds = json.loads(out)["predictions"]
+        values = [p["score"] for p in preds]
+        assert sum(values) == pytest.approx(1, abs=1e-5) and sorted(values, reverse=True) == values
+        return {p["label"]: p["score"] for p in preds}
+
+    with Image.open(picture / "scene.png") as im:
+        im.crop((10, 20, 90, 100)).save(tmp_path / "cut.png")
+    box = ["--box", "10,20,90,100"]
+    cropped, by_hand = scores(picture / "scene.png", *box, "--prompt", "crop"), scores(tmp_path / "cut.png")
+    assert cropped == pytest.approx(by_hand, abs=1e-6)
+    whole = scores(picture / "scene.png")
+    assert scores(picture / "scene.png", *box, "--prompt", "none") == pytest.approx(whole, abs=1e-6)
+    falip = scores(picture / "scene.png", *box, "--prompt", "falip")
+    assert max(abs(falip[k] - whole[k]) for k in whole) > 1e-6
+    for prompt in ("circle", "blur"):
+        assert set(scores(picture / "scene.png", *box, "--prompt", prompt)) == {"cat", "dog", "car"}
 
 
 def test_classify_image_mask_and_refer(env, tiny_json, picture):

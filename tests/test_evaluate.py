@@ -402,15 +402,17 @@ def test_missing_root_one_line_exit_2(tmp_path, env, tiny_json, checkpoint):
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_input_one_line_exit_2(tmp_path, main, tiny_json, checkpoint, case):
     make_root, flags, words = BAD[case]
-    code, out, err = main_eval(main, tiny_json, checkpoint, make_root(tmp_path), tmp_path / "r.json", *flags)
+    (tmp_path / "data").mkdir()  # the report goes beside the dataset root, never inside it
+    code, out, err = main_eval(main, tiny_json, checkpoint, make_root(tmp_path / "data"), tmp_path / "r.json",
+                               *flags)
     assert_one_line_error(code, err, *words)
     assert out == "" and not (tmp_path / "r.json").exists()
 
 
 def test_nothing_evaluable_exit_2(tmp_path, main, tiny_json, checkpoint):
     for name in ("chair_0001.off", "chair_0002.off"):
-        _write_box(tmp_path / "chair" / "test" / name, None)
-    code, _, err = main_eval(main, tiny_json, checkpoint, tmp_path, tmp_path / "r.json")
+        _write_box(tmp_path / "data" / "chair" / "test" / name, None)
+    code, _, err = main_eval(main, tiny_json, checkpoint, tmp_path / "data", tmp_path / "r.json")
     assert_one_line_error(code, err, "nothing to evaluate", "all 2 item(s)", "chair_0001.off")
     assert not (tmp_path / "r.json").exists() and not partial_path(tmp_path / "r.json").exists()
 

@@ -4,7 +4,6 @@ import json
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from conftest import TINY, load_random, one_line_error
 
 from pointfalip import Recognizer, fewshot
@@ -38,24 +37,39 @@ def make_cache(rec, clouds, targets, alpha=1.0, beta=5.5):
 
 
 def test_cache_term_equals_tip_adapters_formula(model, shots):
+    """Tip-Adapter's logits written out element by element in float64: per-view cosines averaged over the views,
+    the fused query and keys normalised by hand, one exp(-beta (1 - cos)) per (query, shot), added to the column
+    named like the shot's label (no column: nothing; a label without shots: its zero-shot logit alone)."""
     plain = Recognizer(model, labels=LABELS, cache_dir=False)
     cache = make_cache(plain, *shots, alpha=2.0, beta=3.0)
-    rec = Recognizer(model, labels=["rod", "sphere", "box"], cache_dir=False, fewshot=cache)
+    names = ["rod", "sphere", "box"]
+    rec = Recognizer(model, labels=names, cache_dir=False, fewshot=cache)
     queries = [shape("box", 10), shape("rod", 11)]
-    feats = rec.embed(queries)
-    w = torch.full((feats.shape[1],), 1 / feats.shape[1])
-    text = rec.text
-    score = torch.einsum("bvd,cd,v->bc", feats, text, w)
-    query = F.normalize((feats * w[None, :, None]).sum(1), dim=-1)
-    keys = F.normalize((plain.embed(shots[0]) * w[None, :, None]).sum(1), dim=-1)
-    onehot = torch.zeros(len(shots[1]), 3)  # columns: rod, sphere (no shots), box
-    for k, t in enumerate(shots[1]):
-        column = {"rod": 0, "box": 2}.get(LABELS[t])
-        if column is not None:
-            onehot[k, column] = 1
-    expected = model.logit_scale * score + 2.0 * torch.exp(-3.0 * (1 - query @ keys.T)) @ onehot
-    torch.testing.assert_close(rec.logits(feats), expected, atol=1e-4, rtol=1e-5)
-    torch.testing.assert_close(rec.logits(feats)[:, 1], model.logit_scale * score[:, 1])  # no shots: zero-shot
+    feats = rec.embed(queries).double().numpy()  # (B, V, D), each view's feature unit-norm
+    shot_feats = plain.embed(shots[0]).double().numpy()
+    text = rec.text.double().numpy()  # (C, D): one unit text feature a name
+    scale = float(model.logit_scale)
+
+    def fused(views):
+        total = np.zeros(views.shape[1])
+        for f in views:
+            total += f / len(views)
+        return total / np.sqrt(total @ total)
+
+    expected = np.zeros((len(queries), len(names)))
+    for b in range(len(queries)):
+        q = fused(feats[b])
+        for c, name in enumerate(names):
+            cosines = [float(feats[b, v] @ text[c]) for v in range(feats.shape[1])]
+            expected[b, c] = scale * sum(cosines) / len(cosines)
+            for k, target in enumerate(shots[1]):
+                if LABELS[target] == name:
+                    expected[b, c] += 2.0 * np.exp(-3.0 * (1.0 - q @ fused(shot_feats[k])))
+    got = rec.logits(rec.embed(queries)).double().numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    zero_shot = Recognizer(model, labels=names, cache_dir=False).logits(rec.embed(queries)).double().numpy()
+    np.testing.assert_allclose(got[:, 1], zero_shot[:, 1], rtol=1e-6)  # "sphere" has no shots
+    assert (got[:, [0, 2]] > zero_shot[:, [0, 2]]).all()  # a positive alpha only adds
 
 
 def test_a_shot_as_query_comes_back_with_its_label(model, shots):
@@ -94,6 +108,18 @@ def test_adapter_in_the_scoring_step(model, shots):
         expected = model.logit_scale * fewshot.adapter_scores(cache.adapter, feats, rec.text, w) + \
             fewshot.cache_logits(fewshot.fuse_views(feats, w), cache, LABELS)
     torch.testing.assert_close(with_adapter.logits(feats), expected)
+
+
+def test_a_built_adapter_is_trained_on_the_recognizers_own_scores(model, shots):
+    """cache_from_features trains through Recognizer.adapter_logits: the same adapter as training on the text
+    features and view weights directly, from the same seed."""
+    rec = Recognizer(model, labels=LABELS, cache_dir=False)
+    feats = rec.embed(shots[0])
+    built = fewshot.cache_from_features(rec, feats, shots[1], 3, 400, adapter=True, adapter_epochs=3, seed=5)
+    direct = fewshot.train_adapter(feats, torch.tensor(shots[1]), rec.text, torch.ones(feats.shape[1]),
+                                   model.logit_scale, epochs=3, seed=5)
+    for name, value in direct.state_dict().items():
+        torch.testing.assert_close(built.adapter.state_dict()[name], value)
 
 
 # ---- the command line ---------------------------------------------------------------------------------------

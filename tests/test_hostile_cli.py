@@ -110,8 +110,10 @@ def files(tmp_path_factory):
                        "weights.yaml": "view_weights: [1, 2]", "precision.yaml": "precision: fp8",
                        "notyaml.yaml": "a: [", "list.yaml": "- 1\n- 2", "templates.yaml": "templates: 5",
                        "normalize.yaml": "normalize_images: maybe", "promptfile.yaml": "prompt_file: 5",
-                       "views.yaml": "views: 5", "projection.yaml": "projection: 5"}.items():
+                       "views.yaml": "views: 5", "projection.yaml": "projection: 5",
+                       "heads99.yaml": "foveal: {heads: [99]}", "nanweights.yaml": "view_weights: [.nan, 1]"}.items():
         (folder / name).write_text(text)
+    (folder / "a_folder").mkdir()
     return folder
 
 
@@ -142,6 +144,14 @@ ARGUMENT_CASES = {
     "views of the wrong type": (["--preset", "{views.yaml}"], ["views"]),
     "projection of the wrong type": (["--preset", "{projection.yaml}"], ["projection"]),
     "top-k zero": (["--top-k", "0"], ["--top-k"]),
+    "foveal heads beyond the model": (["--preset", "{heads99.yaml}"], ["heads", "99"]),
+    "NaN view weights": (["--preset", "{nanweights.yaml}"], ["view_weights"]),
+    "labels file that is a folder": (["--labels-file", "{a_folder}"], ["folder"]),
+    "labels file that is a device": (["--labels-file", "/dev/null"], ["device"]),
+    "preset that is a device": (["--preset", "/dev/null"], ["device"]),
+    "prompt file that is a folder": (["--prompt-file", "{a_folder}"], ["folder"]),
+    "few-shot cache that is a device": (["--fewshot", "/dev/null"], ["device"]),
+    "checkpoint that is a device": (["--pretrained", "/dev/null"], ["device"]),
 }
 
 

@@ -14,7 +14,7 @@ def wheel(tmp_path_factory) -> zipfile.ZipFile:
     out = tmp_path_factory.mktemp("wheel")
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                            "-w", str(out), str(REPO)], capture_output=True, text=True)
-    if proc.returncode != 0 and "No module named" in proc.stderr:
+    if proc.returncode != 0 and ("No module named" in proc.stderr or "invalid command 'bdist_wheel'" in proc.stderr):
         pytest.skip(f"cannot build a wheel here: {proc.stderr.strip().splitlines()[-1]}")
     assert proc.returncode == 0, proc.stderr
     (path,) = out.glob("pointfalip-*.whl")

@@ -1,5 +1,6 @@
 """Part segmentation (pointfalip.parts) against PointCLIP V2's own output, hand-made geometry and re-derivations
 written here with other methods (explicit loops, numpy), never against numbers the code printed once."""
+import dataclasses
 import math
 
 import numpy as np
@@ -414,12 +415,16 @@ def test_segmenter_projects_through_the_registry(tiny_model, monkeypatch):
 
 
 def test_part_presets(tiny_model, tmp_path):
-    assert parts.list_part_presets() == ["pointclip_v2_parts", "pointclip_v2_parts_exact"]
-    default, exact = parts.load_part_preset(), parts.load_part_preset("pointclip_v2_parts_exact")
+    assert parts.list_part_presets() == ["pointclip_v2_parts", "pointfalip_parts"]
+    # the preset named after V2 is V2's zeroshot_seg exactly; the project's own default differs in the lookup only
+    default, exact = parts.load_part_preset(), parts.load_part_preset("pointclip_v2_parts")
+    assert parts.DEFAULT_PRESET == "pointfalip_parts"
+    assert dataclasses.replace(default.projection, v2_transposed_lookup=True) == exact.projection
+    assert dataclasses.replace(default, projection=exact.projection) == exact
     assert default.projection == PartProjectionConfig() and default.dense == "tokens"
     assert default.view_weights is None and default.templates is None
     assert exact.projection == V2_EXACT and exact.dense == "tokens"
-    seg = PartSegmenter(tiny_model, category="chair", preset="pointclip_v2_parts_exact", cache_dir=False)
+    seg = PartSegmenter(tiny_model, category="chair", preset="pointclip_v2_parts", cache_dir=False)
     assert seg.config == PartProjectionConfig(v2_transposed_lookup=True, image_size=64)  # the model's size
     assert torch.equal(seg.view_weights, torch.ones(10))
     mine = tmp_path / "mine.yaml"
