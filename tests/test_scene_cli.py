@@ -168,7 +168,15 @@ def test_bad_input_is_one_line_and_leaves_nothing(main, bag, tiny_json, tmp_path
     before = storage.read_bytes()
     code, _, err = main("scene", storage, "--mcap", storage, *_model(tiny_json))
     one_line_error(code, err, "input")
+    code, _, err = main("scene", bag, "--mcap", storage, *_model(tiny_json))  # the bag folder's own storage file
+    one_line_error(code, err, "input")
     assert storage.read_bytes() == before
+    labels = tmp_path / "labels.mcap"  # any input of the run is protected, whatever its name
+    labels.write_text("mug\nbox\n")
+    code, _, err = main("scene", bag, "--labels-file", labels, "--mcap", labels, *_model(tiny_json)[2:])
+    one_line_error(code, err, "input")
+    assert labels.read_text() == "mug\nbox\n"
+    labels.unlink()
     code, _, err = main("scene", bag, "--mcap", tmp_path / "out.json", *_model(tiny_json))
     one_line_error(code, err, ".mcap")
     code, _, err = main("scene", bag, "--loop", *_model(tiny_json))
