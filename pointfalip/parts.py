@@ -50,8 +50,8 @@ from . import prompts as _prompts
 from .errors import InputError
 from .model import DENSE_MODES
 from .presets import PRECISION_CHOICES, read_data_json
-from .projection import (DepthViews, ViewSet, _as_points, _integer, _real, _sliding_max, check_view_weights,
-                         euler_to_matrix, gaussian_taps, view_frames)
+from .projection import (DepthViews, ViewSet, _as_points, _integer, _real, _sliding_max, check_translation,
+                         check_view_weights, euler_to_matrix, gaussian_taps, view_frames)
 
 log = logging.getLogger(__name__)
 
@@ -154,13 +154,7 @@ class PartProjectionConfig:
         if len(set(rotations)) != 1:
             raise InputError(f"PartProjectionConfig: view_euler, bias_euler and bias2_euler need one triple a view, "
                              f"got {rotations}")
-        try:
-            shift = tuple(float(t) for t in self.translation)
-        except (TypeError, ValueError):
-            shift = ()
-        if len(shift) != 3 or not all(math.isfinite(t) for t in shift):
-            raise InputError(f"PartProjectionConfig.translation must be 3 finite numbers, got {self.translation!r}")
-        object.__setattr__(self, "translation", shift)
+        object.__setattr__(self, "translation", check_translation(self.translation, "PartProjectionConfig"))
         crop = self.crop
         if isinstance(crop, (str, bytes)) or not isinstance(crop, Sequence) or len(crop) != 2 or not all(
                 isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in crop):

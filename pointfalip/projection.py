@@ -137,13 +137,7 @@ class RealisticConfig:
             raise InputError(f"{owner}.depth_bias must be >= 0, got {self.depth_bias}")
         if not 0 <= _real(self, "occupancy_tolerance") < 1:
             raise InputError(f"{owner}.occupancy_tolerance must be in [0, 1), got {self.occupancy_tolerance}")
-        try:
-            shift = tuple(float(t) for t in self.translation)
-        except (TypeError, ValueError):
-            shift = ()
-        if len(shift) != 3 or not all(math.isfinite(t) for t in shift):
-            raise InputError(f"{owner}.translation must be 3 finite numbers, got {self.translation!r}")
-        object.__setattr__(self, "translation", shift)
+        object.__setattr__(self, "translation", check_translation(self.translation, owner))
 
 
 @dataclass(frozen=True)
@@ -480,6 +474,17 @@ def view_frames(points: torch.Tensor, rotations: Sequence[torch.Tensor], transla
 
 def _to_view_frames(points: torch.Tensor, views: ViewSet, translation: Sequence[float]) -> torch.Tensor:
     return view_frames(points, (views.rotations, views.bias_rotations), translation)
+
+
+def check_translation(value, owner: str) -> tuple[float, float, float]:
+    """A preset's ``translation`` as three finite floats, else a one-line InputError naming ``owner``."""
+    try:
+        shift = tuple(float(t) for t in value)
+    except (TypeError, ValueError):
+        shift = ()
+    if len(shift) != 3 or not all(math.isfinite(t) for t in shift):
+        raise InputError(f"{owner}.translation must be 3 finite numbers, got {value!r}")
+    return shift
 
 
 def gaussian_taps(size: int, sigma: float) -> list[float]:
