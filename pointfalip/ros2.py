@@ -19,7 +19,8 @@ importing this module: they are not dependencies of pointfalip.
 
 Parameters (:class:`NodeSettings`): ``labels`` (comma-separated) or ``dataset``, ``model``, ``pretrained``,
 ``precision``, ``device``, ``preset`` (recognizer preset; ``robot_fast`` for 6 views), ``scene_preset``
-(segmentation and tracking preset), ``track``, ``reuse``, ``top_k``, ``up_axis``, ``input_topic``, ``detections_topic``, ``markers_topic``.
+(segmentation and tracking preset), ``track``, ``reuse``, ``top_k``, ``up_axis``, ``input_topic``,
+``detections_topic``, ``markers_topic``.
 """
 from __future__ import annotations
 

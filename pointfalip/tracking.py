@@ -63,7 +63,8 @@ class TrackerConfig:
     """Tracker settings; the defaults suit the ``tabletop`` scene preset (static camera, 3-40 cm objects)."""
 
     max_distance: float = 0.10  # metres: a centroid this close to a track's predicted one may continue it
-    relative_distance: float = 0.5  # share of a track's longest box side: a nearer, mutually nearest object continues it
+    relative_distance: float = 0.5  # share of a track's longest box side within which a mutually nearest object
+    # continues it
     min_iou: float = 0.0  # 0-1: ... and their axis-aligned boxes overlap at least this much (0: no overlap needed)
     max_missed: int = 5  # frames (count): a track unseen for more consecutive frames than this ends
     window: int = 10  # observations (count) of a track whose summed probabilities give its track_label
