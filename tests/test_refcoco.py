@@ -315,3 +315,58 @@ def test_runs_are_parsed_strictly():
         refcoco.parse_runs("crop,crop")
     with pytest.raises(InputError, match="comma-separated"):
         refcoco.parse_runs("crop,,blur")
+
+
+# ---- the same pixels for refer / classify-image -----------------------------------------------------------
+@pytest.mark.parametrize("rep", ["crop", "blur", "circle", "shade"])
+def test_visual_prompts_make_the_reference_pixels(data, rep):
+    from pointfalip import visual_prompts
+
+    image = Image.open(data / "images" / "COCO_train2014_000000000002.jpg").convert("RGB")  # 410 px: 2-px circle
+    for box in ((10.5, 20.25, 210.5, 120.25), (205, 150, 405, 299.5), (0, 0, 410, 300)):
+        ours = np.asarray(visual_prompts.apply(rep, image, box))
+        theirs = np.asarray(ref_picture(rep, image, list(box)))
+        assert ours.shape == theirs.shape and (ours == theirs).all(), (rep, box)
+
+
+def test_refer_with_shade_says_the_region_is_red(data, model):
+    from pointfalip.regions import rank_boxes
+
+    image = Image.open(data / "images" / "COCO_train2014_000000000001.jpg").convert("RGB")
+    boxes = [(60, 10, 140, 80), (0, 0, 50, 50)]
+    preds = rank_boxes(model, image, boxes, "the red thing", prompt="shade")
+    pictures = torch.stack([model.preprocess(ref_picture("shade", image, list(b))) for b in boxes])
+    with torch.no_grad():
+        f = model.encode_image(pictures, normalize=True)
+        t = model.encode_text(["the red thing is in red color."], normalize=True)[0]
+    probs = (model.logit_scale * f @ t).softmax(-1)
+    assert {p.label: p.probability for p in preds} == pytest.approx({"60,10,140,80": probs[0].item(),
+                                                                     "0,0,50,50": probs[1].item()}, abs=1e-6)
+
+
+def test_torchrun_two_ranks_equal_one_process(data, tmp_path, main):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import TINY
+
+    config = tmp_path / "pf-rec-16.json"
+    config.write_text(json.dumps(TINY[MODEL]))
+    args = ["evaluate", "--dataset", "refcoco", "--root", data / "images", "--annotations", data / "a.jsonl",
+            "--prompts", "falip,blur", "--model", config, "--pretrained", "none", "--device", "cpu",
+            "--precision", "fp32", "--batch-size", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "pointfalip",
+           *map(str, args), "--out", str(tmp_path / "ranks.json")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("representation") == 1  # rank 0 alone prints
+    code, _, err = main(*args, "--out", tmp_path / "one.json")
+    assert code == 0, err
+    ranks, one = (json.loads((tmp_path / n).read_text()) for n in ("ranks.json", "one.json"))
+    for run in ("falip", "blur"):
+        for a, b in zip(ranks["runs"][run]["predictions"], one["runs"][run]["predictions"]):
+            assert a["pred"] == b["pred"] and a["text"] == b["text"]
+            np.testing.assert_allclose(a["scores"], b["scores"], atol=1e-5)
+    assert not (tmp_path / "ranks.json.partial").exists()
