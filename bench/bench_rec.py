@@ -12,7 +12,7 @@ Model: ViT-B-16 with random weights (``pretrained="none"``; timing does not depe
 Rows: --prompts falip (grouped vs the per-expression loop); the five representations in one run vs five separate
 runs (and vs the per-expression loop); the largest score difference between grouped and loop (rounding only).
 
-    python bench/bench_rec.py [--images 2] [--boxes 6] [--lines 3] [--model ViT-B-16] [--threads N] [--repeats 2]
+    python bench/bench_rec.py [--images 2] [--boxes 6] [--lines 3] [--model ViT-B-16] [--threads N] [--repeats 3]
                              [--with-loop-all]
 """
 from __future__ import annotations
@@ -81,14 +81,19 @@ def per_expression_loop(model, dataset, runs) -> dict:
     return out
 
 
-def timed(fn, repeats: int = 1):
-    """(best time of ``repeats`` calls, the last result): the machine is shared, the best run is the least loaded."""
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, result
+def interleaved(configs: dict, rounds: int) -> tuple[dict, dict, dict]:
+    """Best wall and CPU (process) time of each config over ``rounds`` rounds that run every config once in turn,
+    so that a burst of load from other processes on a shared machine spreads over all of them; the last results."""
+    wall = {k: float("inf") for k in configs}
+    cpu = dict(wall)
+    results = {}
+    for _ in range(rounds):
+        for name, fn in configs.items():
+            w0, c0 = time.perf_counter(), time.process_time()
+            results[name] = fn()
+            wall[name] = min(wall[name], time.perf_counter() - w0)
+            cpu[name] = min(cpu[name], time.process_time() - c0)
+    return wall, cpu, results
 
 
 def main() -> None:
@@ -99,7 +104,7 @@ def main() -> None:
     ap.add_argument("--model", default="ViT-B-16")
     ap.add_argument("--precision", default="bf16")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--repeats", type=int, default=2, help="best of this many runs of each row")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds; each row is its best round")
     ap.add_argument("--with-loop-all", action="store_true", help="also time the five representations' loop (long)")
     args = ap.parse_args()
     if args.threads:
@@ -117,33 +122,34 @@ def main() -> None:
             return refcoco.evaluate_rec(model, dataset, runs, out=tmp / f"{name}.json", progress=False)
 
         refcoco.encode_boxes(model, load_image(dataset.images[0].path), dataset.images[0].boxes[:1], "falip")  # warm
-        k = args.repeats
-        t_falip, rep_falip = timed(lambda: grouped("falip", "falip"), k)
-        t_loop_falip, loop_falip = timed(lambda: per_expression_loop(model, dataset, ("falip",)), k)
-        t_all, rep_all = timed(lambda: grouped(",".join(ALL), "all"), k)
-        t_sep = timed(lambda: [grouped(r, f"sep_{r}") for r in ALL], k)[0]
-        t_loop_all, loop_all = timed(lambda: per_expression_loop(model, dataset, ALL), k) if args.with_loop_all \
-            else (None, {})
+        configs = {"falip": lambda: grouped("falip", "falip"),
+                   "loop falip": lambda: per_expression_loop(model, dataset, ("falip",)),
+                   "all": lambda: grouped(",".join(ALL), "all"),
+                   "separate": lambda: [grouped(r, f"sep_{r}") for r in ALL]}
+        if args.with_loop_all:
+            configs["loop all"] = lambda: per_expression_loop(model, dataset, ALL)
+        wall, cpu, res = interleaved(configs, args.repeats)
 
+    pairs = [(res["falip"], res["loop falip"])] + ([(res["all"], res["loop all"])] if "loop all" in res else [])
     diff = max(float(np.abs(np.asarray(p["scores"]) - s).max())
-               for report, loop in ((rep_falip, loop_falip), (rep_all, loop_all))
-               for r in loop for p, s in zip(report["runs"][r]["predictions"], loop[r]))
-    same = sum(p["pred"] == int(np.argmax(s)) for p, s in zip(rep_falip["runs"]["falip"]["predictions"],
-                                                             loop_falip["falip"]))
+               for report, loop in pairs for r in loop for p, s in zip(report["runs"][r]["predictions"], loop[r]))
+    same = sum(p["pred"] == int(np.argmax(s)) for p, s in zip(res["falip"]["runs"]["falip"]["predictions"],
+                                                             res["loop falip"]["falip"]))
     print(f"pointfalip REC bench — {cpu_name()}, {torch.get_num_threads()} threads, {args.model} random weights, "
-          f"{args.precision}, best of {args.repeats}")
+          f"{args.precision}, best of {args.repeats} interleaved rounds")
     print(f"{args.images} images of 640x480, {args.boxes} gold boxes each, {n} expressions "
           f"({n / args.images:.1f} per image)\n")
-    print(f"{'':<44}{'s':>8}{'expr/s':>9}{'speed-up':>10}")
-    rows = [("falip, grouped by image (evaluate)", t_falip, t_loop_falip / t_falip),
-            ("falip, per-expression loop (reference)", t_loop_falip, 1.0),
-            ("five representations, one run", t_all, t_sep / t_all),
-            ("five representations, five separate runs", t_sep, 1.0)]
-    if t_loop_all is not None:
-        rows.append(("five representations, per-expression loop", t_loop_all, t_sep / t_loop_all))
-    for name, t, ratio in rows:
-        print(f"{name:<44}{t:>8.2f}{n / t:>9.2f}{ratio:>9.2f}x")
-    print("\nspeed-up: falip grouped vs its loop; one run vs five separate runs (and the loop vs five separate runs)")
+    print(f"{'':<44}{'wall s':>8}{'expr/s':>9}{'speed-up':>10}{'CPU s':>8}{'speed-up':>10}")
+    rows = [("falip, grouped by image (evaluate)", "falip", "loop falip"),
+            ("falip, per-expression loop (reference)", "loop falip", "loop falip"),
+            ("five representations, one run", "all", "separate"),
+            ("five representations, five separate runs", "separate", "separate")]
+    if "loop all" in wall:
+        rows.append(("five representations, per-expression loop", "loop all", "separate"))
+    for name, key, base in rows:
+        print(f"{name:<44}{wall[key]:>8.2f}{n / wall[key]:>9.2f}{wall[base] / wall[key]:>9.2f}x"
+              f"{cpu[key]:>8.2f}{cpu[base] / cpu[key]:>9.2f}x")
+    print("\nspeed-up (wall, CPU): falip grouped vs its loop; one run and the loop vs five separate runs")
     print(f"largest score difference, grouped vs per-expression loop: {diff:.2e} (logit units; {args.precision} "
           f"rounding of other batch shapes), same falip prediction for {same}/{n} expressions")
 

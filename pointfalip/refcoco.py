@@ -9,7 +9,8 @@ Protocol (pumpkin805/FALIP ``main.py``, ``Executor``, ``Environment.filter``, bu
 
 - the caption is ``a photo of <raw, lowercased>`` (plus " is in red color." in a run that includes ``shade``);
 - the image is squashed to the model's square input (bicubic), not centre-cropped, and read as stored (no EXIF
-  rotation); COCO file names lose their ``_<ann>`` suffix (``COCO_train2014_..._123.jpg`` -> ``..._.jpg``);
+  rotation); COCO file names lose their ``_<ann>`` suffix (``COCO_train2014_000000581857_16.jpg`` ->
+  ``COCO_train2014_000000581857.jpg``);
 - each candidate box is scored ``logit_scale · cos(image feature of its representation, caption)``; the
   representations of a run (``"crop+blur"``) are summed; a softmax over the boxes gives the probabilities and its
   argmax the prediction, correct when its IoU with a gold box (the ``anns`` whose ``id`` is in ``ann_id``) is > 0.5;
