@@ -811,7 +811,8 @@ def _evaluate_rec(args) -> dict:
     name = args.dataset.lower()
     out = check_output(args.out or default_report_path(name), "--out", suffixes=(".json",),
                        inputs=[args.annotations] + ([args.detections] if args.detections else []))
-    check_report_path(out)
+    if int(os.environ.get("RANK", "0")) == 0:  # other torchrun ranks could see rank 0 making the cache folder
+        check_report_path(out)
     dataset = open_rec_dataset(name, args.root, args.annotations, args.detections, limit=args.limit)
     with distributed(args.device) as device:
         args.device = device

@@ -44,8 +44,7 @@ from PIL import Image
 
 from . import __version__, foveal, regions, visual_prompts
 from .errors import InputError
-from .evaluate import (_MADE_BY, BatchCache, _barrier, _dist, _dumps, check_report_path, ordered_batches,
-                       partial_path, run_batches)
+from .evaluate import _MADE_BY, BatchCache, _barrier, _dist, _dumps, ordered_batches, partial_path, run_batches
 from .files import atomic_write, file_identity
 from .images import load_image
 from .model import FalipCLIP
@@ -503,8 +502,7 @@ def evaluate_rec(model: FalipCLIP, dataset: RecDataset, runs: Union[str, Sequenc
         raise InputError(f"batch size must be a positive integer, got {batch_size!r}")
     config = config or foveal.FovealConfig()
     out = Path(out) if out is not None else Path(f"evaluate_{dataset.name}.json")
-    check_report_path(out)
-    rank, _ = _dist()
+    rank, _ = _dist()  # the resume cache is checked and opened by run_batches, rank 0 first
     batch_size = int(batch_size)
     cache = RecBatchCache(partial_path(out), run_key(model, dataset, runs, batch_size, config), runs, dataset,
                           batch_size)

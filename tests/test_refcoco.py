@@ -112,28 +112,39 @@ def ref_picture(rep, image, box):
     raise AssertionError(rep)
 
 
+_REF_FEATURES: dict = {}  # (image, box, representation) -> the reference's feature: each encoded once per module
+
+
+def ref_feature(model, image_path, xywh, rep):
+    """One box's unit image feature as the reference encodes it: one image a call."""
+    key = (str(image_path), tuple(xywh), rep)
+    if key not in _REF_FEATURES:
+        image = Image.open(image_path).convert("RGB")
+        x, y, w, h = xywh
+        box = [max(x, 0), max(y, 0), min(x + w, image.width), min(y + h, image.height)]
+        with torch.no_grad():
+            if rep == "falip":
+                row = ref_mask_row(model, image, box)
+                assert row[0] == 0
+                f = model.encode_image(ref_preprocess(model, image)[None], cls_bias=row[None, 1:], normalize=True)
+            else:
+                f = model.encode_image(ref_preprocess(model, ref_picture(rep, image, box))[None], normalize=True)
+        _REF_FEATURES[key] = f[0]
+    return _REF_FEATURES[key]
+
+
 def ref_scores(model, image_path, boxes_xywh, raw, run):
     """Executor.__call__ with the sum aggregator: logit_scale * cos per box, summed over the representations."""
-    image = Image.open(image_path).convert("RGB")
     reps = run.split("+")
     caption = f"a photo of {raw.lower()}"
     if "shade" in reps:
         caption = caption.lower() + " is in red color."
     with torch.no_grad():
         text = model.encode_text([caption], normalize=True)[0]
-        total = torch.zeros(len(boxes_xywh))
-        for rep in reps:
-            feats = []
-            for x, y, w, h in boxes_xywh:
-                box = [max(x, 0), max(y, 0), min(x + w, image.width), min(y + h, image.height)]
-                if rep == "falip":
-                    row = ref_mask_row(model, image, box)
-                    assert row[0] == 0
-                    f = model.encode_image(ref_preprocess(model, image)[None], cls_bias=row[None, 1:], normalize=True)
-                else:
-                    f = model.encode_image(ref_preprocess(model, ref_picture(rep, image, box))[None], normalize=True)
-                feats.append(f[0])
-            total += model.logit_scale * torch.stack(feats) @ text
+    total = torch.zeros(len(boxes_xywh))
+    for rep in reps:
+        feats = torch.stack([ref_feature(model, image_path, b, rep) for b in boxes_xywh])
+        total += model.logit_scale * feats @ text
     return total.numpy()
 
 
