@@ -677,8 +677,9 @@ def run_fewshot_build(args) -> dict:
 # ---- evaluation ----------------------------------------------------------------------------------------
 def _evaluate_args(p):
     p.add_argument("--dataset", required=True,
-                   help="modelnet40, modelnet10, scanobjectnn[-obj_only|-obj_bg|-pb_t50_rs], folder, or shapenetpart "
-                        "(part segmentation)")
+                   help="modelnet40, modelnet10, scanobjectnn[-obj_only|-obj_bg|-pb_t50_rs], folder, shapenetpart "
+                        "(part segmentation), or refcoco, refcoco+, refcocog (referring expressions; --root: COCO "
+                        "train2014 images)")
     p.add_argument("--root", required=True, help="folder holding the dataset's release")
     p.add_argument("--split", default="test", choices=("test", "train"))
     p.add_argument("--limit", type=bounded_int(1, 10**9), help="the first N objects only")
@@ -687,7 +688,13 @@ def _evaluate_args(p):
     g = p.add_argument_group("part segmentation (--dataset shapenetpart; --preset defaults to pointfalip_parts)")
     g.add_argument("--category", help="one ShapeNetPart category only, e.g. chair")
     g.add_argument("--dense", choices=("tokens", "clearclip"), help="dense features (default: the preset's)")
-    p.add_argument("--batch-size", type=bounded_int(1, 4096), default=16, help="objects per batch (default %(default)s)")
+    g = p.add_argument_group("referring expressions (--dataset refcoco|refcoco+|refcocog)")
+    g.add_argument("--annotations", metavar="F.jsonl", help="ReCLIP's jsonl of the split (required)")
+    g.add_argument("--detections", metavar="D.json", help="ReCLIP's detector boxes (default: the gold boxes)")
+    g.add_argument("--prompts", default="falip", help="comma-separated runs of falip, crop, blur, circle, shade; "
+                   "'+' sums representations, e.g. falip,crop+blur (default %(default)s)")
+    p.add_argument("--batch-size", type=bounded_int(1, 4096), default=16,
+                   help="objects (REC: images) per batch (default %(default)s)")
     p.add_argument("--out", help="report path, .json (default evaluate_<dataset>.json); the confusion PNG goes beside it")
     g = p.add_argument_group("few-shot protocol (K examples per class from the train split, several seeds)")
     g.add_argument("--shots", type=bounded_int(1, 10_000), help="examples per class for a few-shot cache per seed")
@@ -705,6 +712,10 @@ _EVALUATE_ROWS = 40  # classes listed on screen; the report holds them all
 def _print_evaluate(report: dict) -> None:
     if report.get("task") == "part segmentation":
         return _print_part_evaluation(report)
+    if report.get("task") == "referring expressions":
+        from .refcoco import summary
+
+        return print(summary(report))
     runs = list(report["runs"])
     w = max(10, max(len(r) for r in runs) + 2)  # column width
     print(f"pointfalip evaluate — {report['dataset']} ({report['split']}): {report['n']} objects, "
@@ -734,6 +745,10 @@ def run_evaluate(args) -> dict:
     from .datasets import is_part_dataset, open_dataset
     from .evaluate import default_report_path, distributed, evaluate, run_names
 
+    if args.dataset.lower() in ("refcoco", "refcoco+", "refcocog"):
+        return _evaluate_rec(args)
+    if args.annotations or args.detections or args.prompts != "falip":
+        raise InputError("--annotations, --detections and --prompts apply to --dataset refcoco|refcoco+|refcocog")
     if is_part_dataset(args.dataset):
         return _evaluate_parts(args)
     if args.category or args.dense:
@@ -782,8 +797,41 @@ def _check_report_outputs(args, out) -> Path:
     for source in inputs:
         if os.path.realpath(source) == os.path.realpath(partial):
             raise InputError(f"{partial}, where --out keeps its resume cache, is an input of this run")
-    check_report_path(out)
+    if int(os.environ.get("RANK", "0")) == 0:  # other torchrun ranks could see rank 0 making the cache folder
+        check_report_path(out)
     return out
+
+
+def _evaluate_rec(args) -> dict:
+    """`evaluate --dataset refcoco|refcoco+|refcocog`: referring expressions (pointfalip.refcoco)."""
+    from .batches import check_report_path
+    from .evaluate import default_report_path, distributed
+    from .files import check_output, run_inputs
+    from .refcoco import evaluate_rec, open_rec_dataset, parse_runs
+
+    unused = [flag for flag, value in (("--compare", args.compare), ("--no-falip", not args.falip),
+                                       ("--projection", args.projection), ("--prompt-file", args.prompt_file),
+                                       ("--fewshot", args.fewshot), ("--shots", args.shots),
+                                       ("--category", args.category), ("--dense", args.dense)) if value]
+    if unused:
+        raise InputError(f"{', '.join(unused)} do(es) not apply to referring expressions; choose the "
+                         "representations with --prompts")
+    if not args.annotations:
+        raise InputError(f"--dataset {args.dataset} needs --annotations F.jsonl (ReCLIP's file of the split)")
+    runs = parse_runs(args.prompts)
+    name = args.dataset.lower()
+    out = check_output(args.out or default_report_path(name), "--out", suffixes=(".json",), inputs=run_inputs(args))
+    if int(os.environ.get("RANK", "0")) == 0:  # other torchrun ranks could see rank 0 making the cache folder
+        check_report_path(out)
+    dataset = open_rec_dataset(name, args.root, args.annotations, args.detections, limit=args.limit)
+    with distributed(args.device) as device:
+        args.device = device
+        args.precision = args.precision or "auto"
+        model = load_model(args)
+        report = evaluate_rec(model, dataset, runs, out=out, batch_size=args.batch_size)
+    if int(os.environ.get("RANK", "0")) != 0:
+        sys.stdout = open(os.devnull, "w")
+    return report
 
 
 def _evaluate_parts(args) -> dict:

@@ -61,10 +61,14 @@ class FovealConfig:
         return {"layers": self.layers, "heads": self.heads, "amplify": self.amplify}
 
 
-def from_token_boxes(boxes: torch.Tensor, grid: Grid, config: Optional[FovealConfig] = None) -> torch.Tensor:
+def from_token_boxes(boxes: torch.Tensor, grid: Grid, config: Optional[FovealConfig] = None,
+                     reference: bool = False) -> torch.Tensor:
     """Weights (N, gh, gw) for token boxes (N, 4) = (row0, col0, row1, col1), ends exclusive.
 
-    Empty boxes (row1 <= row0 or col1 <= col0) give all-zero weights.
+    Empty boxes (row1 <= row0 or col1 <= col0) give all-zero weights. reference=True computes them as FALIP's
+    ``generate_gaussian_mask_region`` does: the Gaussian of the distance in float64, stored in float32, and the
+    min-max normalisation in float32 in its order, ``(R - min + eps) / (max + eps - min) · alpha`` (the Gaussian
+    is so flat that float32 changes the weights by up to 1e-3 of alpha).
     """
     cfg = config or FovealConfig()
     boxes = torch.as_tensor(boxes).reshape(-1, 4).to(torch.float64)
@@ -76,10 +80,17 @@ def from_token_boxes(boxes: torch.Tensor, grid: Grid, config: Optional[FovealCon
     dj = cols[None, :] - c0[:, None] - (c1 - c0 - 1)[:, None] / 2
     inside = ((rows[None] >= r0[:, None]) & (rows[None] < r1[:, None]))[:, :, None] & \
              ((cols[None] >= c0[:, None]) & (cols[None] < c1[:, None]))[:, None, :]
-    r = torch.exp(-(di[:, :, None] ** 2 + dj[:, None, :] ** 2) / (2 * cfg.sigma ** 2))
+    if reference:
+        distance = torch.sqrt(di[:, :, None] ** 2 + dj[:, None, :] ** 2)
+        r = torch.exp(-0.5 * (distance / cfg.sigma) ** 2).float()
+    else:
+        r = torch.exp(-(di[:, :, None] ** 2 + dj[:, None, :] ** 2) / (2 * cfg.sigma ** 2))
     r_min = torch.where(inside, r, torch.inf).amin(dim=(1, 2), keepdim=True)
     r_max = torch.where(inside, r, -torch.inf).amax(dim=(1, 2), keepdim=True)
-    weights = cfg.alpha * (r - r_min + cfg.eps) / (r_max - r_min + cfg.eps)
+    if reference:
+        weights = (r - r_min + cfg.eps) / (r_max + cfg.eps - r_min) * cfg.alpha
+    else:
+        weights = cfg.alpha * (r - r_min + cfg.eps) / (r_max - r_min + cfg.eps)
     return torch.where(inside, weights, 0.0).float()
 
 
@@ -246,25 +257,48 @@ def _patch_size(image_size: Grid, grid: Grid) -> tuple[float, float]:
     return image_size[0] / grid[0], image_size[1] / grid[1]
 
 
-def box_to_tokens(model_box: Sequence[float], image_size: Grid, grid: Grid) -> tuple[int, int, int, int]:
-    """Token box (row0, col0, row1, col1) of the patches a model-input box (x0, y0, x1, y1) overlaps."""
+BOX_RULES = ("overlap", "reclip")  # which patches a box takes and how its weights are computed: see from_box
+
+
+def _reclip_span(v0: float, v1: float, patch: float) -> tuple[int, int]:
+    """ReCLIP / FALIP's token span: first ``max(ceil(v0 / p), 1) - 1``, end ``max(ceil(v1 / p), 1)``."""
+    return max(math.ceil(v0 / patch), 1) - 1, max(math.ceil(v1 / patch), 1)
+
+
+def box_to_tokens(model_box: Sequence[float], image_size: Grid, grid: Grid,
+                  rule: str = "overlap") -> tuple[int, int, int, int]:
+    """Token box (row0, col0, row1, col1) of a model-input box (x0, y0, x1, y1).
+
+    rule "overlap": the patches the box overlaps (coordinates rounded to 1e-6 against float noise); "reclip":
+    FALIP's reference rule (``transform_box2token_base``), exact floats, under which a box starting exactly on a
+    patch edge also takes the patch before it.
+    """
+    if rule not in BOX_RULES:
+        raise InputError(f"unknown box rule '{rule}': choose one of {', '.join(BOX_RULES)}")
     ph, pw = _patch_size(image_size, grid)
     h, w = image_size
-    x0, y0, x1, y1 = (round(v, 6) for v in model_box)
+    x0, y0, x1, y1 = model_box if rule == "reclip" else (round(v, 6) for v in model_box)
     x0, x1 = max(x0, 0.0), min(x1, float(w))
     y0, y1 = max(y0, 0.0), min(y1, float(h))
     if x1 <= x0 or y1 <= y0:
         raise InputError("the box lies outside the part of the image the model sees (its centre crop)")
+    if rule == "reclip":
+        (r0, r1), (c0, c1) = _reclip_span(y0, y1, ph), _reclip_span(x0, x1, pw)
+        return r0, c0, r1, c1
     return math.floor(y0 / ph), math.floor(x0 / pw), math.ceil(y1 / ph), math.ceil(x1 / pw)
 
 
 def from_box(box: Sequence[float], image_wh: tuple[int, int], preprocess_cfg: dict, grid: Grid,
-             config: Optional[FovealConfig] = None) -> torch.Tensor:
-    """Weights (gh, gw) for a box (x0, y0, x1, y1) in pixels of the original image of size (width, height)."""
+             config: Optional[FovealConfig] = None, rule: str = "overlap") -> torch.Tensor:
+    """Weights (gh, gw) for a box (x0, y0, x1, y1) in pixels of the original image of size (width, height).
+
+    rule: "overlap" (the patches the box overlaps) or "reclip" (FALIP's reference code: its token rule of
+    `box_to_tokens` and its float32 weights of `from_token_boxes`; with a "squash" preprocess_cfg, its REC protocol).
+    """
     width, height = image_wh
     geo = Geometry.from_preprocess(width, height, preprocess_cfg)
-    tokens = box_to_tokens(geo.map_box(check_box(box, width, height)), (geo.out_h, geo.out_w), grid)
-    return from_token_boxes(torch.tensor([tokens]), grid, config)[0]
+    tokens = box_to_tokens(geo.map_box(check_box(box, width, height)), (geo.out_h, geo.out_w), grid, rule)
+    return from_token_boxes(torch.tensor([tokens]), grid, config, reference=rule == "reclip")[0]
 
 
 def from_region(mask: Union[np.ndarray, torch.Tensor], preprocess_cfg: dict, grid: Grid,

@@ -23,8 +23,10 @@ _ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
 _DENIED = "permission denied; make the file readable (chmod +r) or give a copy you can read"
 
 
-def open_image(path, what: str = "image") -> Image.Image:
-    """A fully decoded, EXIF-oriented image of any mode; every failure is a one-line InputError."""
+def open_image(path, what: str = "image", upright: bool = True) -> Image.Image:
+    """A fully decoded, EXIF-oriented image of any mode; every failure is a one-line InputError.
+
+    upright=False keeps the pixels as stored (COCO's boxes and ReCLIP's code read them so)."""
     path = Path(path)
     name = f"{what} {path_text(path)}"
     try:
@@ -49,7 +51,7 @@ def open_image(path, what: str = "image") -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 im.load()
-                return _upright(im)
+                return _upright(im) if upright else im.copy()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise InputError(f"{name} has more than {Image.MAX_IMAGE_PIXELS} pixels, Pillow's limit against "
                          "decompression bombs; downscale it first") from None
@@ -94,13 +96,14 @@ def _to_rgb(im: Image.Image, name: str, background: tuple[int, int, int]) -> Ima
                          "save it as an RGB image") from None
 
 
-def load_image(path) -> Image.Image:
-    """An 8-bit RGB image from a file, as a model should see it (see the module's docstring).
+def load_image(path, upright: bool = True) -> Image.Image:
+    """An 8-bit RGB image from a file, as a model should see it (see the module's docstring); upright=False
+    ignores the EXIF orientation.
 
     Raises InputError (one line) for a missing, empty, unreadable, truncated or foreign file, a folder, and an
     image beyond Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``).
     """
-    return _to_rgb(open_image(path, "image"), f"image {path_text(Path(path))}", IMAGE_BACKGROUND)
+    return _to_rgb(open_image(path, "image", upright), f"image {path_text(Path(path))}", IMAGE_BACKGROUND)
 
 
 def load_mask(path, image_size: tuple[int, int]) -> np.ndarray:

@@ -32,6 +32,7 @@ _OPENAI_ONLY_KEYS = ("input_resolution", "context_length", "vocab_size")
 _TEXT_BATCH = 256
 RANDOM_WEIGHTS_SEED = 0  # pretrained="none" draws its weights from this seed: repeatable runs, equal torchrun ranks
 DENSE_MODES = ("tokens", "clearclip")  # how encode_image(..., return_tokens=True) makes its patch tokens
+RESIZE_MODES = ("shortest", "longest", "squash")  # open_clip's eval resize modes
 
 ImageBias = Optional[torch.Tensor]
 
@@ -309,9 +310,22 @@ class FalipCLIP(nn.Module):
     def preprocess_cfg(self) -> dict:
         return open_clip.get_model_preprocess_cfg(self.clip)
 
-    def preprocess(self, image) -> torch.Tensor:
-        """A PIL image -> (3, H, W) tensor exactly as open_clip's eval transform makes it."""
-        cfg = open_clip.transform.PreprocessCfg(**self.preprocess_cfg)
+    def preprocess_config(self, resize_mode: Optional[str] = None) -> dict:
+        """The model's preprocessing settings, with another resize mode if one is given."""
+        cfg = dict(self.preprocess_cfg)
+        if resize_mode is not None:
+            if resize_mode not in RESIZE_MODES:
+                raise InputError(f"unknown resize mode '{resize_mode}': choose one of {', '.join(RESIZE_MODES)}")
+            cfg["resize_mode"] = resize_mode
+        return cfg
+
+    def preprocess(self, image, resize_mode: Optional[str] = None) -> torch.Tensor:
+        """A PIL image -> (3, H, W) tensor exactly as open_clip's eval transform makes it.
+
+        resize_mode: overrides the model's ("shortest", "longest" or "squash": the whole image resized to the
+        input size, as ReCLIP's square-size preprocessing does).
+        """
+        cfg = open_clip.transform.PreprocessCfg(**self.preprocess_config(resize_mode))
         return open_clip.transform.image_transform_v2(cfg, is_train=False)(image)
 
     @property

@@ -49,27 +49,33 @@ def _checked_region(region: dict, image: Image.Image) -> dict:
 
 # ---- models ----------------------------------------------------------------------------------------------
 def region_batch(model: FalipCLIP, image: Image.Image, regions: Sequence[dict], prompt: str = "falip",
-                 config: Optional[foveal.FovealConfig] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+                 config: Optional[foveal.FovealConfig] = None, resize_mode: Optional[str] = None,
+                 rule: str = "overlap") -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Encoder inputs for one image and several regions ({"box": ...} or {"mask": ...}; not modified).
 
     Returns images (R, 3, H, W) and, for FALIP, the foveal biases (R, gh, gw); None for the other prompts.
+    resize_mode: the preprocessing's resize (default the model's; "squash" is ReCLIP's); rule: FALIP's box
+    rule (`foveal.from_box`).
     """
     if prompt not in visual_prompts.PROMPTS:
         raise InputError(f"unknown prompt '{prompt}': choose one of {', '.join(visual_prompts.PROMPTS)}")
     checked = [_checked_region(r, image) for r in regions]
     if prompt == "falip" and checked:
-        tensor = model.preprocess(image)
-        biases = [foveal.from_box(r["box"], image.size, model.preprocess_cfg, model.grid_size, config)
+        cfg = model.preprocess_config(resize_mode)
+        tensor = model.preprocess(image, resize_mode)
+        biases = [foveal.from_box(r["box"], image.size, cfg, model.grid_size, config, rule)
                   if r["box"] is not None else
-                  foveal.from_region(r["mask"], model.preprocess_cfg, model.grid_size, config)
+                  foveal.from_region(r["mask"], cfg, model.grid_size, config)
                   for r in checked]
         return tensor.expand(len(checked), -1, -1, -1), torch.stack(biases)
-    pictures = [visual_prompts.apply(prompt, image, r["box"], r["mask"]) for r in checked] or [image]
-    return torch.stack([model.preprocess(p) for p in pictures]), None
+    blurred = visual_prompts.blurred(image) if prompt in ("blur", "circle") and checked else None
+    pictures = [visual_prompts.apply(prompt, image, r["box"], r["mask"], blurred) for r in checked] or [image]
+    return torch.stack([model.preprocess(p, resize_mode) for p in pictures]), None
 
 
-def _encode(model: FalipCLIP, images: torch.Tensor, bias: Optional[torch.Tensor],
-            config: Optional[foveal.FovealConfig]) -> torch.Tensor:
+def encode_regions(model: FalipCLIP, images: torch.Tensor, bias: Optional[torch.Tensor],
+                   config: Optional[foveal.FovealConfig] = None) -> torch.Tensor:
+    """Unit image features (R, D) of `region_batch`'s output (the foveal bias in ``config``'s blocks and heads)."""
     kwargs = (config or foveal.FovealConfig()).encoder_kwargs() if bias is not None else {}
     with torch.inference_mode():
         return model.encode_image(images, cls_bias=bias, normalize=True, **kwargs)
@@ -87,7 +93,7 @@ def classify_region(model: FalipCLIP, image: Image.Image, labels: Sequence[str],
         raise InputError("the label list is empty: give at least one label")
     regions = [{"box": box, "mask": mask}] if box is not None or mask is not None else []
     images, bias = region_batch(model, image, regions, prompt, config)
-    feats = _encode(model, images, bias, config)
+    feats = encode_regions(model, images, bias, config)
     text = text_features(model, build_prompts(labels, templates))
     probs = (model.logit_scale * feats[0] @ text.T).softmax(dim=-1)
     return ranked(list(labels), probs, top_k)
@@ -106,9 +112,9 @@ def rank_boxes(model: FalipCLIP, image: Image.Image, boxes: Sequence[Box], capti
         raise InputError("the caption is empty")
     checked = [foveal.check_box(b, image.width, image.height) for b in boxes]
     images, bias = region_batch(model, image, [{"box": b} for b in checked], prompt, config)
-    feats = _encode(model, images, bias, config)
+    feats = encode_regions(model, images, bias, config)
     with torch.inference_mode():
-        text = model.encode_text([caption], normalize=True)[0]
+        text = model.encode_text([visual_prompts.caption_for(prompt, caption)], normalize=True)[0]
     probs = (model.logit_scale * feats @ text).softmax(dim=-1)
     names = [",".join(f"{v:g}" for v in b) for b in checked]
     return ranked(names, probs, top_k)

@@ -1,7 +1,16 @@
-"""Pixel-altering visual prompts that FALIP is compared with: red circle, blur outside the region, crop.
+"""Pixel-altering visual prompts that FALIP is compared with: crop, blur outside the region, red circle, red shade.
 
-They follow the paper's baselines; FALIP itself leaves the pixels alone and biases attention instead.
-Boxes are checked with `foveal.check_box` (inside the image, not empty) and masks must match the image's size.
+Each makes the same pixels as ReCLIP / FALIP's reference code (pumpkin805/FALIP ``executor.py``), by the same Pillow
+calls on the box as given (floats included; Pillow rounds as it does there):
+
+- crop: ``image.crop(box)``;
+- blur: the image blurred by ``GaussianBlur(BLUR_RADIUS)``, the box's rectangle pasted back sharp;
+- circle: the same blur outside the box's filled ellipse, then a red ellipse outline ``int(max(W, H) / 200)`` px
+  wide (FALIP's variant of the red circle; below 200 px the width is 0 and Pillow draws no outline);
+- shade: CPT's red tint, ``SHADE_COLOR`` at alpha ``SHADE_ALPHA`` over the box; its caption gets ``CAPTION_SUFFIX``.
+
+FALIP itself leaves the pixels alone and biases attention instead. Boxes are checked with `foveal.check_box` (inside
+the image, not empty) and masks must match the image's size.
 """
 from __future__ import annotations
 
@@ -14,10 +23,18 @@ from .errors import InputError
 from .foveal import check_box
 
 Box = Sequence[float]
-PROMPTS = ("falip", "circle", "blur", "crop", "none")
-CIRCLE_COLOR = (255, 0, 0)
-CIRCLE_WIDTH_FRACTION = 0.01  # line width as a fraction of the image's longer side (at least 2 px)
-BLUR_RADIUS_FRACTION = 0.02  # Gaussian blur radius as a fraction of the longer side
+PROMPTS = ("falip", "circle", "blur", "crop", "shade", "none")
+CIRCLE_COLOR = "red"
+CIRCLE_WIDTH_DIVISOR = 200  # outline width: int(longer side / 200) px, as FALIP's code draws it
+BLUR_RADIUS = 100  # Gaussian blur radius in px whatever the image size (ReCLIP's --blur_std_dev default)
+SHADE_COLOR = (240, 0, 30)  # CPT's red tint
+SHADE_ALPHA = 127
+CAPTION_SUFFIX = {"shade": " is in red color."}  # CPT's caption for a shaded region (ReCLIP's shade text)
+
+
+def caption_for(prompt: str, caption: str) -> str:
+    """The caption a prompt is scored with: the shade's caption says the region is red."""
+    return caption + CAPTION_SUFFIX.get(prompt, "")
 
 
 def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
@@ -37,44 +54,80 @@ def _region_mask(image: Image.Image, mask: np.ndarray) -> np.ndarray:
     return arr
 
 
-def red_circle(image: Image.Image, box: Box) -> Image.Image:
-    """The image with a red ellipse drawn around the box."""
-    out = image.copy()
-    width = max(2, round(CIRCLE_WIDTH_FRACTION * max(image.size)))
-    ImageDraw.Draw(out).ellipse(check_box(box, image.width, image.height), outline=CIRCLE_COLOR, width=width)
+def _corners(box: Box) -> list[tuple[float, float]]:
+    x0, y0, x1, y1 = box
+    return [(x0, y0), (x1, y1)]
+
+
+def blurred(image: Image.Image) -> Image.Image:
+    """The whole image blurred as the blur and circle prompts blur it (one blur serves every box of an image)."""
+    return image.filter(ImageFilter.GaussianBlur(BLUR_RADIUS))
+
+
+def red_circle(image: Image.Image, box: Box, blurred_image: Optional[Image.Image] = None) -> Image.Image:
+    """The image blurred outside the box's ellipse, with a red ellipse drawn around the box."""
+    box = check_box(box, image.width, image.height)
+    keep = Image.new("L", image.size, 0)
+    ImageDraw.Draw(keep).ellipse(_corners(box), outline=CIRCLE_COLOR, fill=255)
+    out = (blurred_image or blurred(image)).copy()
+    out.paste(image, mask=keep)
+    width = int(max(image.size) / CIRCLE_WIDTH_DIVISOR)
+    ImageDraw.Draw(out).ellipse(_corners(box), outline=CIRCLE_COLOR, width=width)
     return out
 
 
-def blur_outside(image: Image.Image, box: Optional[Box] = None, mask: Optional[np.ndarray] = None) -> Image.Image:
-    """The image blurred everywhere except inside the box (or the region mask)."""
-    radius = max(1.0, BLUR_RADIUS_FRACTION * max(image.size))
-    blurred = image.filter(ImageFilter.GaussianBlur(radius))
+def blur_outside(image: Image.Image, box: Optional[Box] = None, mask: Optional[np.ndarray] = None,
+                 blurred_image: Optional[Image.Image] = None) -> Image.Image:
+    """The image blurred everywhere except inside the box's rectangle (or the region mask)."""
     if mask is None:
-        mask = np.zeros((image.height, image.width), bool)
-        x0, y0, x1, y1 = check_box(box, image.width, image.height)
-        mask[int(np.floor(y0)):int(np.ceil(y1)), int(np.floor(x0)):int(np.ceil(x1))] = True  # the pixels it touches
-    keep = Image.fromarray(_region_mask(image, mask).astype(np.uint8) * 255)
-    return Image.composite(image, blurred, keep)
+        keep = Image.new("L", image.size, 0)
+        ImageDraw.Draw(keep).rectangle(_corners(check_box(box, image.width, image.height)), fill=255)
+    else:
+        keep = Image.fromarray(_region_mask(image, mask).astype(np.uint8) * 255)
+    out = (blurred_image or blurred(image)).copy()
+    out.paste(image, mask=keep)
+    return out
 
 
 def crop(image: Image.Image, box: Box) -> Image.Image:
-    """The box cut out of the image (the model's preprocessing then resizes it)."""
-    x0, y0, x1, y1 = check_box(box, image.width, image.height)
-    return image.crop((int(np.floor(x0)), int(np.floor(y0)), int(np.ceil(x1)), int(np.ceil(y1))))
+    """The box cut out of the image by Pillow (which rounds the box; the model's preprocessing resizes it)."""
+    box = check_box(box, image.width, image.height)
+    x0, y0, x1, y1 = (round(v) for v in box)
+    if x1 <= x0 or y1 <= y0:
+        raise InputError(f"box {','.join(f'{v:g}' for v in box)} is less than a pixel wide or high once rounded: "
+                         "the crop prompt would be empty")
+    return image.crop(box)
 
 
-def apply(prompt: str, image: Image.Image, box: Optional[Box] = None,
-          mask: Optional[np.ndarray] = None) -> Image.Image:
-    """The image a pixel-altering prompt makes ("falip" and "none" leave it as it is)."""
+def shade(image: Image.Image, box: Optional[Box] = None, mask: Optional[np.ndarray] = None) -> Image.Image:
+    """The image with the box (or the region mask) tinted red, as CPT shades it."""
+    overlay = Image.new("RGBA", image.size, SHADE_COLOR + (0,))
+    if mask is None:
+        ImageDraw.Draw(overlay).rectangle(_corners(check_box(box, image.width, image.height)),
+                                          fill=SHADE_COLOR + (SHADE_ALPHA,))
+    else:
+        alpha = _region_mask(image, mask).astype(np.uint8) * SHADE_ALPHA
+        overlay.putalpha(Image.fromarray(alpha))
+    return Image.alpha_composite(image.convert("RGBA"), overlay).convert("RGB")
+
+
+def apply(prompt: str, image: Image.Image, box: Optional[Box] = None, mask: Optional[np.ndarray] = None,
+          blurred_image: Optional[Image.Image] = None) -> Image.Image:
+    """The image a pixel-altering prompt makes ("falip" and "none" leave it as it is).
+
+    blurred_image: `blurred(image)` made once for several boxes of one image (blur and circle).
+    """
     if prompt in ("falip", "none") or (box is None and mask is None):
         return image
     if box is not None and mask is not None:
         raise InputError("give a box or a region mask, not both")
     region_box = check_box(box, image.width, image.height) if box is not None else mask_box(_region_mask(image, mask))
     if prompt == "circle":
-        return red_circle(image, region_box)
+        return red_circle(image, region_box, blurred_image)
     if prompt == "blur":
-        return blur_outside(image, box, mask)
+        return blur_outside(image, box, mask, blurred_image)
     if prompt == "crop":
         return crop(image, region_box)
+    if prompt == "shade":
+        return shade(image, box, mask)
     raise ValueError(f"unknown visual prompt '{prompt}': choose one of {', '.join(PROMPTS)}")
