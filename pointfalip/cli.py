@@ -535,7 +535,7 @@ def run_scene(args) -> dict:
                 channels.labels = list(rec.labels)
             if mcap is not None:
                 record.append(outputs.enter_context(McapRecording(mcap, scene=channels, overwrite=True, metadata={
-                    "input": str(args.input), "topic": args.topic or "", "model": str(args.model),
+                    "input": str(args.input), "topic": source.topic or "", "model": str(args.model),
                     "pretrained": str(args.pretrained), "labels": ",".join(rec.labels)})))
             if args.serve and args.wait and not server.wait_for_subscriber(timeout=args.wait):
                 print(f"pointfalip scene: no viewer subscribed within {args.wait} s; streaming anyway",
@@ -554,7 +554,7 @@ def run_scene(args) -> dict:
         save_scene(render, last.points, last.result.objects, up_axis=rec.config.up_axis)
     extra = {"mcap": str(mcap)} if mcap is not None else {}
     if source.sequence:
-        return {"file": str(args.input), "topic": args.topic, "frames": results, **extra}
+        return {"file": str(args.input), "topic": source.topic, "frames": results, **extra}
     return {"file": str(args.input), "objects": results[0]["objects"], "timings": results[0]["timings"], **extra}
 
 

@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "BagFrame",
     "POINTCLOUD2",
+    "bag_topic",
     "decode_pointcloud2",
     "depth_to_points",
     "list_pointcloud_topics",
@@ -78,6 +79,7 @@ class FrameSource(NamedTuple):
     frames: Iterator[BagFrame]
     sequence: bool
     up_axis: str  # "z" for robot and lidar frames, "-y" for camera frames (depth images: y down)
+    topic: Optional[str] = None  # the bag's PointCloud2 topic that is read (None: not a bag)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -274,6 +276,16 @@ def read_bag(path: str | os.PathLike, topic: str | None = None, stamp: str = "he
     if stamp not in STAMP_SOURCES:
         raise InputError(f"unknown stamp source {stamp!r}; use one of {', '.join(STAMP_SOURCES)}")
     p = Path(path).expanduser()
+    return _iter_frames(p, bag_topic(p, topic), stamp)
+
+
+def bag_topic(path: str | os.PathLike, topic: str | None = None) -> str:
+    """The PointCloud2 topic of a bag that ``topic`` names (``None``: its only one), checked to hold messages.
+
+    Raises:
+        InputError: as :func:`read_bag`.
+    """
+    p = Path(path).expanduser()
     reader = _open_reader(p)
     try:
         topic = _resolve_topic(reader, p, topic)
@@ -282,7 +294,7 @@ def read_bag(path: str | os.PathLike, topic: str | None = None, stamp: str = "he
         reader.close()
     if count == 0:
         raise InputError(f"{p}: topic {topic!r} holds no messages; nothing to read")
-    return _iter_frames(p, topic, stamp)
+    return topic
 
 
 def _iter_frames(path: Path, topic: str, stamp: str) -> Iterator[BagFrame]:
@@ -434,7 +446,8 @@ def read_frames(path: str | os.PathLike, topic: str | None = None, intrinsics: S
         raise InputError(f"{p} does not exist")
     suffix = p.suffix.lower()
     if p.is_dir() or suffix in BAG_SUFFIXES:
-        return FrameSource(read_bag(p, topic), True, "z")
+        topic = bag_topic(p, topic)
+        return FrameSource(read_bag(p, topic), True, "z", topic)
     if intrinsics is not None:
         intrinsics = _check_intrinsics(intrinsics)
     if suffix in DEPTH_IMAGE_SUFFIXES or (suffix == ".npy" and intrinsics is not None):

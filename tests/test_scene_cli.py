@@ -87,6 +87,7 @@ def test_bag_to_mcap_with_stable_ids(main, bag, tiny_json, tmp_path):
     assert code == 0, err
     result = json.loads(stdout)
     assert result["mcap"] == str(out) and _leftovers(tmp_path) == ["scene.mcap"]
+    assert result["topic"] == "/points"  # the bag's only PointCloud2 topic, named though --topic was not given
     frames = result["frames"]
     assert [f["stamp"] for f in frames] == pytest.approx([START_NS / 1e9 + k * STEP_S for k in range(NUM_FRAMES + 1)])
     assert {f["frame_id"] for f in frames} == {"lidar"}  # make_cloud's header.frame_id
