@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-import torch
-
 from . import __version__, io
 from .errors import InputError
 from .files import forget_pipes
+from .model import default_device
 from .presets import PRECISION_CHOICES
 
 log = logging.getLogger("pointfalip")
@@ -125,16 +124,12 @@ def seed_list(text: str) -> list[int]:
 
 
 # ---- shared option groups ------------------------------------------------------------------------------
-def _default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def model_args(p: argparse.ArgumentParser, precision_default: str = "the preset's, auto") -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default="ViT-B-16", help="open_clip model name or config JSON (default %(default)s)")
     g.add_argument("--pretrained", default="openai",
                    help="open_clip tag, hf-hub:ID, local checkpoint, or 'none' for random weights (default %(default)s)")
-    g.add_argument("--device", default=_default_device(), help="torch device (default %(default)s)")
+    g.add_argument("--device", default=default_device(), help="torch device (default %(default)s)")
     g.add_argument("--precision", choices=PRECISION_CHOICES,
                    help=f"auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32 (default: {precision_default})")
 

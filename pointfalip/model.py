@@ -63,6 +63,11 @@ def check_device(device: Union[str, torch.device]) -> torch.device:
     return dev
 
 
+def default_device() -> str:
+    """"cuda" where a CUDA device is available, else "cpu": the device a run uses unless told otherwise."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def default_precision(device: Union[str, torch.device]) -> str:
     """fp16 on CUDA (the references run CLIP in fp16 there), bf16 on CPUs with native bf16 (AVX512-BF16 or
     AMX: about 7x faster than fp32 for ViT-B-16, feature cosine ≥ 0.9999), fp32 elsewhere."""

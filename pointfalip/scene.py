@@ -510,8 +510,8 @@ class SceneRecognizer:
     shared. ``last_timings`` is the newest finished call's; with several calling threads use
     :meth:`recognize`, which returns each call's own timings.
 
-    **Reuse of unchanged objects.** With a :class:`pointfalip.Recognizer` (anything with ``embed``, ``logits``,
-    ``probabilities``, ``feature_settings`` and ``labels``), ``track=True`` and ``reuse=True``, each frame's objects
+    **Reuse of unchanged objects.** With a :class:`pointfalip.Recognizer` (anything with ``embed``, ``rank``
+    and ``feature_settings``), ``track=True`` and ``reuse=True``, each frame's objects
     are first matched to the tracks; an object whose track continues and whose cloud barely changed since its
     features were computed (:meth:`pointfalip.tracking.Tracker.reusable_features`: centroid, box and point count
     within the tracking preset's ``reuse_*`` limits, at most ``reuse_max_age`` frames old, same model and feature
@@ -598,21 +598,20 @@ class SceneRecognizer:
         if self.tracker is not None:
             with self._track_lock:
                 matching = self.tracker.match(objects, stamp_ns)
-        predictions, features, cached, extra = [], None, [None] * len(objects), {}
+        predictions, features, key, cached, extra = [], None, None, [None] * len(objects), {}
         if objects:
-            reusing = self.reuse and matching is not None and _scores_features(self.recognizer)
             with self._model_lock:
                 t2 = time.perf_counter()
-                if reusing:
-                    key = _feature_key(self.recognizer)
-                    cached = [self.tracker.reusable_features(t, o, key) for t, o in zip(matching.tracks, objects)]
                 if _scores_features(self.recognizer):
-                    predictions, features = self._predict(objects, cached)
+                    key = _feature_key(self.recognizer)
+                    if self.reuse and matching is not None:
+                        cached = [self.tracker.reusable_features(t, o, key) for t, o in zip(matching.tracks, objects)]
+                    predictions, features, extra = self._predict(objects, cached)
                 else:
                     predictions = self.recognizer.classify([o.points for o in objects], top_k=self.top_k)
+                    extra = getattr(self.recognizer, "last_timings", None)
+                    extra = dict(extra) if isinstance(extra, Mapping) else {}
                 t3 = time.perf_counter()
-                extra = getattr(self.recognizer, "last_timings", None)
-                extra = dict(extra) if isinstance(extra, Mapping) else {}
             timings["wait"] = t2 - t1
             timings["recognition"] = t3 - t2
             for key_name, value in extra.items():
@@ -634,7 +633,6 @@ class SceneRecognizer:
             with self._track_lock:
                 results = self.tracker.update(results, stamp_ns, matching)
                 if self.reuse and features is not None:
-                    key = _feature_key(self.recognizer)
                     for obj, feats, reused in zip(results, features, cached):
                         if reused is None:
                             self.tracker.store_features(obj, feats, key)
@@ -650,26 +648,23 @@ class SceneRecognizer:
 
         return stream(self, frames, **options)
 
-    def _predict(self, objects: list[SceneObject], cached: list) -> tuple[list, Any]:
-        """Predictions of the objects through ``embed`` -> ``logits``, encoding only those without cached view
-        features; returns them with every object's view features ``(B, V, D)``."""
+    def _predict(self, objects: list[SceneObject], cached: list) -> tuple[list, Any, dict]:
+        """Predictions of the objects through ``embed`` -> ``rank`` (``logits``), encoding only those without cached
+        view features; returns them with every object's view features ``(B, V, D)`` and the recognizer's timings of
+        this call (zero projection and encoder when nothing was encoded)."""
         import torch
-
-        from .recognize import ranked
 
         rec = self.recognizer
         todo = [i for i, c in enumerate(cached) if c is None]
-        fresh = rec.embed([objects[i].points for i in todo]) if todo else None
-        if fresh is None:
-            rec.last_timings = {"projection": 0.0, "encoder": 0.0}
-            features = torch.stack(cached)
-        else:
-            slots = list(cached)
+        slots = list(cached)
+        timings = {"projection": 0.0, "encoder": 0.0}
+        if todo:
+            fresh = rec.embed([objects[i].points for i in todo])
+            timings = dict(getattr(rec, "last_timings", None) or timings)
             for row, i in enumerate(todo):
                 slots[i] = fresh[row].clone()
-            features = torch.stack(slots)
-        probs = rec.probabilities(rec.logits(features))
-        return [ranked(rec.labels, p, self.top_k) for p in probs], features
+        features = torch.stack(slots)
+        return rec.rank(features, self.top_k), features, timings
 
 
 def load_scene_recognizer(labels: Optional[Sequence[str]] = None, dataset: Optional[str] = None, *,
@@ -699,12 +694,10 @@ def load_scene_recognizer(labels: Optional[Sequence[str]] = None, dataset: Optio
     config = load_segmentation_config(scene_preset, **dict(segmentation or {}))
     tracking = load_tracking_config(scene_preset) if scene_preset in list_tracking_presets() else None
     if isinstance(model, str):
-        from .model import load_model
+        from .model import default_device, load_model
 
         if device == "auto":
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+            device = default_device()
         model = load_model(model, pretrained, device=device, precision=precision or load_preset(preset).precision)
     recognizer = Recognizer(model, labels=labels, dataset=dataset, preset=preset, **recognizer_options)
     return SceneRecognizer(recognizer, config, top_k=top_k, track=track, tracking=tracking, reuse=reuse)
@@ -712,7 +705,7 @@ def load_scene_recognizer(labels: Optional[Sequence[str]] = None, dataset: Optio
 
 def _scores_features(recognizer: Any) -> bool:
     """Whether the recognizer offers the embed -> logits path (features that can be reused)."""
-    return all(callable(getattr(recognizer, n, None)) for n in ("embed", "logits", "probabilities", "feature_settings"))
+    return all(callable(getattr(recognizer, n, None)) for n in ("embed", "rank", "feature_settings"))
 
 
 def _feature_key(recognizer: Any) -> tuple:
