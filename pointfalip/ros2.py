@@ -17,10 +17,11 @@ sink (:class:`MessageSink`) describes the outgoing messages as dicts (:func:`det
 message types. ``rclpy`` and the message packages are imported when the node is built, never by
 importing this module: they are not dependencies of pointfalip.
 
-Parameters (:class:`NodeSettings`): ``labels`` (comma-separated) or ``dataset``, ``model``, ``pretrained``,
-``precision``, ``device``, ``preset`` (recognizer preset; ``robot_fast`` for 6 views), ``scene_preset``
-(segmentation and tracking preset), ``track``, ``reuse``, ``top_k``, ``up_axis``, ``input_topic``,
-``detections_topic``, ``markers_topic``.
+Parameters (:class:`NodeSettings`): every field of :class:`pointfalip.scene.SceneSettings` (``labels``
+(comma-separated) or ``dataset``, ``model``, ``pretrained``, ``precision``, ``device``, ``preset`` (recognizer preset;
+``robot_fast`` for 6 views), ``scene_preset`` (segmentation and tracking preset), the segmentation overrides,
+``track``, ``reuse``, ``top_k``, ``falip``, ``up_axis``, ``projection``, ``prompt_file``, ``fewshot``), and
+``input_topic``, ``detections_topic``, ``markers_topic``.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import dataclasses
 import logging
 import sys
 import threading
+import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
@@ -35,6 +37,7 @@ import numpy as np
 
 from .errors import InputError
 from .foxglove import label_color
+from .scene import SceneSettings
 from .sources import BagFrame, decode_pointcloud2
 from .stream import FrameQueue, stream
 
@@ -67,43 +70,56 @@ _MIN_SIZE_M = 1e-3  # metres: thinner box sides are drawn this thick (RViz refus
 _QUEUE_DEPTH = 1  # clouds waiting while one is processed: only the newest (recognition takes longer than a frame)
 
 
+_UNSET = {float: 0.0, int: 0, str: ""}  # a ROS parameter has a type: these values stand for "not set" (None)
+
+
 @dataclass(frozen=True)
-class NodeSettings:
-    """The node's ROS parameters, with their defaults."""
+class NodeSettings(SceneSettings):
+    """The node's ROS parameters: every :class:`~pointfalip.scene.SceneSettings` field (the settings of
+    ``pointfalip scene``) with the node's defaults, and the topics. A parameter left at its "not set" value (0, 0.0
+    or "") means what ``None`` means in :class:`~pointfalip.scene.SceneSettings`: the preset's."""
 
     labels: str = ""  # comma-separated label names (or give dataset)
     dataset: str = ""  # a packaged label set instead of labels: modelnet40, modelnet10, scanobjectnn
-    model: str = "ViT-B-16"  # open_clip model name or config JSON
-    pretrained: str = "openai"  # open_clip tag, hf-hub:ID, local checkpoint, or "none"
     precision: str = "auto"  # auto, fp32, bf16, fp16
-    device: str = "auto"  # torch device; auto: cuda when available, else cpu
-    preset: str = "pointclip_v2"  # recognizer preset (configs/presets) or YAML file
-    scene_preset: str = "tabletop"  # segmentation and tracking preset of configs/scene.yaml
-    track: bool = True  # stable object ids across messages
-    reuse: bool = True  # a tracked object whose cloud barely changed keeps its view features (not encoded again)
-    top_k: int = 3  # hypotheses per detection
     up_axis: str = "z"  # up axis of the clouds' frame (z for robot and lidar frames, -y for optical frames)
     input_topic: str = "points"  # sensor_msgs/msg/PointCloud2 (relative: remap it with -r points:=/your/topic)
     detections_topic: str = "pointfalip/detections"  # vision_msgs/msg/Detection3DArray
     markers_topic: str = "pointfalip/markers"  # visualization_msgs/msg/MarkerArray
 
     def label_list(self) -> Optional[list[str]]:
-        """The labels as a list (None when ``dataset`` names the label set)."""
-        labels = [s.strip() for s in self.labels.split(",") if s.strip()]
-        if not labels and not self.dataset:
-            raise InputError("the node needs labels: set the parameter labels:=\"mug,bowl\" or dataset:=modelnet40")
-        return labels or None
+        try:
+            return super().label_list()
+        except InputError:
+            raise InputError("the node needs labels: set the parameter labels:=\"mug,bowl\" or "
+                             "dataset:=modelnet40") from None
+
+    @classmethod
+    def parameter_defaults(cls, defaults: Optional["NodeSettings"] = None) -> dict[str, Any]:
+        """Every parameter's default as a typed ROS value (``None`` fields as their "not set" value)."""
+        defaults = defaults or cls()
+        hints = typing.get_type_hints(cls)
+        values = {}
+        for f in dataclasses.fields(cls):
+            value = getattr(defaults, f.name)
+            if value is None:
+                kind = next(a for a in typing.get_args(hints[f.name]) if a in _UNSET)
+                value = _UNSET[kind]
+            values[f.name] = value
+        return values
+
+    @classmethod
+    def from_parameters(cls, values: dict[str, Any]) -> "NodeSettings":
+        """The settings of the node's parameter values ("not set" values of ``None`` fields back to ``None``)."""
+        hints = typing.get_type_hints(cls)
+        optional = {f.name for f in dataclasses.fields(cls) if type(None) in typing.get_args(hints[f.name])}
+        return cls(**{k: (None if k in optional and v in ("", 0) and not isinstance(v, bool) else v)
+                      for k, v in values.items()})
 
 
 def build_scene_recognizer(settings: NodeSettings, model: Any = None) -> Any:
     """The :class:`~pointfalip.scene.SceneRecognizer` the settings describe (``model``: an already loaded one)."""
-    from .scene import load_scene_recognizer
-
-    return load_scene_recognizer(settings.label_list(), settings.dataset or None,
-                                 model=settings.model if model is None else model, pretrained=settings.pretrained,
-                                 device=settings.device, precision=settings.precision, preset=settings.preset,
-                                 scene_preset=settings.scene_preset, track=settings.track, reuse=settings.reuse,
-                                 top_k=settings.top_k, up_axis=settings.up_axis)
+    return settings.build(model)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -360,9 +376,9 @@ def create_node(settings: NodeSettings | None = None, model: Any = None, **node_
 
         def __init__(self) -> None:
             super().__init__("pointfalip", **node_options)
-            values = {f.name: self.declare_parameter(f.name, getattr(defaults, f.name)).value
-                      for f in dataclasses.fields(NodeSettings)}
-            self.settings = NodeSettings(**values)
+            values = {name: self.declare_parameter(name, value).value
+                      for name, value in NodeSettings.parameter_defaults(defaults).items()}
+            self.settings = NodeSettings.from_parameters(values)
             self.scene = build_scene_recognizer(self.settings, model=model)
             self.labels = list(self.scene.recognizer.labels)
             self.detections = self.create_publisher(t.Detection3DArray, self.settings.detections_topic, 10)

@@ -31,7 +31,8 @@ one ``classify`` call a frame for all of its objects, answered as a :class:`Scen
 smoothed ``track_label``.
 
 Settings: :class:`SegmentationConfig` (defaults: the ``tabletop`` preset); presets in ``configs/scene.yaml``
-(``tabletop``, ``room``) through :func:`load_segmentation_config`.
+(``tabletop``, ``room``) through :func:`load_segmentation_config`. :class:`SceneSettings` names everything a
+run builds its :class:`SceneRecognizer` from (the command line and the ROS 2 node fill it).
 """
 from __future__ import annotations
 
@@ -58,6 +59,7 @@ __all__ = [
     "SceneObject",
     "SceneRecognizer",
     "SceneResult",
+    "SceneSettings",
     "SceneSegmentation",
     "SegmentationConfig",
     "list_segmentation_presets",
@@ -701,6 +703,67 @@ def load_scene_recognizer(labels: Optional[Sequence[str]] = None, dataset: Optio
         model = load_model(model, pretrained, device=device, precision=precision or load_preset(preset).precision)
     recognizer = Recognizer(model, labels=labels, dataset=dataset, preset=preset, **recognizer_options)
     return SceneRecognizer(recognizer, config, top_k=top_k, track=track, tracking=tracking, reuse=reuse)
+
+
+SEGMENTATION_OPTIONS = ("voxel_size", "cluster_tolerance", "plane_distance", "min_object_points",
+                        "max_object_points")  # the SegmentationConfig settings a run may override
+
+
+@dataclass(frozen=True)
+class SceneSettings:
+    """Everything that builds a :class:`SceneRecognizer`, with its defaults: the one list of scene settings, which
+    ``pointfalip scene``, ``pointfalip ros2`` and the ROS 2 node's parameters fill (:meth:`build`).
+
+    ``None`` means "the preset's" (``precision``, ``up_axis``, ``projection``, the segmentation overrides) or "none"
+    (``prompt_file``, ``fewshot``); ``labels`` is comma-separated text or a sequence of names.
+    """
+
+    labels: Optional[str | Sequence[str]] = None  # the names to recognise (or give dataset)
+    dataset: Optional[str] = None  # a packaged label set: modelnet40, modelnet10, scanobjectnn
+    model: str = "ViT-B-16"  # open_clip model name or config JSON
+    pretrained: str = "openai"  # open_clip tag, hf-hub:ID, local checkpoint, or "none"
+    device: str = "auto"  # torch device; auto: cuda when available, else cpu
+    precision: Optional[str] = None  # auto, fp32, bf16, fp16 (None: the recognizer preset's)
+    preset: str = "pointclip_v2"  # recognizer preset (configs/presets; robot_fast for 6 views) or YAML file
+    scene_preset: str = "tabletop"  # segmentation and tracking preset of configs/scene.yaml
+    voxel_size: Optional[float] = None  # metres
+    cluster_tolerance: Optional[float] = None  # metres (DBSCAN eps)
+    plane_distance: Optional[float] = None  # metres
+    min_object_points: Optional[int] = None  # downsampled points
+    max_object_points: Optional[int] = None  # downsampled points
+    track: bool = True  # stable object ids across frames
+    reuse: bool = True  # a tracked object whose cloud barely changed keeps its view features
+    top_k: int = 3  # hypotheses per object
+    falip: bool = True  # False: plain CLIP (the baseline)
+    up_axis: Optional[str] = None  # up axis of the frames (z: robot and lidar frames, -y: optical frames)
+    projection: Optional[str] = None  # realistic or simple (None: the preset's)
+    prompt_file: Optional[str] = None  # per-class prompts in PointCLIP V2's JSON layout
+    fewshot: Optional[str] = None  # a few-shot cache file (pointfalip fewshot build)
+
+    def label_list(self) -> Optional[list[str]]:
+        """The labels as a list (None when ``dataset`` names the label set)."""
+        given = self.labels.split(",") if isinstance(self.labels, str) else list(self.labels or ())
+        labels = [str(s).strip() for s in given if str(s).strip()]
+        if not labels and not self.dataset:
+            raise InputError("no labels to recognise: give labels (e.g. \"mug,bowl\") or a dataset's label set "
+                             "(e.g. modelnet40)")
+        return labels or None
+
+    def segmentation(self) -> dict[str, Any]:
+        """The segmentation settings this run overrides."""
+        return {k: getattr(self, k) for k in SEGMENTATION_OPTIONS if getattr(self, k) is not None}
+
+    def build(self, model: Any = None) -> "SceneRecognizer":
+        """The :class:`SceneRecognizer` of these settings (``model``: an already loaded one instead of
+        ``model``/``pretrained``/``device``/``precision``)."""
+        options = {k: getattr(self, k) for k in ("up_axis", "projection", "prompt_file", "fewshot")
+                   if getattr(self, k) is not None}
+        return load_scene_recognizer(self.label_list(), self.dataset or None,
+                                     model=self.model if model is None else model, pretrained=self.pretrained,
+                                     device=self.device, precision=self.precision, preset=self.preset,
+                                     scene_preset=self.scene_preset, segmentation=self.segmentation(),
+                                     track=self.track, reuse=self.reuse, top_k=self.top_k, falip=self.falip,
+                                     **options)
 
 
 def _scores_features(recognizer: Any) -> bool:

@@ -14,7 +14,9 @@ A **frame** is anything with ``points`` (``(N, 3)``, metres), ``stamp_ns`` (int 
 None), e.g. :class:`pointfalip.sources.BagFrame`. A **sink** is anything with ``log_frame(points, result, *,
 stamp_ns=None)``: :class:`pointfalip.foxglove.McapRecording`, :class:`pointfalip.foxglove.LiveServer`,
 :class:`pointfalip.foxglove.SceneChannels`, :class:`JsonLines`, or a ROS publisher (:mod:`pointfalip.ros2`).
-:class:`FrameQueue` turns pushed frames (a subscriber's callback) into the iterable the loop reads.
+:class:`FrameQueue` turns pushed frames (a subscriber's callback) into the iterable the loop reads;
+:class:`SceneOutputs` opens a run's Foxglove outputs (live server, MCAP recording) and :func:`reopening` a source
+that a ``loop`` reads again: the wiring the command line and the node share.
 """
 from __future__ import annotations
 
@@ -22,11 +24,12 @@ import json
 import queue
 import threading
 import time
+from contextlib import ExitStack
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional, Sequence, TextIO, Union
 
 from .errors import InputError
 
-__all__ = ["FrameQueue", "JsonLines", "RealtimePacer", "StreamedFrame", "stream"]
+__all__ = ["FrameQueue", "JsonLines", "RealtimePacer", "SceneOutputs", "StreamedFrame", "reopening", "stream"]
 
 _NS_PER_S = 1_000_000_000
 Frames = Union[Iterable[Any], Callable[[], Iterable[Any]]]
@@ -230,3 +233,69 @@ class FrameQueue:
             if frame is self._CLOSED:
                 return
             yield frame
+
+
+def reopening(open_source: Callable[[], Any]) -> tuple[Any, Callable[[], Iterable[Any]]]:
+    """A source opened now (so that it is read and checked before any work) and the ``frames`` callable of
+    :func:`stream`: its first call gives this source's frames, each later one (a ``loop`` pass) a fresh source's."""
+    source = open_source()
+    unread = [source]
+
+    def frames() -> Iterable[Any]:
+        return (unread.pop() if unread else open_source()).frames
+
+    return source, frames
+
+
+class SceneOutputs:
+    """The Foxglove outputs of a scene run, entered on ``stack`` (closed with it): a live server (``serve``) opened
+    at once, so that a viewer can connect while the model loads, and an MCAP recording (:meth:`record_to`). Both
+    share one channel set; :attr:`sinks` and :attr:`record` are :func:`stream`'s arguments.
+
+    Args:
+        stack: the ``ExitStack`` that closes the outputs (also on Ctrl-C or an error).
+        labels: the label set (the colours of the boxes); :meth:`record_to` sets the recognizer's own.
+        serve, port, host: a live Foxglove WebSocket server on ``host:port``.
+        announce: called with one line saying where the live view is.
+    """
+
+    def __init__(self, stack: ExitStack, labels: Optional[Sequence[str]] = None, *, serve: bool = False,
+                 port: int = 8765, host: str = "127.0.0.1", announce: Callable[[str], None] = print):
+        self.stack = stack
+        self.labels = labels
+        self.channels = None  # made when the first output needs them: Foxglove's channels are process-wide
+        self.sinks: list = []
+        self.record: list = []
+        self.server = None
+        if serve:
+            from .foxglove import LiveServer
+
+            self.server = stack.enter_context(LiveServer(port, host, scene=self._channels()))
+            self.sinks.append(self.server)
+            announce(f"Foxglove live view at {self.server.url} (Foxglove: Open connection, Foxglove WebSocket)")
+
+    def _channels(self):
+        if self.channels is None:
+            from .foxglove import SceneChannels
+
+            self.channels = SceneChannels(labels=self.labels)
+        return self.channels
+
+    def record_to(self, path: Any, labels: Sequence[str], metadata: dict) -> None:
+        """Record the first pass to the MCAP file ``path`` (checked by the caller), with ``metadata``."""
+        from .foxglove import McapRecording
+
+        channels = self._channels()
+        channels.labels = list(labels)
+        self.record.append(self.stack.enter_context(McapRecording(path, scene=channels, overwrite=True,
+                                                                  metadata=metadata)))
+
+    def set_labels(self, labels: Sequence[str]) -> None:
+        """The recognizer's label set, once it is known (the live view's box colours)."""
+        self.labels = list(labels)
+        if self.channels is not None:
+            self.channels.labels = list(labels)
+
+    def wait_for_viewer(self, timeout: float) -> bool:
+        """Whether a viewer subscribed to the live server within ``timeout`` seconds (True without a server)."""
+        return self.server is None or not timeout or self.server.wait_for_subscriber(timeout=timeout)

@@ -1,0 +1,227 @@
+"""`evaluate`: a dataset's figures (classification, part segmentation, referring expressions)."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from ..errors import InputError
+from .options import (DEFAULT_PRESET, bounded_int, load_model, model_args, recognizer_args,
+                      recognizer_options, seed_list, subcommand)
+
+log = logging.getLogger("pointfalip")
+
+def _evaluate_args(p):
+    p.add_argument("--dataset", required=True,
+                   help="modelnet40, modelnet10, scanobjectnn[-obj_only|-obj_bg|-pb_t50_rs], folder, shapenetpart "
+                        "(part segmentation), or refcoco, refcoco+, refcocog (referring expressions; --root: COCO "
+                        "train2014 images)")
+    p.add_argument("--root", required=True, help="folder holding the dataset's release")
+    p.add_argument("--split", default="test", choices=("test", "train"))
+    p.add_argument("--limit", type=bounded_int(1, 10**9), help="the first N objects only")
+    p.add_argument("--compare", action="store_true", help="FALIP and the plain-CLIP baseline from the same views "
+                   "(shapenetpart: tokens and clearclip dense features)")
+    g = p.add_argument_group("part segmentation (--dataset shapenetpart; --preset defaults to pointfalip_parts)")
+    g.add_argument("--category", help="one ShapeNetPart category only, e.g. chair")
+    g.add_argument("--dense", choices=("tokens", "clearclip"), help="dense features (default: the preset's)")
+    g = p.add_argument_group("referring expressions (--dataset refcoco|refcoco+|refcocog)")
+    g.add_argument("--annotations", metavar="F.jsonl", help="ReCLIP's jsonl of the split (required)")
+    g.add_argument("--detections", metavar="D.json", help="ReCLIP's detector boxes (default: the gold boxes)")
+    g.add_argument("--prompts", default="falip", help="comma-separated runs of falip, crop, blur, circle, shade; "
+                   "'+' sums representations, e.g. falip,crop+blur (default %(default)s)")
+    p.add_argument("--batch-size", type=bounded_int(1, 4096), default=16,
+                   help="objects (REC: images) per batch (default %(default)s)")
+    p.add_argument("--out", help="report path, .json (default evaluate_<dataset>.json); the confusion PNG goes beside it")
+    g = p.add_argument_group("few-shot protocol (K examples per class from the train split, several seeds)")
+    g.add_argument("--shots", type=bounded_int(1, 10_000), help="examples per class for a few-shot cache per seed")
+    g.add_argument("--seeds", type=seed_list, default=[1],
+                   help="comma-separated seeds of the example draws, each in [0, 2^31) (default 1)")
+    g.add_argument("--train-root", help="folder of the release's train split (default --root)")
+    recognizer_args(p, up_default="the dataset's", preset_help=f"configs/presets name or YAML file (default "
+                    f"{DEFAULT_PRESET}; shapenetpart: a configs/parts name, default pointfalip_parts)")
+    model_args(p)
+
+
+_EVALUATE_ROWS = 40  # classes listed on screen; the report holds them all
+
+
+def _print_evaluate(report: dict) -> None:
+    if report.get("task") == "part segmentation":
+        return _print_part_evaluation(report)
+    if report.get("task") == "referring expressions":
+        from ..refcoco import summary
+
+        return print(summary(report))
+    runs = list(report["runs"])
+    w = max(10, max(len(r) for r in runs) + 2)  # column width
+    print(f"pointfalip evaluate — {report['dataset']} ({report['split']}): {report['n']} objects, "
+          f"{len(report['skipped'])} skipped — {report['model']} ({report['pretrained']}), preset {report['preset']}")
+    print(f"{'':<20}" + "".join(f"{r:>{w}}" for r in runs))
+    for key, name in (("overall_accuracy", "overall"), ("mean_class_accuracy", "mean class")):
+        print(f"{name:<20}" + "".join(f"{report['runs'][r][key]:>{w}.2%}" for r in runs))
+        if any(f"{key}_std" in report["runs"][r] for r in runs):
+            print(f"{'  ± over seeds':<20}" + "".join(
+                f"{report['runs'][r][key + '_std']:>{w}.2%}" if f"{key}_std" in report["runs"][r] else f"{'':>{w}}"
+                for r in runs))
+    print(f"{'class':<20}" + "".join(f"{r:>{w}}" for r in runs) + f"{'n':>6}")
+    confusion = report["runs"][runs[0]]["confusion"]
+    present = [(k, c) for k, c in enumerate(report["classes"]) if sum(confusion[k])]
+    for k, c in present[:_EVALUATE_ROWS]:
+        print(f"{c[:19]:<20}" + "".join(f"{report['runs'][r]['per_class'][c]:>{w}.1%}" for r in runs)
+              + f"{sum(confusion[k]):>6}")
+    if len(present) > _EVALUATE_ROWS:
+        print(f"... and {len(present) - _EVALUATE_ROWS} more classes in the report")
+    print(f"report: {report['report']}   confusion matrix: {report['confusion_png']}")
+
+
+@subcommand("evaluate", "accuracy on a 3D test set (ModelNet40/10, ScanObjectNN, a folder; few-shot with --shots) or "
+         "part IoU on ShapeNetPart", _evaluate_args,
+         _print_evaluate)
+def run_evaluate(args) -> dict:
+    from ..datasets import is_part_dataset, open_dataset
+    from ..evaluate import default_report_path, distributed, evaluate, run_names
+
+    if args.dataset.lower() in ("refcoco", "refcoco+", "refcocog"):
+        return _evaluate_rec(args)
+    if args.annotations or args.detections or args.prompts != "falip":
+        raise InputError("--annotations, --detections and --prompts apply to --dataset refcoco|refcoco+|refcocog")
+    if is_part_dataset(args.dataset):
+        return _evaluate_parts(args)
+    if args.category or args.dense:
+        raise InputError("--category and --dense apply to --dataset shapenetpart (part segmentation) only")
+    run_names(args.compare, args.falip, bool(args.fewshot))  # refuse bad combinations before reading anything
+    if args.out:
+        _check_report_outputs(args, args.out)
+    dataset = open_dataset(args.dataset, args.root, split=args.split, limit=args.limit, num_points=args.num_points,
+                           up_axis=args.up_axis)
+    out = _check_report_outputs(args, args.out or default_report_path(dataset.name))
+    protocol = {}
+    if args.shots is not None:
+        seeds = args.seeds
+        train_split = "test" if args.dataset.lower() == "folder" else "train"
+        train = open_dataset(args.dataset, args.train_root or args.root, split=train_split,
+                             num_points=args.num_points, up_axis=args.up_axis)
+        protocol = {"shots": args.shots, "seeds": seeds, "train_dataset": train}
+    with distributed(args.device) as device:  # torchrun: one shard of the batches per rank
+        args.device = device
+        model = load_model(args)
+        options = recognizer_options(args)
+        preset = options.pop("preset")
+        report = evaluate(model, dataset, preset=preset, compare=args.compare, batch_size=args.batch_size,
+                          out=out, **protocol, **options)
+    if int(os.environ.get("RANK", "0")) != 0:  # every rank holds the report; rank 0 alone prints it
+        sys.stdout = open(os.devnull, "w")
+    return report
+
+
+def _check_report_outputs(args, out) -> Path:
+    """The report path of an evaluation and every file it writes beside it (the confusion matrix or the
+    per-point the resume folder), checked before any work: none may be an input of the run."""
+    from ..batches import check_report_path, partial_path
+    from ..datasets import is_part_dataset
+    from ..evaluate import confusion_path
+    from ..evaluate_parts import predictions_path
+    from ..files import check_output, run_inputs
+
+    inputs = run_inputs(args)
+    out = check_output(out, "--out", inputs=inputs, suffixes=(".json",))
+    if is_part_dataset(args.dataset):
+        check_output(predictions_path(out), "the predictions file beside --out", inputs=inputs)
+    else:
+        check_output(confusion_path(out), "the confusion-matrix picture beside --out", inputs=inputs)
+    partial = partial_path(out)
+    for source in inputs:
+        if os.path.realpath(source) == os.path.realpath(partial):
+            raise InputError(f"{partial}, where --out keeps its resume cache, is an input of this run")
+    if int(os.environ.get("RANK", "0")) == 0:  # other torchrun ranks could see rank 0 making the cache folder
+        check_report_path(out)
+    return out
+
+
+def _evaluate_rec(args) -> dict:
+    """`evaluate --dataset refcoco|refcoco+|refcocog`: referring expressions (pointfalip.refcoco)."""
+    from ..batches import check_report_path
+    from ..evaluate import default_report_path, distributed
+    from ..files import check_output, run_inputs
+    from ..refcoco import evaluate_rec, open_rec_dataset, parse_runs
+
+    unused = [flag for flag, value in (("--compare", args.compare), ("--no-falip", not args.falip),
+                                       ("--projection", args.projection), ("--prompt-file", args.prompt_file),
+                                       ("--fewshot", args.fewshot), ("--shots", args.shots),
+                                       ("--category", args.category), ("--dense", args.dense)) if value]
+    if unused:
+        raise InputError(f"{', '.join(unused)} do(es) not apply to referring expressions; choose the "
+                         "representations with --prompts")
+    if not args.annotations:
+        raise InputError(f"--dataset {args.dataset} needs --annotations F.jsonl (ReCLIP's file of the split)")
+    runs = parse_runs(args.prompts)
+    name = args.dataset.lower()
+    out = check_output(args.out or default_report_path(name), "--out", suffixes=(".json",), inputs=run_inputs(args))
+    if int(os.environ.get("RANK", "0")) == 0:  # other torchrun ranks could see rank 0 making the cache folder
+        check_report_path(out)
+    dataset = open_rec_dataset(name, args.root, args.annotations, args.detections, limit=args.limit)
+    with distributed(args.device) as device:
+        args.device = device
+        args.precision = args.precision or "auto"
+        model = load_model(args)
+        report = evaluate_rec(model, dataset, runs, out=out, batch_size=args.batch_size)
+    if int(os.environ.get("RANK", "0")) != 0:
+        sys.stdout = open(os.devnull, "w")
+    return report
+
+
+def _evaluate_parts(args) -> dict:
+    """`evaluate --dataset shapenetpart`: zero-shot part segmentation (pointfalip.evaluate_parts)."""
+    from ..datasets import open_dataset
+    from ..evaluate import distributed
+    from ..evaluate_parts import evaluate_parts, part_report_path, part_runs
+    from ..parts import DEFAULT_PRESET as DEFAULT_PART_PRESET
+    from ..parts import list_part_presets, load_part_preset
+
+    classification_only = (("--projection", args.projection), ("--no-falip", not args.falip),
+                           ("--prompt-file", args.prompt_file), ("--fewshot", getattr(args, "fewshot", None)),
+                           ("--shots", getattr(args, "shots", None)))
+    unused = [flag for flag, value in classification_only if value]
+    if unused:
+        raise InputError(f"{', '.join(unused)} do(es) not apply to part segmentation (--dataset shapenetpart); "
+                         "set its options in a parts preset")
+    preset = args.preset or DEFAULT_PART_PRESET  # --preset pointclip_v2 gives V2's own, pointclip_v2_parts
+    if preset in list_part_presets() or preset.endswith((".yaml", ".yml")) or os.path.exists(preset):
+        settings = load_part_preset(preset)
+    elif f"{preset}_parts" in list_part_presets():
+        preset = f"{preset}_parts"
+        settings = load_part_preset(preset)
+    else:
+        raise InputError(f"'{preset}' is not a parts preset: choose one of {', '.join(list_part_presets())} "
+                         "or a YAML file")
+    part_runs(args.compare, args.dense, settings)
+    if args.out:
+        _check_report_outputs(args, args.out)
+    dataset = open_dataset("shapenetpart", args.root, split=args.split, num_points=args.num_points,
+                           up_axis=args.up_axis).restrict(args.category, args.limit)
+    out = _check_report_outputs(args, args.out or part_report_path(dataset.category))
+    with distributed(args.device) as device:
+        args.device = device
+        if args.precision is None:
+            args.precision = settings.precision
+        model = load_model(args)
+        report = evaluate_parts(model, dataset, preset=preset, dense=args.dense, compare=args.compare,
+                                batch_size=args.batch_size, out=out)
+    if int(os.environ.get("RANK", "0")) != 0:
+        sys.stdout = open(os.devnull, "w")
+    return report
+
+
+def _print_part_evaluation(report: dict) -> None:
+    runs = list(report["runs"])
+    w = max(10, max(len(r) for r in runs) + 2)
+    print(f"pointfalip evaluate — {report['dataset']} ({report['split']}): {report['n']} shapes, part segmentation "
+          f"— {report['model']} ({report['pretrained']}), preset {report['preset']}")
+    print(f"{'category (IoU)':<20}" + "".join(f"{r:>{w}}" for r in runs) + f"{'n':>6}")
+    for c, info in report["categories"].items():
+        print(f"{c[:19]:<20}" + "".join(f"{report['runs'][r]['per_category'][c]:>{w}.1%}" for r in runs)
+              + f"{info['n']:>6}")
+    for key, name in (("instance_miou", "instance mIoU"), ("class_miou", "class mIoU"), ("accuracy", "accuracy")):
+        print(f"{name:<20}" + "".join(f"{report['runs'][r][key]:>{w}.1%}" for r in runs))
+    print(f"report: {report['report']}   predictions: {report['predictions']}")
