@@ -1,5 +1,11 @@
 """Streamed, resumable, sharded runs over a dataset in batches: the machinery every evaluation shares.
 
+An evaluation is an `EvaluationTask` (its key, the computation of a range of batch positions, its report) run by
+`run_evaluation`, which owns the skeleton every evaluation had written out: the batch-size check, the resume
+cache, `run_batches`, the report (a `Report` dataclass, ``to_dict()`` for JSON) written on rank 0, the barrier.
+`register_task` records each kind of evaluation (its name, the datasets it serves, its text summary) so that a
+caller picks one by dataset name (`task_for_dataset`) instead of comparing strings.
+
 A run is cut into batch positions ``[start, start + batch_size)``. `run_batches` computes the positions of this
 rank (under ``torchrun``, rank r takes the r-th contiguous block; batches start at multiples of ``batch_size``
 whatever the number of ranks, so each item is computed in the same batch as in one process), saves each
@@ -24,7 +30,7 @@ import re
 import sys
 import typing
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, ClassVar, Iterator, Optional, Protocol, Sequence, Union
 
 import numpy as np
 import torch
@@ -332,3 +338,124 @@ def ordered_batches(results: list, n_items: int, batch_size: int) -> list:
     if got != expected:  # a bug, not the user's doing
         raise RuntimeError(f"batches missing from the evaluation: {sorted(expected - got)[:5]}")
     return sorted(results, key=lambda b: b.start)
+
+
+
+# --------------------------------------------------------------------------------------------------
+# evaluation tasks
+# --------------------------------------------------------------------------------------------------
+
+class Report:
+    """Base of the evaluation reports (dataclasses): ``task`` names the kind, `to_dict` is the JSON; fields named
+    in ``OMITTED_WHEN_NONE`` are left out of the JSON while they are None."""
+
+    TASK: ClassVar[str] = ""
+    OMITTED_WHEN_NONE: ClassVar[tuple[str, ...]] = ()
+
+    def to_dict(self) -> dict:
+        """The report as JSON values, ``"task"`` first."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {"task": self.TASK, **{k: v for k, v in values.items()
+                                      if not (k in self.OMITTED_WHEN_NONE and v is None)}}
+
+
+class EvaluationTask(Protocol):
+    """One evaluation as `run_evaluation` runs it.
+
+    ``n_items`` batch positions' worth of items in batches of ``batch_size``; ``runs`` the configurations scored;
+    ``record`` the dataclass a batch's result is (`BatchCache` stores it); ``description`` the progress bar's.
+    """
+
+    name: str
+    n_items: int
+    batch_size: int
+    runs: tuple[str, ...]
+    record: type
+    description: str
+
+    def key(self) -> dict:
+        """Everything that changes the results (JSON-able; hashed by `run_key`)."""
+
+    def compute(self, lo: int, hi: int) -> Iterator[Any]:
+        """The results of the batch positions in [lo, hi), in order."""
+
+    def report(self, batches: list, out: Path) -> Report:
+        """The report of every batch (in dataset order), to be written to ``out``; InputError when it has nothing
+        to report."""
+
+    def write(self, report: Report) -> None:
+        """The files the report names besides itself (rank 0 only)."""
+
+
+def check_batch_size(batch_size: Any) -> int:
+    """``batch_size`` as an int, or a one-line InputError."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise InputError(f"batch size must be a positive integer, got {batch_size!r}")
+    return int(batch_size)
+
+
+def run_evaluation(task: EvaluationTask, out: Union[str, Path], progress: bool = True) -> Report:
+    """Run ``task``: its batches computed or resumed from ``<out>.partial/`` (every rank its block), its report
+    made from all of them, written to ``out`` (JSON) with the task's other files on rank 0, the resume cache
+    removed once every rank is done. Every rank returns the same report."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    key = run_key({"task": task.name, **task.key()})
+    make_cache = getattr(task, "cache", None)
+    folder = partial_path(out)
+    cache = make_cache(folder, key) if make_cache else BatchCache(folder, key, task.runs, task.record)
+    results = run_batches(cache, task.n_items, task.batch_size, task.compute, progress, task.description)
+    rank, _ = dist_rank()
+    try:
+        report = task.report(ordered_batches(results, task.n_items, task.batch_size), out)
+    except InputError:
+        barrier()
+        if rank == 0:
+            cache.remove()
+        raise
+    if rank == 0:
+        task.write(report)
+        write_report(out, report.to_dict())
+        log.info("report written to %s", out)
+    barrier()
+    cache.remove()
+    return report
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskKind:
+    """A kind of evaluation: its report's ``task`` name, the datasets it serves (folded names, see
+    `task_for_dataset`) and the text summary of its report."""
+
+    name: str
+    datasets: tuple[str, ...]
+    summary: Callable[[dict], str]
+
+
+TASKS: dict[str, TaskKind] = {}
+DEFAULT_TASK = "classification"  # the task of a dataset no other task claims (a class folder, a 3D release)
+
+
+def register_task(kind: TaskKind) -> TaskKind:
+    """Record a kind of evaluation (one registration each)."""
+    if kind.name in TASKS:
+        raise ValueError(f"evaluation task {kind.name!r} is registered twice")
+    TASKS[kind.name] = kind
+    return kind
+
+
+def _fold(name: str) -> str:
+    return name.lower().replace("_", "-")
+
+
+def task_for_dataset(dataset: str) -> TaskKind:
+    """The kind of evaluation of ``dataset`` (case and ``_``/``-`` folded); the classification task for any dataset
+    no other kind claims."""
+    for kind in TASKS.values():
+        if _fold(dataset) in {_fold(d) for d in kind.datasets}:
+            return kind
+    return TASKS[DEFAULT_TASK]
+
+
+def list_tasks() -> list[str]:
+    return list(TASKS)

@@ -33,15 +33,15 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import ClassVar, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from . import __version__
-from .batches import (KEY_VERSION, MADE_BY, PARTIAL_SUFFIX, BatchCache, barrier, check_report_path, dist_rank,
-                      distributed, dumps_report, gather, missing_ranges, ordered_batches, partial_path, run_batches,
-                      write_report)
+from .batches import (KEY_VERSION, MADE_BY, PARTIAL_SUFFIX, BatchCache, Report, TaskKind, barrier,
+                      check_batch_size, check_report_path, dist_rank, distributed, dumps_report, gather, missing_ranges,
+                      ordered_batches, partial_path, register_task, run_batches, run_evaluation)
 from .batches import run_key as _hashed_key
 from .datasets import Dataset
 from .errors import InputError
@@ -276,9 +276,7 @@ def evaluate(model: FalipCLIP, dataset: Dataset, preset: Union[str, RecognizerCo
     Raises:
         InputError: a bad argument, or nothing could be evaluated (every item skipped).
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise InputError(f"batch size must be a positive integer, got {batch_size!r}")
-    batch_size = int(batch_size)
+    batch_size = check_batch_size(batch_size)
     overrides = {k: v for k, v in recognizer_overrides.items() if v is not None}
     runs = run_names(compare, falip, fewshot="fewshot" in overrides)
     cache_dir = overrides.pop("cache_dir", None)
@@ -290,37 +288,74 @@ def evaluate(model: FalipCLIP, dataset: Dataset, preset: Union[str, RecognizerCo
         scorers, protocol = _seed_scorers(rec, dataset, train_dataset, shots, seeds, runs, progress)
         runs = runs + tuple(scorers)
     preset_name = preset if isinstance(preset, str) else "custom"
+    task = ClassificationTask(rec, dataset, preset_name, runs, batch_size, scorers, protocol,
+                              fewshot=overrides.get("fewshot"))
     out = Path(out) if out is not None else default_report_path(dataset.name)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    return run_evaluation(task, out, progress).to_dict()
 
-    rank, _ = dist_rank()
-    key = run_key(model, dataset, preset_name, rec.config, runs, batch_size,
-                  fewshot=overrides.get("fewshot") or (protocol and json.dumps(protocol, sort_keys=True)))
-    cache = BatchCache(partial_path(out), key, runs, BatchResult)
 
-    def compute(lo: int, hi: int) -> Iterator[BatchResult]:
-        for start, indices, clouds, labels_, skipped in _positions(dataset, batch_size, lo, hi):
-            yield _classify(rec, runs, dataset, start, indices, clouds, labels_, skipped, scorers)
+@dataclass(kw_only=True)
+class ClassificationReport(Report):
+    """The report of a classification evaluation (see the module doc for the JSON)."""
 
-    results = run_batches(cache, len(dataset), batch_size, compute, progress, f"{dataset.name} {'+'.join(runs)}")
-    report = _report(model, dataset, preset_name, rec, runs, results, batch_size)
-    if protocol is not None:
-        _merge_seeds(report, protocol)
-    if report["n"] == 0:
-        barrier()
-        if rank == 0:
-            cache.remove()
-        raise InputError(f"nothing to evaluate: all {len(dataset)} item(s) of {dataset.name} under {dataset.root} "
-                         f"were skipped (first: {report['skipped'][0]['source']}: {report['skipped'][0]['reason']})")
-    report["report"] = str(out)
-    report["confusion_png"] = str(confusion_path(out))
-    if rank == 0:
-        save_confusion_png(report["confusion_png"], report)
-        write_report(out, report)
-        log.info("report written to %s", out)
-    barrier()
-    cache.remove()
-    return report
+    TASK: ClassVar[str] = "classification"
+    OMITTED_WHEN_NONE: ClassVar[tuple[str, ...]] = ("fewshot",)
+
+    dataset: str
+    root: str
+    split: str
+    model: str
+    pretrained: str
+    precision: str
+    preset: str
+    config: dict
+    n: int
+    items: int
+    skipped: list
+    classes: list
+    labels: list
+    runs: dict
+    report: str = ""
+    confusion_png: str = ""
+    fewshot: Optional[dict] = None
+
+
+class ClassificationTask:
+    """Zero-shot (or few-shot) classification of a `datasets.Dataset`, as `batches.run_evaluation` runs it."""
+
+    name = ClassificationReport.TASK
+    record = BatchResult
+
+    def __init__(self, rec: Recognizer, dataset: Dataset, preset_name: str, runs: Sequence[str], batch_size: int,
+                 scorers: Optional[dict] = None, protocol: Optional[dict] = None, fewshot=None):
+        self.rec, self.dataset, self.preset_name = rec, dataset, preset_name
+        self.runs, self.batch_size = tuple(runs), batch_size
+        self.scorers, self.protocol, self.fewshot = scorers or {}, protocol, fewshot
+        self.n_items = len(dataset)
+        self.description = f"{dataset.name} {'+'.join(self.runs)}"
+
+    def key(self) -> dict:
+        fewshot = self.fewshot or (self.protocol and json.dumps(self.protocol, sort_keys=True))
+        return run_key(self.rec.model, self.dataset, self.preset_name, self.rec.config, self.runs, self.batch_size,
+                       fewshot=fewshot)
+
+    def compute(self, lo: int, hi: int) -> Iterator[BatchResult]:
+        for start, indices, clouds, labels_, skipped in _positions(self.dataset, self.batch_size, lo, hi):
+            yield _classify(self.rec, self.runs, self.dataset, start, indices, clouds, labels_, skipped, self.scorers)
+
+    def report(self, batches: list, out: Path) -> ClassificationReport:
+        report = _report(self.rec.model, self.dataset, self.preset_name, self.rec, self.runs, batches)
+        if self.protocol is not None:
+            _merge_seeds(report, self.protocol)
+        if report.n == 0:
+            first = report.skipped[0]
+            raise InputError(f"nothing to evaluate: all {len(self.dataset)} item(s) of {self.dataset.name} under "
+                             f"{self.dataset.root} were skipped (first: {first['source']}: {first['reason']})")
+        report.report, report.confusion_png = str(out), str(confusion_path(out))
+        return report
+
+    def write(self, report: ClassificationReport) -> None:
+        save_confusion_png(report.confusion_png, report.to_dict())
 
 
 SEED_MARK = "@seed"  # a few-shot run of one seed: "falip+fewshot@seed1"; merged into "falip+fewshot"
@@ -365,12 +400,12 @@ def _seed_scorers(rec: Recognizer, dataset: Dataset, train: Optional[Dataset], s
     return scorers, record
 
 
-def _merge_seeds(report: dict, protocol: dict) -> None:
+def _merge_seeds(report: ClassificationReport, protocol: dict) -> None:
     """Fold every seed's few-shot run into one run: means, spreads (population std) and the seeds' own runs."""
     merged: dict = {}
-    for name in [n for n in report["runs"] if SEED_MARK in n]:
+    for name in [n for n in report.runs if SEED_MARK in n]:
         base, seed = name.split(SEED_MARK)
-        merged.setdefault(base, {})[seed] = report["runs"].pop(name)
+        merged.setdefault(base, {})[seed] = report.runs.pop(name)
     for base, by_seed in merged.items():
         runs = list(by_seed.values())
         run = {}
@@ -380,39 +415,58 @@ def _merge_seeds(report: dict, protocol: dict) -> None:
         run["per_class"] = {c: float(np.mean([r["per_class"][c] for r in runs])) for c in runs[0]["per_class"]}
         run["confusion"] = np.sum([r["confusion"] for r in runs], axis=0).tolist()  # counts over all seeds
         run["seeds"] = by_seed
-        report["runs"][base] = run
-    report["fewshot"] = protocol
+        report.runs[base] = run
+    report.fewshot = protocol
 
 
-def _report(model, dataset: Dataset, preset_name: str, rec: Recognizer, runs, results: list,
-            batch_size: int) -> dict:
-    results = ordered_batches(results, len(dataset), batch_size)
+def _report(model, dataset: Dataset, preset_name: str, rec: Recognizer, runs, results: list) -> ClassificationReport:
     indices = np.concatenate([b.indices for b in results]).astype(np.int64)
     labels = np.concatenate([b.labels for b in results]).astype(np.int64)
     skipped = sorted({s[0]: s for b in results for s in b.skipped}.values())
-    report = {
-        "dataset": dataset.name,
-        "root": str(dataset.root),
-        "split": dataset.split,
-        "model": str(model.name),
-        "pretrained": str(model.pretrained),
-        "precision": str(model.precision),
-        "preset": preset_name,
-        "config": json.loads(json.dumps(dataclasses.asdict(rec.config), default=str)),
-        "n": int(len(indices)),
-        "items": len(dataset),
-        "skipped": [{"index": i, "source": s, "reason": r} for i, s, r in skipped],
-        "classes": list(dataset.classes),
-        "labels": dataset.labels.tolist(),
-        "runs": {},
-    }
+    report = ClassificationReport(
+        dataset=dataset.name, root=str(dataset.root), split=dataset.split, model=str(model.name),
+        pretrained=str(model.pretrained), precision=str(model.precision), preset=preset_name,
+        config=json.loads(json.dumps(dataclasses.asdict(rec.config), default=str)), n=int(len(indices)),
+        items=len(dataset), skipped=[{"index": i, "source": s, "reason": r} for i, s, r in skipped],
+        classes=list(dataset.classes), labels=dataset.labels.tolist(), runs={})
     for r in runs:
         preds = np.concatenate([b.predictions[r] for b in results]).astype(np.int64)
         by_item: list = [None] * len(dataset)
         for i, p in zip(indices.tolist(), preds.tolist()):
             by_item[i] = p
-        report["runs"][r] = {**metrics(labels, preds, dataset.classes), "predictions": by_item}
+        report.runs[r] = {**metrics(labels, preds, dataset.classes), "predictions": by_item}
     return report
+
+
+SUMMARY_ROWS = 40  # classes listed in the text summary; the report holds them all
+
+
+def summary(report: dict) -> str:
+    """The text table of a classification report: overall and mean class accuracy of each run, then per class."""
+    runs = list(report["runs"])
+    w = max(10, max(len(r) for r in runs) + 2)  # column width
+    lines = [f"pointfalip evaluate — {report['dataset']} ({report['split']}): {report['n']} objects, "
+             f"{len(report['skipped'])} skipped — {report['model']} ({report['pretrained']}), preset "
+             f"{report['preset']}", f"{'':<20}" + "".join(f"{r:>{w}}" for r in runs)]
+    for key, name in (("overall_accuracy", "overall"), ("mean_class_accuracy", "mean class")):
+        lines.append(f"{name:<20}" + "".join(f"{report['runs'][r][key]:>{w}.2%}" for r in runs))
+        if any(f"{key}_std" in report["runs"][r] for r in runs):
+            lines.append(f"{'  ± over seeds':<20}" + "".join(
+                f"{report['runs'][r][key + '_std']:>{w}.2%}" if f"{key}_std" in report["runs"][r] else f"{'':>{w}}"
+                for r in runs))
+    lines.append(f"{'class':<20}" + "".join(f"{r:>{w}}" for r in runs) + f"{'n':>6}")
+    confusion = report["runs"][runs[0]]["confusion"]
+    present = [(k, c) for k, c in enumerate(report["classes"]) if sum(confusion[k])]
+    for k, c in present[:SUMMARY_ROWS]:
+        lines.append(f"{c[:19]:<20}" + "".join(f"{report['runs'][r]['per_class'][c]:>{w}.1%}" for r in runs)
+                     + f"{sum(confusion[k]):>6}")
+    if len(present) > SUMMARY_ROWS:
+        lines.append(f"... and {len(present) - SUMMARY_ROWS} more classes in the report")
+    lines.append(f"report: {report['report']}   confusion matrix: {report['confusion_png']}")
+    return "\n".join(lines)
+
+
+register_task(TaskKind(ClassificationReport.TASK, (), summary))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -490,6 +544,7 @@ def save_confusion_png(path, report: dict) -> Path:
 # the names the resume and sharding machinery had here before it moved to `pointfalip.batches`
 _KEY_VERSION, _MADE_BY, _dumps = KEY_VERSION, MADE_BY, dumps_report
 _dist, _barrier, _gather, _missing_ranges = dist_rank, barrier, gather, missing_ranges
-__all__ = ["BASELINE", "FALIP", "FEWSHOT_SUFFIX", "PARTIAL_SUFFIX", "BatchCache", "BatchResult", "check_report_path",
+__all__ = ["BASELINE", "FALIP", "FEWSHOT_SUFFIX", "PARTIAL_SUFFIX", "BatchCache", "BatchResult", "ClassificationReport",
+           "ClassificationTask", "check_report_path", "summary",
            "confusion_path", "default_report_path", "distributed", "evaluate", "metrics", "ordered_batches",
            "partial_path", "run_batches", "run_key", "run_names", "save_confusion_png", "score_batch"]

@@ -30,15 +30,14 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import ClassVar, Optional, Sequence, Union
 
 import numpy as np
 
 from . import __version__, io
 from .datasets import ShapeNetPartDataset
 from .errors import InputError
-from .batches import (BatchCache, barrier, dist_rank, ordered_batches, partial_path, run_batches, run_key,
-                      write_report)
+from .batches import Report, TaskKind, check_batch_size, register_task, run_evaluation
 from .evaluate import default_report_path
 from .files import atomic_write, file_identity
 from .model import DENSE_MODES, FalipCLIP
@@ -129,9 +128,8 @@ def _score(segmenters: dict, dataset: ShapeNetPartDataset, runs, start: int, ind
 
 def part_run_key(model: FalipCLIP, dataset: ShapeNetPartDataset, preset: str, settings: PartPreset,
                  runs: Sequence[str], batch_size: int) -> dict:
-    """Everything that changes a part evaluation's results, and its sha256 under "hash"."""
-    return run_key({
-        "task": TASK,
+    """Everything that changes a part evaluation's results (hashed by `batches.run_key`)."""
+    return {
         "pointfalip": __version__,
         "dataset": dataset.name,
         "root": str(Path(dataset.root).resolve()),
@@ -148,7 +146,7 @@ def part_run_key(model: FalipCLIP, dataset: ShapeNetPartDataset, preset: str, se
         "prompt_file": file_identity(str(settings.prompt_file)) if settings.prompt_file else None,
         "runs": list(runs),
         "batch_size": batch_size,
-    })
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -179,77 +177,118 @@ def evaluate_parts(model: FalipCLIP, dataset: ShapeNetPartDataset,
     if not isinstance(dataset, ShapeNetPartDataset):
         raise InputError(f"part evaluation needs ShapeNetPart (open_dataset('shapenetpart', ...)), "
                          f"not {getattr(dataset, 'name', type(dataset).__name__)}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise InputError(f"batch size must be a positive integer, got {batch_size!r}")
-    batch_size = int(batch_size)
+    batch_size = check_batch_size(batch_size)
     settings = load_part_preset(preset)
     runs = part_runs(compare, dense, settings)
     preset_name = str(preset) if not isinstance(preset, PartPreset) else "custom"
     present = sorted(set(dataset.labels.tolist()))
     segmenters = {c: PartSegmenter(model, category=dataset.classes[c], preset=settings, dense=runs[0],
                                    cache_dir=cache_dir) for c in present}
+    task = PartTask(model, dataset, preset_name, settings, runs, batch_size, segmenters)
     out = Path(out) if out is not None else part_report_path()
-    out.parent.mkdir(parents=True, exist_ok=True)
+    return run_evaluation(task, out, progress).to_dict()
 
-    rank, _ = dist_rank()
-    cache = BatchCache(partial_path(out), part_run_key(model, dataset, preset_name, settings, runs, batch_size),
-                       runs, PartBatch)
 
-    def compute(lo: int, hi: int):
-        batches = dataset.iter_segments(batch_size, start=lo)
+@dataclass(kw_only=True)
+class PartReport(Report):
+    """The report of a part-segmentation evaluation (see the module doc for the JSON)."""
+
+    TASK: ClassVar[str] = TASK
+
+    dataset: str
+    root: str
+    split: str
+    category: Optional[str]
+    model: str
+    pretrained: str
+    precision: str
+    preset: str
+    config: dict
+    n: int
+    items: int
+    points: int
+    categories: dict
+    runs: dict
+    report: str = ""
+    predictions: str = ""
+
+
+class PartTask:
+    """Part segmentation of ShapeNetPart shapes, as `batches.run_evaluation` runs it."""
+
+    name = TASK
+    record = PartBatch
+
+    def __init__(self, model: FalipCLIP, dataset: ShapeNetPartDataset, preset_name: str, settings: PartPreset,
+                 runs: Sequence[str], batch_size: int, segmenters: dict):
+        self.model, self.dataset, self.preset_name, self.settings = model, dataset, preset_name, settings
+        self.runs, self.batch_size, self.segmenters = tuple(runs), batch_size, segmenters
+        self.n_items = len(dataset)
+        self.description = f"shapenetpart {'+'.join(self.runs)}"
+
+    def key(self) -> dict:
+        return part_run_key(self.model, self.dataset, self.preset_name, self.settings, self.runs, self.batch_size)
+
+    def compute(self, lo: int, hi: int):
+        batches = self.dataset.iter_segments(self.batch_size, start=lo)
         try:
             for indices, clouds, categories, pids in batches:
                 if indices[0] >= hi:
                     break
-                yield _score(segmenters, dataset, runs, indices[0], indices, clouds, categories, pids)
+                yield _score(self.segmenters, self.dataset, self.runs, indices[0], indices, clouds, categories, pids)
         finally:
             batches.close()
 
-    results = run_batches(cache, len(dataset), batch_size, compute, progress, f"shapenetpart {'+'.join(runs)}")
-    used = dataclasses.replace(settings, projection=next(iter(segmenters.values())).config)
-    report = _report(model, dataset, preset_name, used, runs, results, batch_size)
-    report["report"] = str(out)
-    report["predictions"] = str(predictions_path(out))
-    if rank == 0:
-        arrays = {"indices": np.concatenate([b.indices for b in results]),
-                  "categories": np.concatenate([b.categories for b in results])}
-        arrays.update({f"pred_{r}": np.concatenate([b.predictions[r] for b in results]) for r in runs})
-        atomic_write(report["predictions"], lambda f: np.savez_compressed(f, **arrays))
-        write_report(out, report)
-        log.info("report written to %s", out)
-    barrier()
-    cache.remove()
-    return report
+    def report(self, batches: list, out: Path) -> PartReport:
+        self.batches = batches  # the per-point predictions that `write` saves
+        used = dataclasses.replace(self.settings, projection=next(iter(self.segmenters.values())).config)
+        report = _report(self.model, self.dataset, self.preset_name, used, self.runs, batches)
+        report.report, report.predictions = str(out), str(predictions_path(out))
+        return report
+
+    def write(self, report: PartReport) -> None:
+        arrays = {"indices": np.concatenate([b.indices for b in self.batches]),
+                  "categories": np.concatenate([b.categories for b in self.batches])}
+        arrays.update({f"pred_{r}": np.concatenate([b.predictions[r] for b in self.batches]) for r in self.runs})
+        atomic_write(report.predictions, lambda f: np.savez_compressed(f, **arrays))
 
 
-def _report(model, dataset: ShapeNetPartDataset, preset_name: str, settings: PartPreset, runs, results: list,
-            batch_size: int) -> dict:
-    results[:] = ordered_batches(results, len(dataset), batch_size)
+def _report(model, dataset: ShapeNetPartDataset, preset_name: str, settings: PartPreset, runs,
+            results: list) -> PartReport:
     categories = np.concatenate([b.categories for b in results])
     names = [dataset.classes[c] for c in categories.tolist()]
     counts = {c: names.count(c) for c in dataset.classes if c in names}
-    report = {
-        "task": TASK,
-        "dataset": dataset.name,
-        "root": str(dataset.root),
-        "split": dataset.split,
-        "category": dataset.category,
-        "model": str(model.name),
-        "pretrained": str(model.pretrained),
-        "precision": str(model.precision),
-        "preset": preset_name,
-        "config": json.loads(json.dumps(dataclasses.asdict(settings), default=str)),
-        "n": len(names),
-        "items": len(dataset),
-        "points": dataset.points_per_cloud,
-        "categories": {c: {"n": n, "parts": category_parts(c),
-                           "labels": [category_labels(c).start, category_labels(c).stop - 1]}
-                       for c, n in counts.items()},
-        "runs": {},
-    }
+    report = PartReport(
+        dataset=dataset.name, root=str(dataset.root), split=dataset.split, category=dataset.category,
+        model=str(model.name), pretrained=str(model.pretrained), precision=str(model.precision), preset=preset_name,
+        config=json.loads(json.dumps(dataclasses.asdict(settings), default=str)), n=len(names), items=len(dataset),
+        points=dataset.points_per_cloud,
+        categories={c: {"n": n, "parts": category_parts(c),
+                        "labels": [category_labels(c).start, category_labels(c).stop - 1]}
+                    for c, n in counts.items()},
+        runs={})
     for r in runs:
         ious = [row[~np.isnan(row)] for b in results for row in b.part_ious[r]]
         accs = np.concatenate([b.accuracies[r] for b in results])
         figures = metrics_from_shapes(ious, accs.tolist(), names)
-        report["runs"][r] = {**figures, "shape_miou": [float(x.mean()) for x in ious]}
+        report.runs[r] = {**figures, "shape_miou": [float(x.mean()) for x in ious]}
     return report
+
+
+def summary(report: dict) -> str:
+    """The text table of a part-segmentation report: IoU per category, then instance and class mIoU."""
+    runs = list(report["runs"])
+    w = max(10, max(len(r) for r in runs) + 2)
+    lines = [f"pointfalip evaluate — {report['dataset']} ({report['split']}): {report['n']} shapes, part "
+             f"segmentation — {report['model']} ({report['pretrained']}), preset {report['preset']}",
+             f"{'category (IoU)':<20}" + "".join(f"{r:>{w}}" for r in runs) + f"{'n':>6}"]
+    for c, info in report["categories"].items():
+        lines.append(f"{c[:19]:<20}" + "".join(f"{report['runs'][r]['per_category'][c]:>{w}.1%}" for r in runs)
+                     + f"{info['n']:>6}")
+    for key, name in (("instance_miou", "instance mIoU"), ("class_miou", "class mIoU"), ("accuracy", "accuracy")):
+        lines.append(f"{name:<20}" + "".join(f"{report['runs'][r][key]:>{w}.1%}" for r in runs))
+    lines.append(f"report: {report['report']}   predictions: {report['predictions']}")
+    return "\n".join(lines)
+
+
+register_task(TaskKind(TASK, ("shapenetpart",), summary))

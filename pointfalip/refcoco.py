@@ -30,13 +30,12 @@ order, then sentence order): ``file_name``, ``line``, ``text``, ``boxes`` ``[x0,
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import ClassVar, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -44,7 +43,7 @@ from PIL import Image
 
 from . import __version__, foveal, regions, visual_prompts
 from .errors import InputError
-from .batches import MADE_BY, BatchCache, barrier, dist_rank, ordered_batches, partial_path, run_batches, write_report
+from .batches import BatchCache, Report, TaskKind, check_batch_size, register_task, run_evaluation
 from .files import atomic_write, file_identity
 from .images import load_image
 from .model import FalipCLIP
@@ -457,10 +456,8 @@ class RecBatchCache(BatchCache):
 
 def run_key(model: FalipCLIP, dataset: RecDataset, runs: Sequence[str], batch_size: int,
             config: foveal.FovealConfig) -> dict:
-    """Everything that changes a REC evaluation's results, and its sha256 under "hash"."""
-    payload = {
-        "made_by": MADE_BY,
-        "task": "refcoco",
+    """Everything that changes a REC evaluation's results (hashed by `batches.run_key`)."""
+    return {
         "version": _CACHE_VERSION,
         "pointfalip": __version__,
         "dataset": dataset.name,
@@ -475,8 +472,6 @@ def run_key(model: FalipCLIP, dataset: RecDataset, runs: Sequence[str], batch_si
         "batch_size": batch_size,
         "foveal": dataclasses.asdict(config),
     }
-    text = json.dumps(payload, sort_keys=True, default=str)
-    return {**json.loads(text), "hash": hashlib.sha256(text.encode("utf-8")).hexdigest()}
 
 
 def protocol() -> dict:
@@ -498,21 +493,59 @@ def evaluate_rec(model: FalipCLIP, dataset: RecDataset, runs: Union[str, Sequenc
     ``evaluate_<dataset>.json``), its resume cache in ``<out>.partial/``.
     """
     runs = parse_runs(runs)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise InputError(f"batch size must be a positive integer, got {batch_size!r}")
-    config = config or foveal.FovealConfig()
+    batch_size = check_batch_size(batch_size)
+    task = RecTask(model, dataset, runs, batch_size, config or foveal.FovealConfig())
     out = Path(out) if out is not None else Path(f"evaluate_{dataset.name}.json")
-    rank, _ = dist_rank()  # the resume cache is checked and opened by run_batches, rank 0 first
-    batch_size = int(batch_size)
-    cache = RecBatchCache(partial_path(out), run_key(model, dataset, runs, batch_size, config), runs, dataset,
-                          batch_size)
-    texts = TextCache(model)
+    return run_evaluation(task, out, progress).to_dict()
 
-    def compute(lo: int, hi: int) -> Iterator[RecBatch]:
-        for start in range(lo, min(hi, len(dataset.images)), batch_size):
+
+@dataclass(kw_only=True)
+class RecReport(Report):
+    """The report of a REC evaluation (see the module doc for the JSON)."""
+
+    TASK: ClassVar[str] = "referring expressions"
+
+    dataset: str
+    root: str
+    annotations: str
+    detections: Optional[str]
+    model: str
+    pretrained: str
+    precision: str
+    protocol: dict
+    lines: int
+    images: int
+    n: int
+    runs: dict
+    report: str = ""
+
+
+class RecTask:
+    """Referring expressions over images in batches, as `batches.run_evaluation` runs it."""
+
+    name = RecReport.TASK
+    record = RecBatch
+
+    def __init__(self, model: FalipCLIP, dataset: RecDataset, runs: Sequence[str], batch_size: int,
+                 config: foveal.FovealConfig):
+        self.model, self.dataset, self.runs, self.batch_size, self.config = model, dataset, tuple(runs), \
+            batch_size, config
+        self.n_items = len(dataset.images)
+        self.description = f"{dataset.name} {','.join(self.runs)}"
+        self.texts = TextCache(model)
+
+    def key(self) -> dict:
+        return run_key(self.model, self.dataset, self.runs, self.batch_size, self.config)
+
+    def cache(self, folder: Path, key: dict) -> "RecBatchCache":
+        return RecBatchCache(folder, key, self.runs, self.dataset, self.batch_size)
+
+    def compute(self, lo: int, hi: int) -> Iterator[RecBatch]:
+        dataset, runs = self.dataset, self.runs
+        for start in range(lo, min(hi, len(dataset.images)), self.batch_size):
             exprs, flat = [], {r: [] for r in runs}
-            for index in range(start, min(start + batch_size, len(dataset.images))):
-                scored = score_image(model, dataset, index, runs, texts, config)
+            for index in range(start, min(start + self.batch_size, len(dataset.images))):
+                scored = score_image(self.model, dataset, index, runs, self.texts, self.config)
                 for e in dataset.images[index].expressions:
                     exprs.append(e)
                     for r in runs:
@@ -521,19 +554,16 @@ def evaluate_rec(model: FalipCLIP, dataset: RecDataset, runs: Union[str, Sequenc
                            {r: np.concatenate(v).astype(np.float32) if v else np.zeros(0, np.float32)
                             for r, v in flat.items()})
 
-    results = run_batches(cache, len(dataset.images), int(batch_size), compute, progress,
-                          f"{dataset.name} {','.join(runs)}")
-    report = _report(model, dataset, runs, ordered_batches(results, len(dataset.images), int(batch_size)))
-    report["report"] = str(out)
-    if rank == 0:
-        write_report(out, report)
-        log.info("report written to %s", out)
-    barrier()
-    cache.remove()
-    return report
+    def report(self, batches: list, out: Path) -> RecReport:
+        report = _report(self.model, self.dataset, self.runs, batches)
+        report.report = str(out)
+        return report
+
+    def write(self, report: RecReport) -> None:
+        """Nothing besides the JSON."""
 
 
-def _report(model: FalipCLIP, dataset: RecDataset, runs: Sequence[str], batches: list) -> dict:
+def _report(model: FalipCLIP, dataset: RecDataset, runs: Sequence[str], batches: list) -> RecReport:
     scores: dict[str, list] = {r: [None] * len(dataset.expressions) for r in runs}
     for b in batches:
         offset = 0
@@ -542,25 +572,15 @@ def _report(model: FalipCLIP, dataset: RecDataset, runs: Sequence[str], batches:
             for r in runs:
                 scores[r][e] = b.scores[r][offset:offset + n]
             offset += n
-    report = {
-        "task": "referring expressions",
-        "dataset": dataset.name,
-        "root": str(dataset.root),
-        "annotations": str(dataset.annotations),
-        "detections": None if dataset.detections is None else str(dataset.detections),
-        "model": str(model.name),
-        "pretrained": str(model.pretrained),
-        "precision": str(model.precision),
-        "protocol": protocol(),
-        "lines": dataset.lines,
-        "images": len(dataset.images),
-        "n": len(dataset.expressions),
-        "runs": {},
-    }
+    report = RecReport(
+        dataset=dataset.name, root=str(dataset.root), annotations=str(dataset.annotations),
+        detections=None if dataset.detections is None else str(dataset.detections), model=str(model.name),
+        pretrained=str(model.pretrained), precision=str(model.precision), protocol=protocol(), lines=dataset.lines,
+        images=len(dataset.images), n=len(dataset.expressions), runs={})
     for r in runs:
         preds = [judge(x, dataset.images[x.image].boxes, scores[r][e]) for e, x in enumerate(dataset.expressions)]
         correct = sum(p["correct"] for p in preds)
-        report["runs"][r] = {"accuracy": correct / len(preds), "correct": correct, "predictions": preds}
+        report.runs[r] = {"accuracy": correct / len(preds), "correct": correct, "predictions": preds}
     return report
 
 
@@ -578,3 +598,6 @@ def summary(report: dict) -> str:
         lines.append(f"{r:<{w}}{run['accuracy']:>10.2%}{run['correct']:>10}")
     lines.append(f"report: {report['report']}")
     return "\n".join(lines)
+
+
+register_task(TaskKind(RecReport.TASK, ("refcoco", "refcoco+", "refcocog"), summary))

@@ -1,16 +1,51 @@
-"""`evaluate`: a dataset's figures (classification, part segmentation, referring expressions)."""
+"""`evaluate`: a dataset's figures. The dataset names the kind of evaluation (`batches.task_for_dataset`: the
+tasks registered by `pointfalip.evaluate`, `pointfalip.evaluate_parts`, `pointfalip.refcoco`); each kind has one
+runner here, which says which of the task-specific options it takes (`evaluation`)."""
 from __future__ import annotations
 
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 from ..errors import InputError
-from .options import (DEFAULT_PRESET, bounded_int, load_model, model_args, recognizer_args,
-                      recognizer_options, seed_list, subcommand)
+from .options import (DEFAULT_PRESET, bounded_int, load_model, model_args, recognizer_args, recognizer_options,
+                      seed_list, subcommand)
 
 log = logging.getLogger("pointfalip")
+
+# the options that only some kinds of evaluation take: destination -> (flag, value when not given)
+TASK_OPTIONS = {"compare": ("--compare", False), "falip": ("--no-falip", True), "projection": ("--projection", None),
+                "prompt_file": ("--prompt-file", None), "fewshot": ("--fewshot", None), "shots": ("--shots", None),
+                "category": ("--category", None), "dense": ("--dense", None),
+                "annotations": ("--annotations", None), "detections": ("--detections", None),
+                "prompts": ("--prompts", "falip")}
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The command line of one kind of evaluation: its runner, the `TASK_OPTIONS` it takes, and what to say to a
+    user who gave others."""
+
+    task: str
+    run: Callable[[Any], dict]
+    options: tuple[str, ...]
+    hint: str
+
+
+EVALUATIONS: dict[str, Evaluation] = {}
+EVALUATION_MODULES = ("pointfalip.evaluate", "pointfalip.evaluate_parts", "pointfalip.refcoco")
+
+
+def evaluation(task: str, options: tuple[str, ...], hint: str):
+    """Register the decorated ``run(args)`` as the command line of the evaluation task ``task``."""
+    def register(run):
+        EVALUATIONS[task] = Evaluation(task, run, options, hint)
+        return run
+    return register
+
 
 def _evaluate_args(p):
     p.add_argument("--dataset", required=True,
@@ -43,53 +78,52 @@ def _evaluate_args(p):
     model_args(p)
 
 
-_EVALUATE_ROWS = 40  # classes listed on screen; the report holds them all
-
-
 def _print_evaluate(report: dict) -> None:
-    if report.get("task") == "part segmentation":
-        return _print_part_evaluation(report)
-    if report.get("task") == "referring expressions":
-        from ..refcoco import summary
+    from ..batches import TASKS
 
-        return print(summary(report))
-    runs = list(report["runs"])
-    w = max(10, max(len(r) for r in runs) + 2)  # column width
-    print(f"pointfalip evaluate — {report['dataset']} ({report['split']}): {report['n']} objects, "
-          f"{len(report['skipped'])} skipped — {report['model']} ({report['pretrained']}), preset {report['preset']}")
-    print(f"{'':<20}" + "".join(f"{r:>{w}}" for r in runs))
-    for key, name in (("overall_accuracy", "overall"), ("mean_class_accuracy", "mean class")):
-        print(f"{name:<20}" + "".join(f"{report['runs'][r][key]:>{w}.2%}" for r in runs))
-        if any(f"{key}_std" in report["runs"][r] for r in runs):
-            print(f"{'  ± over seeds':<20}" + "".join(
-                f"{report['runs'][r][key + '_std']:>{w}.2%}" if f"{key}_std" in report["runs"][r] else f"{'':>{w}}"
-                for r in runs))
-    print(f"{'class':<20}" + "".join(f"{r:>{w}}" for r in runs) + f"{'n':>6}")
-    confusion = report["runs"][runs[0]]["confusion"]
-    present = [(k, c) for k, c in enumerate(report["classes"]) if sum(confusion[k])]
-    for k, c in present[:_EVALUATE_ROWS]:
-        print(f"{c[:19]:<20}" + "".join(f"{report['runs'][r]['per_class'][c]:>{w}.1%}" for r in runs)
-              + f"{sum(confusion[k]):>6}")
-    if len(present) > _EVALUATE_ROWS:
-        print(f"... and {len(present) - _EVALUATE_ROWS} more classes in the report")
-    print(f"report: {report['report']}   confusion matrix: {report['confusion_png']}")
+    print(TASKS[report["task"]].summary(report))
 
 
-@subcommand("evaluate", "accuracy on a 3D test set (ModelNet40/10, ScanObjectNN, a folder; few-shot with --shots) or "
-         "part IoU on ShapeNetPart", _evaluate_args,
-         _print_evaluate)
+def _datasets_of(task: str) -> str:
+    from ..batches import TASKS
+
+    names = TASKS[task].datasets
+    return f"--dataset {'|'.join(names)}" if names else "3D classification sets"
+
+
+@subcommand("evaluate", "accuracy on a 3D test set (ModelNet40/10, ScanObjectNN, a folder; few-shot with --shots), "
+            "part IoU on ShapeNetPart, or referring-expression accuracy on RefCOCO/+/g", _evaluate_args,
+            _print_evaluate)
 def run_evaluate(args) -> dict:
-    from ..datasets import is_part_dataset, open_dataset
+    import importlib
+
+    from ..batches import task_for_dataset
+
+    for module in EVALUATION_MODULES:  # importing them registers their tasks
+        importlib.import_module(module)
+
+    chosen = EVALUATIONS[task_for_dataset(args.dataset).name]
+    unused = [dest for dest, (flag, absent) in TASK_OPTIONS.items()
+              if dest not in chosen.options and getattr(args, dest, absent) not in (absent, None, False)]
+    if unused:
+        flags = ", ".join(TASK_OPTIONS[d][0] for d in unused)
+        owners = [e.task for e in EVALUATIONS.values() if unused[0] in e.options]
+        where = " or ".join(f"{task} ({_datasets_of(task)})" for task in owners)
+        raise InputError(f"{flags} do(es) not apply to {chosen.task} (--dataset {args.dataset}); "
+                         f"{TASK_OPTIONS[unused[0]][0]} is for {where}; {chosen.hint}")
+    report = chosen.run(args)
+    if int(os.environ.get("RANK", "0")) != 0:  # every rank holds the report; rank 0 alone prints it
+        sys.stdout = open(os.devnull, "w")
+    return report
+
+
+@evaluation("classification", ("compare", "falip", "projection", "prompt_file", "fewshot", "shots"),
+            "set them for classification datasets only")
+def _evaluate_classification(args) -> dict:
+    """`evaluate` on a 3D classification set (ModelNet40/10, ScanObjectNN, a folder): pointfalip.evaluate."""
+    from ..datasets import open_dataset
     from ..evaluate import default_report_path, distributed, evaluate, run_names
 
-    if args.dataset.lower() in ("refcoco", "refcoco+", "refcocog"):
-        return _evaluate_rec(args)
-    if args.annotations or args.detections or args.prompts != "falip":
-        raise InputError("--annotations, --detections and --prompts apply to --dataset refcoco|refcoco+|refcocog")
-    if is_part_dataset(args.dataset):
-        return _evaluate_parts(args)
-    if args.category or args.dense:
-        raise InputError("--category and --dense apply to --dataset shapenetpart (part segmentation) only")
     run_names(args.compare, args.falip, bool(args.fewshot))  # refuse bad combinations before reading anything
     if args.out:
         _check_report_outputs(args, args.out)
@@ -110,14 +144,12 @@ def run_evaluate(args) -> dict:
         preset = options.pop("preset")
         report = evaluate(model, dataset, preset=preset, compare=args.compare, batch_size=args.batch_size,
                           out=out, **protocol, **options)
-    if int(os.environ.get("RANK", "0")) != 0:  # every rank holds the report; rank 0 alone prints it
-        sys.stdout = open(os.devnull, "w")
     return report
 
 
 def _check_report_outputs(args, out) -> Path:
     """The report path of an evaluation and every file it writes beside it (the confusion matrix or the
-    per-point the resume folder), checked before any work: none may be an input of the run."""
+    per-point predictions, the resume folder), checked before any work: none may be an input of the run."""
     from ..batches import check_report_path, partial_path
     from ..datasets import is_part_dataset
     from ..evaluate import confusion_path
@@ -139,6 +171,8 @@ def _check_report_outputs(args, out) -> Path:
     return out
 
 
+@evaluation("referring expressions", ("annotations", "detections", "prompts"),
+            "choose the representations with --prompts")
 def _evaluate_rec(args) -> dict:
     """`evaluate --dataset refcoco|refcoco+|refcocog`: referring expressions (pointfalip.refcoco)."""
     from ..batches import check_report_path
@@ -146,13 +180,6 @@ def _evaluate_rec(args) -> dict:
     from ..files import check_output, run_inputs
     from ..refcoco import evaluate_rec, open_rec_dataset, parse_runs
 
-    unused = [flag for flag, value in (("--compare", args.compare), ("--no-falip", not args.falip),
-                                       ("--projection", args.projection), ("--prompt-file", args.prompt_file),
-                                       ("--fewshot", args.fewshot), ("--shots", args.shots),
-                                       ("--category", args.category), ("--dense", args.dense)) if value]
-    if unused:
-        raise InputError(f"{', '.join(unused)} do(es) not apply to referring expressions; choose the "
-                         "representations with --prompts")
     if not args.annotations:
         raise InputError(f"--dataset {args.dataset} needs --annotations F.jsonl (ReCLIP's file of the split)")
     runs = parse_runs(args.prompts)
@@ -166,11 +193,10 @@ def _evaluate_rec(args) -> dict:
         args.precision = args.precision or "auto"
         model = load_model(args)
         report = evaluate_rec(model, dataset, runs, out=out, batch_size=args.batch_size)
-    if int(os.environ.get("RANK", "0")) != 0:
-        sys.stdout = open(os.devnull, "w")
     return report
 
 
+@evaluation("part segmentation", ("compare", "category", "dense"), "set its options in a parts preset")
 def _evaluate_parts(args) -> dict:
     """`evaluate --dataset shapenetpart`: zero-shot part segmentation (pointfalip.evaluate_parts)."""
     from ..datasets import open_dataset
@@ -179,13 +205,6 @@ def _evaluate_parts(args) -> dict:
     from ..parts import DEFAULT_PRESET as DEFAULT_PART_PRESET
     from ..parts import list_part_presets, load_part_preset
 
-    classification_only = (("--projection", args.projection), ("--no-falip", not args.falip),
-                           ("--prompt-file", args.prompt_file), ("--fewshot", getattr(args, "fewshot", None)),
-                           ("--shots", getattr(args, "shots", None)))
-    unused = [flag for flag, value in classification_only if value]
-    if unused:
-        raise InputError(f"{', '.join(unused)} do(es) not apply to part segmentation (--dataset shapenetpart); "
-                         "set its options in a parts preset")
     preset = args.preset or DEFAULT_PART_PRESET  # --preset pointclip_v2 gives V2's own, pointclip_v2_parts
     if preset in list_part_presets() or preset.endswith((".yaml", ".yml")) or os.path.exists(preset):
         settings = load_part_preset(preset)
@@ -208,20 +227,4 @@ def _evaluate_parts(args) -> dict:
         model = load_model(args)
         report = evaluate_parts(model, dataset, preset=preset, dense=args.dense, compare=args.compare,
                                 batch_size=args.batch_size, out=out)
-    if int(os.environ.get("RANK", "0")) != 0:
-        sys.stdout = open(os.devnull, "w")
     return report
-
-
-def _print_part_evaluation(report: dict) -> None:
-    runs = list(report["runs"])
-    w = max(10, max(len(r) for r in runs) + 2)
-    print(f"pointfalip evaluate — {report['dataset']} ({report['split']}): {report['n']} shapes, part segmentation "
-          f"— {report['model']} ({report['pretrained']}), preset {report['preset']}")
-    print(f"{'category (IoU)':<20}" + "".join(f"{r:>{w}}" for r in runs) + f"{'n':>6}")
-    for c, info in report["categories"].items():
-        print(f"{c[:19]:<20}" + "".join(f"{report['runs'][r]['per_category'][c]:>{w}.1%}" for r in runs)
-              + f"{info['n']:>6}")
-    for key, name in (("instance_miou", "instance mIoU"), ("class_miou", "class mIoU"), ("accuracy", "accuracy")):
-        print(f"{name:<20}" + "".join(f"{report['runs'][r][key]:>{w}.1%}" for r in runs))
-    print(f"report: {report['report']}   predictions: {report['predictions']}")
