@@ -3,7 +3,8 @@
 `evaluate(model, dataset)` classifies every object of a `datasets.Dataset` against the dataset's own class names
 and returns (and writes) a report::
 
-    {"dataset", "root", "split", "model", "pretrained", "precision", "preset", "config", "n", "items",
+    {"task": "classification", "dataset", "root", "split", "model", "pretrained", "precision", "preset", "config",
+     "n", "items",
      "skipped": [{"index", "source", "reason"}], "classes", "labels",
      "runs": {"falip": RUN, "baseline": RUN}, "report", "confusion_png"}
 
@@ -14,6 +15,9 @@ and returns (and writes) a report::
 fractions; ``mean_class_accuracy`` averages the classes present among the evaluated objects. Only the runs made
 are present: ``falip`` (default), ``baseline`` (``falip=False``), or both with ``compare=True``, where one
 `FalipCLIP.encode_image_pair` call per chunk of images gives both from the same projections.
+
+The evaluation is a `ClassificationTask` run by `batches.run_evaluation` (the shape every evaluation shares);
+the report is a `ClassificationReport` (its ``to_dict()`` above).
 
 Streaming: batches of clouds are read, projected, encoded and reduced to predictions one at a time; nothing but
 the predictions outlives a batch. Resuming: each batch's results go to ``<report>.partial/batch_<start>.npz``
