@@ -359,6 +359,23 @@ class Report:
                                       if not (k in self.OMITTED_WHEN_NONE and v is None)}}
 
 
+@dataclasses.dataclass(kw_only=True)
+class DatasetReport(Report):
+    """The head every report of a dataset of 3D objects starts with: what was evaluated, with which model and
+    settings, and how many items were evaluated (``n``) of the dataset's (``items``)."""
+
+    dataset: str
+    root: str
+    split: str
+    model: str
+    pretrained: str
+    precision: str
+    preset: str
+    config: dict
+    n: int
+    items: int
+
+
 class EvaluationTask(Protocol):
     """One evaluation as `run_evaluation` runs it.
 

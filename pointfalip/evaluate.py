@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .batches import (KEY_VERSION, MADE_BY, PARTIAL_SUFFIX, BatchCache, Report, TaskKind, barrier,
+from .batches import (KEY_VERSION, MADE_BY, PARTIAL_SUFFIX, BatchCache, DatasetReport, TaskKind, barrier,
                       check_batch_size, check_report_path, dist_rank, distributed, dumps_report, gather, missing_ranges,
                       ordered_batches, partial_path, register_task, run_batches, run_evaluation)
 from .batches import run_key as _hashed_key
@@ -299,22 +299,12 @@ def evaluate(model: FalipCLIP, dataset: Dataset, preset: Union[str, RecognizerCo
 
 
 @dataclass(kw_only=True)
-class ClassificationReport(Report):
+class ClassificationReport(DatasetReport):
     """The report of a classification evaluation (see the module doc for the JSON)."""
 
     TASK: ClassVar[str] = "classification"
     OMITTED_WHEN_NONE: ClassVar[tuple[str, ...]] = ("fewshot",)
 
-    dataset: str
-    root: str
-    split: str
-    model: str
-    pretrained: str
-    precision: str
-    preset: str
-    config: dict
-    n: int
-    items: int
     skipped: list
     classes: list
     labels: list

@@ -37,7 +37,7 @@ import numpy as np
 from . import __version__, io
 from .datasets import ShapeNetPartDataset
 from .errors import InputError
-from .batches import Report, TaskKind, check_batch_size, register_task, run_evaluation
+from .batches import DatasetReport, TaskKind, check_batch_size, register_task, run_evaluation
 from .evaluate import default_report_path
 from .files import atomic_write, file_identity
 from .model import DENSE_MODES, FalipCLIP
@@ -190,22 +190,12 @@ def evaluate_parts(model: FalipCLIP, dataset: ShapeNetPartDataset,
 
 
 @dataclass(kw_only=True)
-class PartReport(Report):
+class PartReport(DatasetReport):
     """The report of a part-segmentation evaluation (see the module doc for the JSON)."""
 
     TASK: ClassVar[str] = TASK
 
-    dataset: str
-    root: str
-    split: str
     category: Optional[str]
-    model: str
-    pretrained: str
-    precision: str
-    preset: str
-    config: dict
-    n: int
-    items: int
     points: int
     categories: dict
     runs: dict
