@@ -48,6 +48,9 @@ from . import presets as _presets
 from . import projection as _projection
 from . import prompts as _prompts
 from .errors import InputError
+# the part metrics lived here: re-exported from pointfalip.metrics for the old import paths
+from .metrics import class_miou, instance_miou, metrics_from_shapes, part_iou, segmentation_metrics, shape_miou
+from .metrics import mean_point_accuracy as accuracy
 from .model import DENSE_MODES
 from .presets import PRECISION_CHOICES, read_data_json
 from .projection import (DepthViews, ViewSet, _as_points, _integer, _real, _sliding_max, check_translation,
@@ -682,103 +685,3 @@ def _category_prompts(prompts, category: Optional[str]):
 
 def _is_single(points) -> bool:
     return np.ndim(points) == 2 if not isinstance(points, torch.Tensor) else points.ndim == 2
-
-
-# ---------------------------------------------------------------------------------------------- metrics
-
-def part_iou(pred, truth, parts: Sequence[int]) -> np.ndarray:
-    """IoU of each part id in ``parts`` between predicted and true labels ``(N,)`` (PointNet's convention: a part
-    absent from both counts as 1). Returns ``(len(parts),)`` float64."""
-    pred = np.asarray(pred).reshape(-1)
-    truth = np.asarray(truth).reshape(-1)
-    if pred.shape != truth.shape:
-        raise InputError(f"prediction has {pred.size} labels but the truth {truth.size}")
-    ids = np.asarray(list(parts)).reshape(-1, 1)
-    if ids.size == 0:
-        raise InputError("no part ids given")
-    p, t = pred[None, :] == ids, truth[None, :] == ids  # (P, N)
-    inter = (p & t).sum(axis=1)
-    union = (p | t).sum(axis=1)
-    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
-
-
-def shape_miou(pred, truth, parts: Sequence[int]) -> float:
-    """Mean part IoU of one shape."""
-    return float(part_iou(pred, truth, parts).mean())
-
-
-def _per_shape_parts(parts, count: int) -> list:
-    parts = list(parts)
-    if parts and np.ndim(parts[0]) == 0:
-        return [parts] * count
-    if len(parts) != count:
-        raise InputError(f"{len(parts)} part lists for {count} shapes")
-    return parts
-
-
-def _shapes(preds, truths) -> tuple[list, list]:
-    preds, truths = list(preds), list(truths)
-    if len(preds) != len(truths) or not preds:
-        raise InputError(f"{len(preds)} predictions for {len(truths)} shapes (need at least one)")
-    return preds, truths
-
-
-def instance_miou(preds, truths, parts) -> float:
-    """Mean over shapes of each shape's mean part IoU. preds, truths: sequences of ``(N_i,)`` labels (or
-    ``(S, N)`` arrays); parts: one sequence of part ids for all shapes, or one a shape."""
-    preds, truths = _shapes(preds, truths)
-    parts = _per_shape_parts(parts, len(preds))
-    return float(np.mean([shape_miou(p, t, q) for p, t, q in zip(preds, truths, parts)]))
-
-
-def class_miou(preds, truths, parts, categories: Sequence[str]) -> float:
-    """Mean over categories of the category's instance mIoU (``categories``: one name a shape)."""
-    preds, truths = _shapes(preds, truths)
-    return segmentation_metrics(preds, truths, parts, categories)["class_miou"]
-
-
-def accuracy(preds, truths) -> float:
-    """Mean over shapes of the share of points labelled right (V2's point accuracy, as a fraction)."""
-    preds, truths = _shapes(preds, truths)
-    return float(np.mean([_point_accuracy(p, t) for p, t in zip(preds, truths)]))
-
-
-def _point_accuracy(pred, truth) -> float:
-    return float(np.mean(np.asarray(pred).reshape(-1) == np.asarray(truth).reshape(-1)))
-
-
-def metrics_from_shapes(part_ious: Sequence[np.ndarray], accuracies: Sequence[float],
-                        categories: Optional[Sequence[str]] = None) -> dict:
-    """The figures of `segmentation_metrics` from each shape's `part_iou` array and point accuracy.
-
-    Returns ``instance_miou`` (mean over shapes of the shape's mean part IoU), ``accuracy`` and, with
-    ``categories`` (one name a shape), ``class_miou`` (mean over categories of their instance mIoU),
-    ``per_category`` (category -> instance mIoU) and ``per_part`` (category -> mean IoU of each of its part
-    ids over its shapes, in id order; only categories whose shapes share one number of parts).
-    """
-    ious = [np.asarray(x, dtype=np.float64).reshape(-1) for x in part_ious]
-    if not ious or len(ious) != len(accuracies):
-        raise InputError(f"{len(ious)} shapes' part IoUs for {len(accuracies)} accuracies (need at least one)")
-    shape = np.array([x.mean() for x in ious])
-    out = {"instance_miou": float(shape.mean()), "accuracy": float(np.mean(accuracies))}
-    if categories is None:
-        return out
-    names = list(categories)
-    if len(names) != len(ious):
-        raise InputError(f"{len(names)} categories for {len(ious)} shapes")
-    order = list(dict.fromkeys(names))
-    mask = {c: np.asarray(names) == c for c in order}
-    out["per_category"] = {c: float(shape[mask[c]].mean()) for c in order}
-    out["class_miou"] = float(np.mean(list(out["per_category"].values())))
-    rows = {c: [x for x, keep in zip(ious, mask[c]) if keep] for c in order}
-    out["per_part"] = {c: np.mean(r, axis=0).tolist() for c, r in rows.items() if len({len(x) for x in r}) == 1}
-    return out
-
-
-def segmentation_metrics(preds, truths, parts, categories: Optional[Sequence[str]] = None) -> dict:
-    """``{"instance_miou", "class_miou", "accuracy", "per_category", "per_part"}`` as fractions
-    (``class_miou``, ``per_category`` and ``per_part`` need ``categories``); see `metrics_from_shapes`."""
-    preds, truths = _shapes(preds, truths)
-    parts = _per_shape_parts(parts, len(preds))
-    return metrics_from_shapes([part_iou(p, t, q) for p, t, q in zip(preds, truths, parts)],
-                               [_point_accuracy(p, t) for p, t in zip(preds, truths)], categories)
