@@ -7,3 +7,7 @@ class InputError(ValueError):
 
 class WeightsUnavailable(InputError):
     """Pretrained weights could not be found locally nor downloaded."""
+
+
+class UnsupportedModel(InputError):
+    """The model's image tower cannot take a foveal bias (e.g. a ResNet CLIP)."""
