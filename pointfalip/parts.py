@@ -33,10 +33,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import io as _io
 from . import presets as _presets
 from . import projection as _projection
 from . import prompts as _prompts
+from .clouds import UP_AXES
 from .errors import InputError
 # the part metrics lived here: re-exported from pointfalip.metrics for the old import paths
 from .metrics import class_miou, instance_miou, metrics_from_shapes, part_iou, segmentation_metrics, shape_miou
@@ -50,12 +50,14 @@ from .projection import PartProjectionConfig, PartViews, project_parts
 log = logging.getLogger(__name__)
 
 DATA_FILE = "shapenetpart.json"
-DEFAULT_PRESET = "pointfalip_parts"  # V2 with points read where drawn; "pointclip_v2_parts" is V2 exactly
+DEFAULT_PART_PRESET = "pointfalip_parts"  # V2 with points read where drawn; "pointclip_v2_parts" is V2 exactly
+DEFAULT_PRESET = DEFAULT_PART_PRESET  # its old name
 PRESET_KIND = "parts"  # pointfalip.presets kind: configs/parts/<name>.yaml
 ENCODER_BATCH = 64  # images per encoder call
 _GROUP_IMAGES = 256  # views projected and encoded together: bounds the memory of the images
 
 __all__ = [
+    "DEFAULT_PART_PRESET",
     "PartPrediction",
     "PartPreset",
     "PartProjectionConfig",
@@ -228,8 +230,8 @@ class PartPreset:
             raise InputError("give templates or prompt_file, not both")
         if self.view_weights is not None:
             object.__setattr__(self, "view_weights", check_view_weights(self.view_weights))
-        if self.up_axis not in _io.UP_AXES:
-            raise InputError(f"up_axis must be one of {', '.join(_io.UP_AXES)}, got {self.up_axis!r}")
+        if self.up_axis not in UP_AXES:
+            raise InputError(f"up_axis must be one of {', '.join(UP_AXES)}, got {self.up_axis!r}")
         if self.precision not in PRECISION_CHOICES:
             raise InputError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {self.precision!r}")
 
@@ -239,7 +241,7 @@ def list_part_presets() -> list[str]:
     return _presets.list_presets(PRESET_KIND)
 
 
-def load_part_preset(preset: Union[str, Path, PartPreset] = DEFAULT_PRESET) -> PartPreset:
+def load_part_preset(preset: Union[str, Path, PartPreset] = DEFAULT_PART_PRESET) -> PartPreset:
     """A `PartPreset` from a packaged name, a user's YAML file, or itself; bad keys or values are one line."""
     if isinstance(preset, PartPreset):
         return preset
@@ -270,7 +272,7 @@ class PartSegmenter:
     """
 
     def __init__(self, model, parts: Optional[Union[str, Sequence[str]]] = None, category: Optional[str] = None,
-                 preset: Union[str, Path, PartPreset] = DEFAULT_PRESET, templates: Optional[Sequence[str]] = None,
+                 preset: Union[str, Path, PartPreset] = DEFAULT_PART_PRESET, templates: Optional[Sequence[str]] = None,
                  prompts=None, view_weights: Optional[Sequence[float]] = None, dense: Optional[str] = None,
                  config: Optional[PartProjectionConfig] = None, cache_dir=None):
         settings = load_part_preset(preset)
