@@ -4,7 +4,7 @@ A `FovealPlan` says which blocks take the foveal bias, the bias itself (on the C
 the patch tokens, in chosen heads) and the amplification γ of the head-sensitivity rule; `foveal_plan` builds it
 from a caller's ``cls_bias``. `run_blocks` runs a span of the encoder's blocks under a plan (optionally doubling
 the batch into a biased and a plain copy at the first foveal block); `run_block` is the one switch between the
-block paths, where a fused or compiled path (issue 21) plugs in. `FalipCLIP` (`pointfalip.model`) embeds the
+block paths, where a fused or compiled path plugs in. `FalipCLIP` (`pointfalip.model`) embeds the
 images, builds the plan and pools; the naive reference attention that the eager path must match stays in
 ``tests/test_model.py`` as the oracle.
 """
