@@ -53,7 +53,7 @@ import numpy as np
 
 from . import io as pio
 from . import prompts
-from .errors import InputError
+from .errors import InputError, one_line
 from .files import check_input_file
 
 logger = logging.getLogger(__name__)
@@ -230,7 +230,7 @@ class H5Dataset(Dataset):
             data = h5[_DATA_KEY][lo:hi, : self.num_points, :3]
         except (OSError, KeyError, ValueError) as e:
             raise InputError(f"{self.files[k]}: cannot read rows {lo}-{hi - 1} of '{_DATA_KEY}' "
-                             f"({pio._reason(e)}); the file may be truncated") from e
+                             f"({one_line(e)}); the file may be truncated") from e
         return np.ascontiguousarray(data, dtype=np.float32)
 
     def _batches(self, batch_size: int, start: int) -> Iterator[tuple[list[int], Clouds, np.ndarray]]:
@@ -408,7 +408,7 @@ def _modelnet40_h5_classes(h5_dir: Path) -> list[str]:
     try:
         names = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
     except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: cannot read the class names ({pio._reason(e)})") from e
+        raise InputError(f"{path}: cannot read the class names ({one_line(e)})") from e
     if not names:
         raise InputError(f"{path}: holds no class names; restore the release's file or delete it")
     if names != packaged:
@@ -425,7 +425,7 @@ def _modelnet40_h5_files(h5_dir: Path, split: str) -> list[Path]:
         try:
             lines = listing.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as e:
-            raise InputError(f"{listing}: cannot read the file list ({pio._reason(e)})") from e
+            raise InputError(f"{listing}: cannot read the file list ({one_line(e)})") from e
         files = []
         for n, line in enumerate(lines, 1):
             if line.strip():
@@ -628,7 +628,7 @@ class ShapeNetPartDataset(H5Dataset):
                 pids.append(np.asarray(h5[_PART_KEY][which, :p], dtype=np.int64))
             except (OSError, KeyError, ValueError, TypeError) as e:
                 raise InputError(f"{self.files[k]}: cannot read rows {lo}-{hi - 1} of '{_DATA_KEY}' or "
-                                 f"'{_PART_KEY}' ({pio._reason(e)}); the file may be truncated") from e
+                                 f"'{_PART_KEY}' ({one_line(e)}); the file may be truncated") from e
         clouds_, pids_ = np.concatenate(clouds), np.concatenate(pids)
         for j, i in enumerate(indices):  # the rule of every command: finite, at least MIN_POINTS distinct points
             k, row = located[j]
@@ -706,7 +706,7 @@ def _shapenetpart(root: Path, split: str, num_points: int) -> Dataset:
         try:
             lines = listing.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as e:
-            raise InputError(f"{listing}: cannot read the file list ({pio._reason(e)})") from e
+            raise InputError(f"{listing}: cannot read the file list ({one_line(e)})") from e
         files = [_resolve_listed(line.strip(), folder, listing, n) for n, line in enumerate(lines, 1)
                  if line.strip()]
         if not files:
@@ -734,7 +734,7 @@ def _subdirs(d: Path) -> list[Path]:
     try:
         return sorted((p for p in d.iterdir() if p.is_dir() and _visible(p)), key=lambda p: p.name)
     except OSError as e:
-        raise InputError(f"{d}: cannot list the folder ({pio._reason(e)})") from e
+        raise InputError(f"{d}: cannot list the folder ({one_line(e)})") from e
 
 
 def _natural_key(p: Path | str) -> list:
@@ -754,7 +754,7 @@ def _open_h5(path: Path):
     try:
         return h5py.File(path, "r")
     except OSError as e:
-        raise InputError(f"{path}: cannot open it as an HDF5 file ({pio._reason(e)})") from e
+        raise InputError(f"{path}: cannot open it as an HDF5 file ({one_line(e)})") from e
 
 
 def _inspect_h5(path: Path, num_classes: int) -> tuple[int, np.ndarray]:

@@ -12,8 +12,9 @@ and returns (and writes) a report::
            "confusion": C×C counts (rows = true class), "predictions": class index of item i (null if skipped)}
 
 ``n`` counts the objects evaluated, ``items`` the dataset's items (``n`` plus the skipped ones); accuracies are
-fractions; ``mean_class_accuracy`` averages the classes present among the evaluated objects. Only the runs made
-are present: ``falip`` (default), ``baseline`` (``falip=False``), or both with ``compare=True``, where one
+fractions (`pointfalip.metrics.classification_metrics`, also importable here as ``metrics``);
+``mean_class_accuracy`` averages the classes present among the evaluated objects. Only the runs made are present:
+``falip`` (default), ``baseline`` (``falip=False``), or both with ``compare=True``, where one
 `FalipCLIP.encode_image_pair` call per chunk of images gives both from the same projections.
 
 The evaluation is a `ClassificationTask` run by `batches.run_evaluation` (the shape every evaluation shares);
@@ -50,6 +51,7 @@ from .batches import run_key as _hashed_key
 from .datasets import Dataset
 from .errors import InputError
 from .files import atomic_write, file_identity
+from .metrics import classification_metrics as metrics  # the run's figures; `evaluate.metrics` stays importable
 from .model import FalipCLIP
 from .recognize import Recognizer, RecognizerConfig
 
@@ -63,33 +65,6 @@ _CELL_MAX, _CELL_MIN = 28, 6  # pixels per cell, for few and for many classes
 _PLOT_SIDE = 640  # pixels the grid aims at
 _LOW, _HIGH = np.array([255, 255, 255]), np.array([8, 48, 107])  # colour of a row share of 0 and of 1
 _MARGIN = 8
-
-
-# --------------------------------------------------------------------------------------------------
-# metrics
-# --------------------------------------------------------------------------------------------------
-
-def metrics(labels: Sequence[int], predictions: Sequence[int], classes: Sequence[str]) -> dict:
-    """Accuracy figures of predicted against true class indices (both (N,) of ints in [0, C)).
-
-    Returns overall_accuracy (fraction correct), mean_class_accuracy (mean of per_class), per_class (accuracy of
-    every class present in ``labels``, by name, in class order) and confusion (C×C counts, rows = true class).
-    """
-    labels = np.asarray(labels, dtype=np.int64)
-    preds = np.asarray(predictions, dtype=np.int64)
-    c = len(classes)
-    if labels.shape != preds.shape or labels.ndim != 1:
-        raise ValueError(f"labels {labels.shape} and predictions {preds.shape} must be (N,) each")
-    confusion = np.zeros((c, c), dtype=np.int64)
-    np.add.at(confusion, (labels, preds), 1)
-    support, correct = confusion.sum(axis=1), np.diag(confusion)
-    per_class = {classes[k]: float(correct[k] / support[k]) for k in range(c) if support[k]}
-    return {
-        "overall_accuracy": float(correct.sum() / len(labels)) if len(labels) else 0.0,
-        "mean_class_accuracy": float(np.mean(list(per_class.values()))) if per_class else 0.0,
-        "per_class": per_class,
-        "confusion": confusion.tolist(),
-    }
 
 
 # --------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ a report::
     RUN = {"instance_miou", "class_miou", "accuracy", "per_category": {category: instance mIoU},
            "per_part": {category: [IoU of each part label]}, "shape_miou": [mIoU of item i]}
 
-Figures are fractions (`pointfalip.parts.metrics_from_shapes`); a part absent from both the prediction and the
+Figures are fractions (`pointfalip.metrics.metrics_from_shapes`); a part absent from both the prediction and the
 truth of a shape counts as IoU 1 (PointNet's convention); ``labels`` is a category's ``[first, last]`` part label.
 Runs: the preset's dense mode (or ``dense=``), or both with ``compare=True``, from one projection and one pass of
 the blocks before the last (`PartSegmenter.mode_scores`). The per-point predictions (the release's global part
@@ -41,8 +41,8 @@ from .batches import DatasetReport, TaskKind, check_batch_size, register_task, r
 from .evaluate import default_report_path
 from .files import atomic_write, file_identity
 from .model import DENSE_MODES, FalipCLIP
-from .parts import (DEFAULT_PRESET, PartPreset, PartSegmenter, category_labels, category_parts, load_part_preset,
-                    metrics_from_shapes, part_iou)
+from .metrics import metrics_from_shapes, part_iou
+from .parts import DEFAULT_PRESET, PartPreset, PartSegmenter, category_labels, category_parts, load_part_preset
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,12 @@
-"""Point clouds and meshes from files, arrays and tensors; validation, normalisation and a one-line summary.
+"""Point clouds and meshes from files (and `load_points` from arrays and tensors too), checked against their headers.
 
-Every loader returns an ``(N, 3)`` float32 array in the file's own coordinates. Meshes are sampled
-uniformly on their surface (seeded); point files give all their points, subsampled (seeded, uniformly,
-without replacement) when larger than ``max_points``. Anything wrong with the user's input raises
-:class:`pointfalip.errors.InputError` with one line saying what is wrong and what to do.
+`load_points` returns an ``(N, 3)`` float32 array in the file's own coordinates, validated by
+`pointfalip.clouds.validate`; `read_geometry` gives a mesh's or PLY's vertices, faces and per-vertex colours as
+stored (nothing sampled or dropped). `load_points` samples meshes uniformly on their surface (seeded); point
+files give all their points, subsampled (seeded, uniformly, without replacement) when larger than
+``max_points``. Anything wrong with the user's input raises :class:`pointfalip.errors.InputError` with one line
+saying what is wrong and what to do. The array half (validation, normalisation, the summary) is
+`pointfalip.clouds`; its names stay importable from here.
 """
 from __future__ import annotations
 
@@ -15,7 +18,6 @@ import os
 import re
 import stat
 import struct
-import sys
 import warnings
 import zipfile
 from pathlib import Path
@@ -23,8 +25,11 @@ from typing import Any, BinaryIO, Callable, Iterator, NamedTuple
 
 import numpy as np
 
-from .errors import InputError
+from .clouds import MIN_POINTS, finite_rows, subsample, subsample_index, validate, xyz_columns
+from .errors import InputError, one_line
 from .files import check_input_file, path_text
+# the array half of this module lives in pointfalip.clouds: re-exported for the old import paths
+from .clouds import UP_AXES, as_array, describe, normalize
 
 logger = logging.getLogger(__name__)
 
@@ -33,31 +38,12 @@ POINT_EXTENSIONS = (".ply", ".pcd", ".xyz", ".txt", ".pts", ".npy", ".npz")
 SUPPORTED_EXTENSIONS = tuple(dict.fromkeys(MESH_EXTENSIONS + POINT_EXTENSIONS))
 
 NPZ_KEYS = ("points", "data", "xyz")  # keys tried in order in a .npz; otherwise its single array
-UP_AXES = ("x", "y", "z", "-x", "-y", "-z")
-
-# Proper rotations (det +1) taking the named up axis to +y, the frame of the references
-# (PointCLIP's projections see y-up clouds). Row-vector convention: rotated = points @ R.T
-_UP_ROTATIONS = {
-    "y": np.eye(3),
-    # -90 degrees about x: (x, y, z) -> (x, z, -y), so +z -> +y
-    "z": np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]]),
-    # +90 degrees about z: (x, y, z) -> (-y, x, z), so +x -> +y
-    "x": np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]),
-    # 180 degrees about z: (x, y, z) -> (-x, -y, z), so -y -> +y (camera frames: y points down)
-    "-y": np.array([[-1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, 1.0]]),
-    # +90 degrees about x: (x, y, z) -> (x, -z, y), so -z -> +y
-    "-z": np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]]),
-    # -90 degrees about z: (x, y, z) -> (y, -x, z), so -x -> +y
-    "-x": np.array([[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]),
-}
-
-MIN_POINTS = 8  # the fewest distinct points a cloud may have (and the smallest num_points / max_points)
 MAX_NUM_POINTS = 10_000_000  # the most points sampled on a mesh (about 40 bytes each while sampling)
 MAX_ARCHIVE_ARRAY_BYTES = 1 << 32  # an .npz array is decompressed into memory: 4 GiB at most
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
-_DISTINCT_PROBE_ROWS = 4096  # distinct points are counted on this many rows first, on all rows only if needed
-_MAX_REASON_CHARS = 200  # a third-party error's text is cut to this length in our one-line messages
+__all__ = ["Geometry", "MAX_NUM_POINTS", "MESH_EXTENSIONS", "MIN_POINTS", "NPZ_KEYS", "POINT_EXTENSIONS",
+           "SUPPORTED_EXTENSIONS", "UP_AXES", "as_array", "describe", "load_points", "normalize", "read_geometry",
+           "read_npy", "validate", "xyz_columns"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -109,114 +95,25 @@ def load_points(source: Any, num_points: int = 2048, seed: int = 0, max_points: 
         with _quiet():
             _check_content(path, head, ext)
             if ext in MESH_EXTENSIONS:
-                vertices, faces = _read_geometry(path, ext, head)
+                vertices, faces, _ = _read_geometry(path, ext, head)
                 if faces is None:  # a point cloud (a .ply without faces)
                     points = xyz_columns(vertices, name)
-                    points = _subsample(points, max_points, rng)
+                    points = subsample(points, max_points, rng)
                 else:
                     points = _sample_mesh(vertices, faces, num_points, seed, rng, name)
             else:
                 points = _POINT_READERS[ext](path, max_points, rng)
-            return validate(_finite_rows(points) if drop_nonfinite else points, name=name)
+            return validate(finite_rows(points) if drop_nonfinite else points, name=name)
 
     points = xyz_columns(as_array(source, "points"), "points")
-    points = _finite_rows(points) if drop_nonfinite else points
-    points = validate(_subsample(points, max_points, rng), name="points")
+    points = finite_rows(points) if drop_nonfinite else points
+    points = validate(subsample(points, max_points, rng), name="points")
     return points.copy() if points is source else points  # never the caller's own array
 
 
-def _finite_rows(points: np.ndarray) -> np.ndarray:
-    return points[np.isfinite(points).all(axis=1)]
-
-
-def validate(points: Any, min_points: int = MIN_POINTS, name: str = "points") -> np.ndarray:
-    """Check a cloud and return it as a C-contiguous ``(N, 3)`` float32 array.
-
-    Args:
-        points: ``(N, 3)`` array-like or tensor.
-        min_points: the fewest distinct points accepted.
-        name: how messages refer to the cloud (a file name, ``"points"``).
-
-    Raises:
-        InputError: wrong shape or dtype, no points, NaN / infinite coordinates (saying how many points),
-            finite coordinates too large for float32, fewer than ``min_points`` distinct points.
-    """
-    arr = as_array(points, name)
-    if arr.ndim != 2 or arr.shape[1] != 3:
-        raise InputError(f"{name}: expected points of shape (N, 3), got {tuple(arr.shape)}; "
-                         "pass x, y, z columns only (load_points drops extra columns)")
-    if arr.dtype.kind == "f" and arr.dtype.itemsize > 4 and arr.size:
-        largest = float(np.abs(np.where(np.isfinite(arr), arr, 0.0)).max())
-        if largest > _FLOAT32_MAX:
-            raise InputError(f"{name}: coordinates up to {largest:.3g} overflow float32 (largest "
-                             f"{_FLOAT32_MAX:.3g}); scale the points down (e.g. to metres)")
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
-    n = len(arr)
-    if n == 0:
-        raise InputError(f"{name}: contains no points; give a non-empty point cloud or mesh")
-    finite = np.isfinite(arr)
-    if not finite.all():
-        bad_rows = ~finite.all(axis=1)
-        n_nan = int(np.isnan(arr).any(axis=1).sum())
-        n_inf = int(bad_rows.sum()) - n_nan
-        raise InputError(f"{name}: {int(bad_rows.sum())} of {n} points have non-finite coordinates "
-                         f"({n_nan} NaN, {n_inf} infinite); remove those points and try again")
-    distinct = _count_distinct(arr, min_points)
-    if distinct < min_points:
-        raise InputError(f"{name}: only {distinct} distinct point(s), at least {min_points} are needed; "
-                         "give a denser point cloud or a mesh")
-    return arr
-
-
-def normalize(points: Any, up_axis: str = "y") -> np.ndarray:
-    """Centre on the centroid, scale to the unit sphere and rotate the up axis to +y.
-
-    The centring (mean) and scaling (largest norm becomes 1) are those of ModelNet40's h5 release; the
-    rotation is proper (det +1): ``"z"`` maps (x, y, z) to (x, z, -y), ``"x"`` maps (x, y, z) to (-y, x, z).
-
-    Args:
-        points: ``(N, 3)`` or a batch ``(B, N, 3)``, array-like or tensor; each cloud is normalised alone.
-        up_axis: the source's up axis, one of ``"x"``, ``"y"``, ``"z"`` or their negatives (``"-y"`` for
-            camera frames, whose y points down).
-
-    Returns:
-        float32 array of the input's shape.
-    """
-    axis = str(up_axis).strip().lower()
-    if axis not in _UP_ROTATIONS:
-        raise InputError(f"unknown up axis {up_axis!r}; use one of {', '.join(UP_AXES)}")
-    arr = as_array(points, "points")
-    if arr.ndim not in (2, 3) or arr.shape[-1] != 3 or arr.shape[-2] == 0:
-        raise InputError(f"points: expected shape (N, 3) or (B, N, 3) with N > 0, got {tuple(arr.shape)}")
-    arr = arr.astype(np.float64)
-    if not np.isfinite(arr).all():
-        raise InputError("points: NaN or infinite coordinates; remove those points before normalising")
-    centred = arr - arr.mean(axis=-2, keepdims=True)
-    scale = np.linalg.norm(centred, axis=-1).max(axis=-1)[..., None, None]
-    if np.any(scale == 0):
-        raise InputError("points: all points coincide, so the cloud cannot be scaled to the unit sphere")
-    return ((centred / scale) @ _UP_ROTATIONS[axis].T).astype(np.float32)
-
-
-def describe(points: Any) -> str:
-    """One line about a cloud: number of points, bounding-box extents and centroid."""
-    arr = as_array(points, "points").reshape(-1, 3).astype(np.float64)
-    if len(arr) == 0:
-        return "0 points"
-    lo, hi = arr.min(axis=0), arr.max(axis=0)
-    ext = hi - lo
-    c = arr.mean(axis=0)
-    return (f"{len(arr)} points, bbox extent {ext[0]:.4g} x {ext[1]:.4g} x {ext[2]:.4g} "
-            f"(min {_fmt(lo)}, max {_fmt(hi)}), centroid {_fmt(c)}")
-
-
 # --------------------------------------------------------------------------------------------------
-# helpers: arguments, arrays
+# helpers: arguments, messages
 # --------------------------------------------------------------------------------------------------
-
-def _fmt(v: np.ndarray) -> str:
-    return "(" + ", ".join(f"{x:.4g}" for x in v) + ")"
-
 
 def _int_arg(value: Any, what: str, lo: int, hi: int | None = None, why: str = "") -> int:
     """An integer argument in ``[lo, hi]`` (``hi`` None: no upper bound), checked before anything is allocated."""
@@ -242,61 +139,6 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def as_array(obj: Any, name: str) -> np.ndarray:
-    """An ndarray view of an array, tensor or nested list (tensors: detached, on the CPU, float32; float64 stays)."""
-    torch = sys.modules.get("torch")  # if torch is not imported, obj cannot be a tensor
-    if torch is not None and isinstance(obj, torch.Tensor):
-        if obj.is_complex() or obj.dtype == torch.bool:
-            raise InputError(f"{name}: tensor of dtype {obj.dtype} is not coordinates; give real numbers")
-        dtype = torch.float64 if obj.dtype == torch.float64 else torch.float32  # float64 keeps its range
-        return obj.detach().to(device="cpu", dtype=dtype).numpy()
-    try:
-        arr = np.asarray(obj)
-    except (ValueError, TypeError) as e:
-        raise InputError(f"{name}: not an array of coordinates ({_reason(e)})") from e
-    if arr.dtype.kind not in "fiu":  # float, signed and unsigned integers
-        raise InputError(f"{name}: array of dtype {arr.dtype} is not coordinates; give real numbers")
-    return arr
-
-
-def xyz_columns(arr: np.ndarray, name: str) -> np.ndarray:
-    """First three columns of an ``(N, C)`` or ``(1, N, C)`` array (not copied yet)."""
-    if arr.dtype.kind not in "fiu":
-        raise InputError(f"{name}: data of dtype {arr.dtype} is not coordinates; give real numbers")
-    if arr.ndim == 3 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim != 2 or arr.shape[1] < 3:
-        raise InputError(f"{name}: expected points of shape (N, 3+) or (1, N, 3+), got {tuple(arr.shape)}")
-    return arr[:, :3]
-
-
-def _subsample_index(n: int, max_points: int | None, rng: np.random.Generator) -> np.ndarray | None:
-    """Sorted row indices of a uniform subsample without replacement, or None when all rows are kept."""
-    if max_points is None or n <= max_points:
-        return None
-    return np.sort(rng.choice(n, size=max_points, replace=False))
-
-
-def _subsample(points: np.ndarray, max_points: int | None, rng: np.random.Generator) -> np.ndarray:
-    idx = _subsample_index(len(points), max_points, rng)
-    return points if idx is None else points[idx]
-
-
-def _count_distinct(arr: np.ndarray, at_least: int) -> int:
-    """Number of distinct rows, counted exactly only when the first rows hold fewer than ``at_least``."""
-    probe = arr[:_DISTINCT_PROBE_ROWS] + np.float32(0.0)  # + 0.0 turns -0.0 into 0.0
-    count = len(np.unique(probe, axis=0))
-    if count >= at_least or len(arr) <= _DISTINCT_PROBE_ROWS:
-        return count
-    return len(np.unique(arr + np.float32(0.0), axis=0))
-
-
-def _reason(e: BaseException) -> str:
-    """A third-party exception as a short single line."""
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= _MAX_REASON_CHARS else text[: _MAX_REASON_CHARS - 3] + "..."
-
-
 # --------------------------------------------------------------------------------------------------
 # helpers: files
 # --------------------------------------------------------------------------------------------------
@@ -318,7 +160,7 @@ def _check_file(source: str | os.PathLike) -> tuple[Path, bytes]:
         raise InputError(f"{name}: permission denied (a folder on its path cannot be searched); "
                          "check the folder's permissions") from e
     except (OSError, ValueError, RuntimeError) as e:  # a link loop, a name too long, a NUL byte, an unknown ~user
-        raise InputError(f"{name}: not a usable path ({getattr(e, 'strerror', None) or _reason(e)})") from e
+        raise InputError(f"{name}: not a usable path ({getattr(e, 'strerror', None) or one_line(e)})") from e
     if stat.S_ISDIR(info.st_mode):
         raise InputError(f"{name}: is a folder, not a file; give a point-cloud or mesh file")
     if not stat.S_ISREG(info.st_mode):
@@ -342,11 +184,11 @@ def _read_bytes(path: Path, limit: int = -1, offset: int = 0) -> bytes:
         raise InputError(f"{path_text(path)}: permission denied; make the file readable (chmod +r) "
                          "or give a copy you can read") from e
     except OSError as e:
-        raise InputError(f"{path_text(path)}: cannot read the file ({_reason(e)})") from e
+        raise InputError(f"{path_text(path)}: cannot read the file ({one_line(e)})") from e
 
 
 def _corrupt(path: Path, what: str, e: BaseException) -> InputError:
-    return InputError(f"{path_text(path)}: could not read it as {what} ({_reason(e)}); check that the file is valid")
+    return InputError(f"{path_text(path)}: could not read it as {what} ({one_line(e)}); check that the file is valid")
 
 
 def _mismatch(path: Path | str, declared: str, found: str, source: str = "its header") -> InputError:
@@ -583,12 +425,49 @@ def _trimesh_load(path: Path, ext: str) -> Any:
             loaded = trimesh.load(io.BytesIO(_clean_off_text(_read_bytes(path))), file_type="off", process=False)
         except Exception as e:  # noqa: BLE001
             raise _corrupt(path, "an OFF mesh", first) from e
-        logger.info("%s: repaired OFF quirks (%s)", path, _reason(first))
+        logger.info("%s: repaired OFF quirks (%s)", path, one_line(first))
         return loaded
 
 
-def _read_geometry(path: Path, ext: str, head: bytes) -> tuple[np.ndarray, np.ndarray | None]:
-    """Vertices and triangle faces of a mesh file; faces is None for a point cloud (a .ply without faces)."""
+class Geometry(NamedTuple):
+    """What a mesh file or a PLY point cloud holds, in the file's own coordinates (a scene's transforms applied)."""
+
+    vertices: np.ndarray  # (V, 3) float64
+    faces: np.ndarray | None  # (F, 3) int64 vertex indices of triangles; None for a point cloud (a .ply without faces)
+    colors: np.ndarray | None = None  # (V, 3) uint8 RGB, where the file gives every vertex a colour (else None)
+
+
+def read_geometry(source: str | os.PathLike) -> Geometry:
+    """The vertices, triangle faces and per-vertex colours of a mesh file (``.off .obj .stl .ply .glb``) or a PLY
+    point cloud, read by trimesh and checked as `load_points` checks a file (content, header counts, face indices);
+    nothing is sampled, subsampled or dropped, so per-vertex data stays aligned with the file's vertices.
+
+    A mesh file without faces gives ``faces`` of shape (0, 3); a PLY without faces gives ``faces`` None. Vertex
+    coordinates are not checked for NaN (a scan may hold some): `pointfalip.clouds.validate` what you keep.
+    """
+    path, head = _check_file(source)
+    ext = path.suffix.lower()
+    if ext not in MESH_EXTENSIONS:
+        raise InputError(f"{path_text(path)}: read_geometry reads meshes and PLY files ({' '.join(MESH_EXTENSIONS)}); "
+                         "use load_points for point files")
+    with _quiet():
+        _check_content(path, head, ext)
+        return _read_geometry(path, ext, head, with_colors=True)
+
+
+def _vertex_colors(geometry: Any, count: int) -> np.ndarray | None:
+    """``(count, 3)`` uint8 RGB of a trimesh geometry's vertices, or None where it has no colour for each."""
+    visual = getattr(geometry, "visual", None)
+    if getattr(visual, "kind", None) != "vertex":
+        return None
+    colors = np.asarray(visual.vertex_colors)
+    if colors.ndim != 2 or colors.shape[0] != count or colors.shape[1] < 3:
+        return None
+    return colors[:, :3].astype(np.uint8)
+
+
+def _read_geometry(path: Path, ext: str, head: bytes, with_colors: bool = False) -> Geometry:
+    """`Geometry` of a checked mesh file (colours only ``with_colors``); faces None for a .ply without faces."""
     import trimesh
 
     ply_vertices = None
@@ -609,6 +488,7 @@ def _read_geometry(path: Path, ext: str, head: bytes) -> tuple[np.ndarray, np.nd
     loaded = _trimesh_load(path, ext)
     geoms = loaded.dump() if isinstance(loaded, trimesh.Scene) else [loaded]  # dump applies the scene's transforms
     vertices, faces, offset, clouds = [], [], 0, []
+    mesh_colors, cloud_colors = [], []
     for g in geoms:
         if isinstance(g, trimesh.Trimesh):
             v = np.asarray(g.vertices, dtype=np.float64).reshape(-1, 3)
@@ -616,8 +496,10 @@ def _read_geometry(path: Path, ext: str, head: bytes) -> tuple[np.ndarray, np.nd
             vertices.append(v)
             faces.append(f + offset)
             offset += len(v)
+            mesh_colors.append(_vertex_colors(g, len(v)) if with_colors else None)
         elif hasattr(g, "vertices"):  # PointCloud, paths: their vertices
             clouds.append(np.asarray(g.vertices, dtype=np.float64).reshape(-1, 3))
+            cloud_colors.append(_vertex_colors(g, len(clouds[-1])) if with_colors else None)
     n_read = sum(len(v) for v in vertices + clouds)
     if ply_vertices is not None and n_read != ply_vertices:
         raise InputError(f"{path_text(path)}: trimesh read {n_read} vertices but the header declares "
@@ -626,15 +508,20 @@ def _read_geometry(path: Path, ext: str, head: bytes) -> tuple[np.ndarray, np.nd
         v, f = np.concatenate(vertices), np.concatenate(faces)
         if f.min() < 0 or f.max() >= len(v):
             raise InputError(f"{path_text(path)}: a face refers to a vertex that does not exist; the mesh is corrupt")
-        return v, f
+        return Geometry(v, f, _joined(mesh_colors))
     points = vertices + clouds
     if not points or n_read == 0:
         raise InputError(f"{path_text(path)}: no vertices found; the file is corrupt or holds no mesh or point "
                          f"cloud (check that it is a valid {ext} file)")
-    v = np.concatenate(points)
+    v, colors = np.concatenate(points), _joined(mesh_colors + cloud_colors)
     if ext == ".ply":
-        return v, None  # a .ply point cloud
-    return v, np.zeros((0, 3), dtype=np.int64)  # a mesh without faces: falls back to its vertices
+        return Geometry(v, None, colors)  # a .ply point cloud
+    return Geometry(v, np.zeros((0, 3), dtype=np.int64), colors)  # a mesh without faces: falls back to its vertices
+
+
+def _joined(parts: list) -> np.ndarray | None:
+    """The parts' colours end to end, or None when one of them has none."""
+    return np.concatenate(parts) if parts and all(c is not None for c in parts) else None
 
 
 def _sample_mesh(vertices: np.ndarray, faces: np.ndarray, num_points: int, seed: int,
@@ -648,7 +535,7 @@ def _sample_mesh(vertices: np.ndarray, faces: np.ndarray, num_points: int, seed:
     area = float(mesh.area) if len(faces) else 0.0
     if not area > 0.0:
         logger.warning("%s: the mesh has no surface area; using its %d vertices", name, len(vertices))
-        return _subsample(vertices, num_points, rng)
+        return subsample(vertices, num_points, rng)
     points, _ = trimesh.sample.sample_surface(mesh, num_points, seed=seed)
     return np.asarray(points)
 
@@ -737,7 +624,7 @@ def _check_pcd_data(path: Path, header: _PcdHeader) -> None:
         try:
             np.loadtxt(lines, dtype=np.float64, ndmin=2)
         except ValueError as e:
-            raise InputError(f"{path_text(path)}: unreadable numbers in the data rows ({_reason(e)}); "
+            raise InputError(f"{path_text(path)}: unreadable numbers in the data rows ({one_line(e)}); "
                              "the file is corrupt") from e
     elif header.data == "binary":
         expected = header.points * header.row_bytes
@@ -767,7 +654,7 @@ def _read_pcd(path: Path, max_points: int | None, rng: np.random.Generator) -> n
     if len(points) != header.points:
         raise InputError(f"{path_text(path)}: open3d read {len(points)} of the header's {header.points} points; "
                          "the file is corrupt (ascii, binary and binary_compressed PCD with x y z fields are read)")
-    return _subsample(points, max_points, rng)
+    return subsample(points, max_points, rng)
 
 
 _TEXT_SPLIT = re.compile(r"[\s,;]+")
@@ -811,7 +698,7 @@ def _read_text(path: Path, max_points: int | None, rng: np.random.Generator) -> 
             except UnicodeDecodeError:
                 raise
             except ValueError as e:
-                raise InputError(f"{name}: unreadable numbers after line {skipped + 1} ({_reason(e)}); "
+                raise InputError(f"{name}: unreadable numbers after line {skipped + 1} ({one_line(e)}); "
                                  "every row must start with x y z as numbers") from e
     except UnicodeDecodeError as e:
         raise InputError(f"{name}: is not UTF-8 text (byte 0x{e.object[e.start]:02x} cannot be decoded); "
@@ -820,10 +707,10 @@ def _read_text(path: Path, max_points: int | None, rng: np.random.Generator) -> 
         raise InputError(f"{name}: permission denied; make the file readable (chmod +r) "
                          "or give a copy you can read") from e
     except OSError as e:
-        raise InputError(f"{name}: cannot read the file ({_reason(e)})") from e
+        raise InputError(f"{name}: cannot read the file ({one_line(e)})") from e
     if declared is not None and declared != len(data):
         raise _mismatch(path, f"{declared} points", f"{len(data)} rows", source="its count line")
-    return _subsample(xyz_columns(data, name), max_points, rng)
+    return subsample(xyz_columns(data, name), max_points, rng)
 
 
 def _npy_header(f: BinaryIO, name: str) -> tuple[tuple[int, ...], np.dtype, int]:
@@ -837,7 +724,7 @@ def _npy_header(f: BinaryIO, name: str) -> tuple[tuple[int, ...], np.dtype, int]
         else:
             raise ValueError(f".npy format version {version[0]}.{version[1]} is not read")
     except (ValueError, OSError, EOFError, SyntaxError) as e:
-        raise InputError(f"{name}: is not a valid .npy array ({_reason(e)})") from e
+        raise InputError(f"{name}: is not a valid .npy array ({one_line(e)})") from e
     if dtype.hasobject:
         raise InputError(f"{name}: holds Python objects (pickled data, never loaded: it can run code), not "
                          "numbers; save the points as a numeric array with numpy.save")
@@ -877,7 +764,7 @@ def _load_npy(path: Path) -> np.ndarray:
 def _read_npy(path: Path, max_points: int | None, rng: np.random.Generator) -> np.ndarray:
     name = path_text(path)
     xyz = xyz_columns(_load_npy(path), name)
-    idx = _subsample_index(len(xyz), max_points, rng)
+    idx = subsample_index(len(xyz), max_points, rng)
     return np.array(xyz if idx is None else xyz[idx], dtype=np.float64)
 
 
@@ -907,7 +794,7 @@ def _read_npz(path: Path, max_points: int | None, rng: np.random.Generator) -> n
         raise
     except Exception as e:  # noqa: BLE001 - zipfile, zlib and numpy raise many types for bad archives
         raise _corrupt(path, "a .npz archive", e) from e
-    return _subsample(xyz_columns(arr, label), max_points, rng)
+    return subsample(xyz_columns(arr, label), max_points, rng)
 
 
 _POINT_READERS: dict[str, Callable[[Path, int | None, np.random.Generator], np.ndarray]] = {

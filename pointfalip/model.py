@@ -1,36 +1,40 @@
 """CLIP models from open_clip, wrapped so that the image encoder can take a foveal attention bias (FALIP).
 
-`load_model` resolves open_clip tags, ``hf-hub:`` ids, local checkpoints (open_clip or OpenAI format) and
-``"none"``; `FalipCLIP.encode_image` adds a bias to the CLS query's attention logits toward the patch tokens
-in chosen blocks and heads, computing every other attention row exactly as open_clip does.
+Here: the device and precision policy (`check_device`, `default_device`, `default_precision`, `PRECISIONS`),
+`load_model` (the model and its weights from `pointfalip.weights`: open_clip tags, ``hf-hub:`` ids, local
+checkpoints in open_clip or OpenAI format, ``"none"``) and `FalipCLIP`, whose `encode_image` adds a bias to the
+CLS query's attention logits toward the patch tokens in chosen blocks and heads, computing every other attention
+row exactly as open_clip does. The block paths (foveal, plain, ClearCLIP) are `pointfalip.attention`'s.
 """
 from __future__ import annotations
 
 import logging
-import os
-import warnings
-import zipfile
 from typing import Iterable, Optional, Sequence, Union
 
 import open_clip
 import torch
 import torch.nn.functional as F
-from open_clip.transformer import PatchDropout, ResidualAttentionBlock, VisionTransformer
+from open_clip.transformer import PatchDropout, VisionTransformer
 from torch import nn
 
-from .errors import InputError, WeightsUnavailable
-from .files import check_input_file
+from . import attention
+from .attention import FovealPlan, clearclip_block
+from .errors import InputError, UnsupportedModel
 from .presets import PRECISION_CHOICES
+from .weights import build_clip, resolve_model_name
+# names that lived here, re-exported for their old import paths (pointfalip.model.config_grid, ...)
+from .weights import RANDOM_WEIGHTS_SEED, config_grid, is_random
+
+__all__ = ["DENSE_MODES", "PRECISIONS", "RANDOM_WEIGHTS_SEED", "RESIZE_MODES", "FalipCLIP", "UnsupportedModel",
+           "check_device", "config_grid", "default_device", "default_precision", "is_random", "load_model",
+           "resolve_model_name"]
 
 log = logging.getLogger(__name__)
 
 # Weights and activations are cast to the chosen dtype. On CPU, torch's bf16 autocast was measured 3x slower
 # than fp32 while bf16 weights run 7x faster with feature cosine 0.99995 (bench/bench_falip.py).
 PRECISIONS = dict(zip(PRECISION_CHOICES[1:], (torch.float32, torch.bfloat16, torch.float16)))  # name -> dtype
-# Keys that only OpenAI's released state dicts carry (integer buffers of their `build_model`).
-_OPENAI_ONLY_KEYS = ("input_resolution", "context_length", "vocab_size")
 _TEXT_BATCH = 256
-RANDOM_WEIGHTS_SEED = 0  # pretrained="none" draws its weights from this seed: repeatable runs, equal torchrun ranks
 DENSE_MODES = ("tokens", "clearclip")  # how encode_image(..., return_tokens=True) makes its patch tokens
 RESIZE_MODES = ("shortest", "longest", "squash")  # open_clip's eval resize modes
 
@@ -77,157 +81,6 @@ def default_precision(device: Union[str, torch.device]) -> str:
     return "bf16" if device.type == "cpu" and _cpu_has_native_bf16() else "fp32"
 
 
-class UnsupportedModel(InputError):
-    """The model's image tower cannot take a foveal bias (e.g. a ResNet CLIP)."""
-
-
-def _is_torchscript_archive(path: str) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as zf:
-        return any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist())
-
-
-def _read_checkpoint(path: str) -> tuple[dict, bool]:
-    """State dict of a local checkpoint and whether it is in OpenAI's format (implies QuickGELU)."""
-    if os.path.isdir(path):
-        raise InputError(f"checkpoint {path} is a folder; give the checkpoint file")
-    if not os.access(path, os.R_OK):
-        raise InputError(f"checkpoint {path}: permission denied")
-    try:
-        if _is_torchscript_archive(path):
-            return dict(torch.jit.load(path, map_location="cpu").state_dict()), True
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            ckpt = load_file(path)
-        else:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - truncated archives, foreign pickles, broken safetensors headers
-        reason = " ".join(str(e).split())[:200] or type(e).__name__
-        raise InputError(f"cannot read checkpoint {path}: not a checkpoint, or damaged ({reason})") from e
-    if isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict):
-        ckpt = ckpt["state_dict"]
-    if not isinstance(ckpt, dict) or not ckpt:
-        raise InputError(f"checkpoint {path} holds no state dict")
-    bad = [str(k) for k, v in ckpt.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise InputError(f"checkpoint {path}: '{bad[0]}' holds a {type(ckpt[bad[0]]).__name__}, not a tensor; "
-                         "it is not a model state dict")
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in ckpt.items()}
-    return state, any(k in state for k in _OPENAI_ONLY_KEYS)
-
-
-def is_random(pretrained: Optional[str]) -> bool:
-    """Whether ``pretrained`` asks for random weights (None, "" or "none")."""
-    return pretrained is None or str(pretrained).strip().lower() in ("", "none")
-
-
-def resolve_model_name(name: str) -> str:
-    """An open_clip model name; a path to a model config JSON is registered under its file stem."""
-    if name.endswith(".json") and os.path.lexists(name):
-        check_input_file(name, "model config")  # open_clip reads it again by path: a regular file only
-        import json
-
-        try:
-            with open(name, encoding="utf-8") as f:
-                cfg = json.load(f)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise InputError(f"model config {name} is not readable JSON ({' '.join(str(e).split())})") from e
-        if not isinstance(cfg, dict) or not isinstance(cfg.get("vision_cfg"), dict) or \
-                not isinstance(cfg.get("text_cfg"), dict) or "embed_dim" not in cfg:
-            raise InputError(f"model config {name} is not an open_clip model config (embed_dim, vision_cfg, text_cfg)")
-        open_clip.add_model_config(name)
-        return os.path.splitext(os.path.basename(name))[0]
-    if name.endswith(".json"):
-        raise InputError(f"model config {name} does not exist")
-    return name
-
-
-def config_grid(name: str) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Patch grid (gh, gw) and input size (h, w) of an open_clip ViT config, without building the model."""
-    name = resolve_model_name(name)
-    cfg = open_clip.get_model_config(name)
-    if cfg is None:
-        raise InputError(f"unknown model '{name}': choose one of open_clip.list_models(), e.g. ViT-B-16")
-    vision = cfg.get("vision_cfg", {})
-    patch = vision.get("patch_size")
-    if not patch or vision.get("timm_model_name"):
-        raise UnsupportedModel(f"model '{name}' is not a ViT: foveal masks need a patch grid")
-    size = vision.get("image_size", 224)
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    patch = (patch, patch) if isinstance(patch, int) else tuple(patch)
-    return (size[0] // patch[0], size[1] // patch[1]), size
-
-
-def _check_name(name: str) -> None:
-    if name not in open_clip.list_models():
-        raise InputError(f"unknown model '{name}': choose one of open_clip.list_models(), e.g. ViT-B-16")
-
-
-def _create(name: str, **kwargs) -> nn.Module:
-    _check_name(name)
-    try:
-        return open_clip.create_model(name, **kwargs)
-    except (TypeError, ValueError, KeyError, AssertionError) as e:  # a config whose values do not build a model
-        raise InputError(f"model '{name}' cannot be built from its config: {' '.join(str(e).split())[:200]}") from e
-
-
-def _load_local(name: str, path: str) -> nn.Module:
-    state, openai_format = _read_checkpoint(path)
-    model = _create(name, pretrained=None, force_quick_gelu=openai_format)
-    # OpenAI's integer buffers and non-persistent buffers that TorchScript archives carry (e.g. attn_mask)
-    transient = set(_OPENAI_ONLY_KEYS) | ({n for n, _ in model.named_buffers()} - set(model.state_dict()))
-    for key in transient:
-        state.pop(key, None)
-    scale = state.get("logit_scale")
-    if scale is not None and scale.ndim != model.logit_scale.ndim:
-        state["logit_scale"] = scale.reshape(model.logit_scale.shape)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        detail = " ".join(str(e).split())[:300]
-        raise InputError(f"checkpoint {path} does not fit model '{name}': {detail}") from e
-    return model
-
-
-def _offline_hint(what: str) -> str:
-    return (f"could not get pretrained weights {what} (no network and nothing cached?): pass a local checkpoint "
-            "with --pretrained PATH, run once with network so open_clip caches the download, "
-            "or use --pretrained none for random weights")
-
-
-def _build(name: str, pretrained: Optional[str]) -> nn.Module:
-    if is_random(pretrained):
-        _check_name(name)
-        warnings.warn(f"pointfalip: model '{name}' has random weights (pretrained='none'); "
-                      "its predictions are meaningless", UserWarning, stacklevel=3)
-        with torch.random.fork_rng(devices=[]):  # the same model in every process, the caller's RNG untouched
-            torch.manual_seed(RANDOM_WEIGHTS_SEED)
-            return _create(name, pretrained=None)
-    pretrained = str(pretrained)
-    if pretrained.startswith("hf-hub:"):
-        try:
-            return open_clip.create_model(pretrained)
-        except Exception as e:
-            raise WeightsUnavailable(_offline_hint(f"'{pretrained}'")) from e
-    tag_folder = os.path.isdir(pretrained) and open_clip.get_pretrained_cfg(name, pretrained)  # a tag wins
-    if os.path.lexists(pretrained) and not tag_folder:
-        # a checkpoint is read by path, more than once: a regular file only
-        return _load_local(name, str(check_input_file(pretrained, "checkpoint")))
-    _check_name(name)
-    tag_cfg = open_clip.get_pretrained_cfg(name, pretrained)
-    if not tag_cfg:
-        tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
-        raise InputError(f"'{pretrained}' is neither a file nor a pretrained tag of {name} (tags: {tags})")
-    try:
-        # A tag trained with QuickGELU must get it, whatever the config name says.
-        return open_clip.create_model(name, pretrained=pretrained,
-                                      force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)))
-    except Exception as e:
-        raise WeightsUnavailable(_offline_hint(f"'{pretrained}' for {name}")) from e
-
-
 def load_model(name: str = "ViT-B-16", pretrained: Optional[str] = "openai", device: Union[str, torch.device] = "cpu",
                precision: str = "fp32") -> "FalipCLIP":
     """Load an open_clip model as a `FalipCLIP`.
@@ -244,20 +97,10 @@ def load_model(name: str = "ViT-B-16", pretrained: Optional[str] = "openai", dev
     if precision not in PRECISIONS:
         raise InputError(f"unknown precision '{precision}': choose one of auto, {', '.join(PRECISIONS)}")
     name = resolve_model_name(name)
-    clip = _build(name, pretrained)
+    clip = build_clip(name, pretrained)
     tokenizer_name = pretrained if str(pretrained).startswith("hf-hub:") else name
     tokenizer = open_clip.get_tokenizer(tokenizer_name)
     return FalipCLIP(clip, tokenizer, name=name, pretrained=str(pretrained), precision=precision).to(device).eval()
-
-
-def _as_flat_bias(cls_bias: torch.Tensor, n: int, num_patches: int) -> torch.Tensor:
-    """(N, gh, gw) or (N, gh*gw) -> (N, 1 + P) with a zero column for the CLS key."""
-    bias = cls_bias.reshape(cls_bias.shape[0], -1)
-    if bias.shape[1] != num_patches:
-        raise ValueError(f"cls_bias has {bias.shape[1]} patch weights but the model has {num_patches} patches")
-    if bias.shape[0] not in (1, n):
-        raise ValueError(f"cls_bias has batch {bias.shape[0]} for {n} images")
-    return F.pad(bias.float(), (1, 0)).expand(n, -1)
 
 
 class FalipCLIP(nn.Module):
@@ -362,7 +205,7 @@ class FalipCLIP(nn.Module):
         return_tokens: return ``(features (N, D), tokens (N, gh*gw, D))``, the patch tokens after ``ln_post`` and
         the projection (float32, unit-normalised with ``normalize``), in row-major patch order. dense: how the
         tokens are made, one of `DENSE_MODES`: "tokens" (the encoder's own last block, PointCLIP V2's dense
-        features) or "clearclip" (ClearCLIP's last block, see `_clearclip_block`; the pooled features stay
+        features) or "clearclip" (ClearCLIP's last block, see `attention.clearclip_block`; the pooled features stay
         the encoder's own).
         """
         images = images.to(self.device, self.dtype)
@@ -373,9 +216,8 @@ class FalipCLIP(nn.Module):
         else:
             x, plan = self._trunk(images, cls_bias, layers, heads, amplify, stop_before_last=dense == "clearclip")
             if dense == "clearclip":
-                last = self.visual.transformer.resblocks[-1]
-                dense_x = _clearclip_block(last, x)
-                x = self._run_block(last, x, len(self.visual.transformer.resblocks) - 1, plan)
+                dense_x = clearclip_block(self.visual.transformer.resblocks[-1], x)
+                x = self._run_last_block(x, plan)
                 feats, _ = self._pool_project(x)
                 _, tokens = self._pool_project(dense_x)
             else:
@@ -452,8 +294,8 @@ class FalipCLIP(nn.Module):
                              f"{', '.join(DENSE_MODES)}")
         blocks = self.visual.transformer.resblocks
         x, plan = self._trunk(images.to(self.device, self.dtype), None, None, None, 0.0, stop_before_last=True)
-        last = {"tokens": lambda: self._run_block(blocks[-1], x, len(blocks) - 1, plan),
-                "clearclip": lambda: _clearclip_block(blocks[-1], x)}
+        last = {"tokens": lambda: self._run_last_block(x, plan),
+                "clearclip": lambda: clearclip_block(blocks[-1], x)}
         out = {}
         for mode in dict.fromkeys(modes):
             tokens = self._pool_project(last[mode]())[1].float()
@@ -476,44 +318,30 @@ class FalipCLIP(nn.Module):
         return self._pool_project(x)[0]
 
     def _trunk(self, images, cls_bias, layers, heads, amplify, with_plain: bool = False,
-               stop_before_last: bool = False) -> tuple[torch.Tensor, tuple]:
+               stop_before_last: bool = False) -> tuple[torch.Tensor, FovealPlan]:
         """Tokens (N, 1 + P, W) after the transformer blocks (all, or all but the last), the foveal bias applied
-        in the chosen blocks, and the plan `_run_block` needs for a block not yet run; with_plain doubles the
+        in the chosen blocks, and the plan (`attention.FovealPlan`) of a block not yet run; with_plain doubles the
         batch from the first foveal block on (biased copy, then plain copy)."""
         self._require_vit()
-        v = self.visual
-        gh, gw = self.grid_size
         if tuple(images.shape[-2:]) != self.image_size:
             raise ValueError(f"images are {tuple(images.shape[-2:])} but {self.name} takes {self.image_size}")
-        blocks = v.transformer.resblocks
-        chosen = set(self.resolve_layers(layers)) if cls_bias is not None else set()
+        gh, gw = self.grid_size
+        chosen = self.resolve_layers(layers) if cls_bias is not None else ()
         x, keep = self._embed(images)
-        bias = None
-        if cls_bias is not None:
-            bias = _as_flat_bias(torch.as_tensor(cls_bias, device=self.device), images.shape[0], gh * gw)
-            if keep is not None:
-                bias = torch.cat([bias[:, :1], bias[:, 1:].gather(1, keep)], dim=1)
-            head_mask = self._head_mask(heads)
-            bias = bias[:, None, None, :]  # (N, 1, 1, L): broadcast over heads and the single CLS query
-            if head_mask is not None:
-                bias = bias * head_mask[None, :, None, None]
-        first = min(chosen) if chosen else len(blocks)
-        end = len(blocks) - 1 if stop_before_last else len(blocks)
-        for i in range(end):
-            if with_plain and i == first:  # from here on, a biased copy and a plain copy (zero bias)
-                x = torch.cat([x, x])
-                half = x.shape[0] // 2
-                bias = torch.cat([bias.expand(half, *bias.shape[1:]), torch.zeros_like(bias).expand(half, *bias.shape[1:])])
-            x = self._run_block(blocks[i], x, i, (chosen, bias, amplify))
-        return x, (chosen, bias, amplify)
+        if cls_bias is None:
+            plan = FovealPlan(frozenset(), None, amplify)
+        else:
+            plan = attention.foveal_plan(torch.as_tensor(cls_bias, device=self.device), chosen, images.shape[0],
+                                         gh * gw, amplify, self._head_mask(heads), keep)
+        transformer = self.visual.transformer
+        stop = len(transformer.resblocks) - (1 if stop_before_last else 0)
+        return attention.run_blocks(transformer, x, plan, stop, with_plain)
 
-    def _run_block(self, block: nn.Module, x: torch.Tensor, index: int, plan) -> torch.Tensor:
-        chosen, bias, amplify = plan
-        if index in chosen:
-            return _foveal_block(block, x, bias, amplify)
-        if getattr(self.visual.transformer, "batch_first", True):
-            return block(x)
-        return block(x.transpose(0, 1)).transpose(0, 1)
+    def _run_last_block(self, x: torch.Tensor, plan: FovealPlan) -> torch.Tensor:
+        """The encoder's last block on the tokens `_trunk` left with ``stop_before_last``."""
+        transformer = self.visual.transformer
+        return attention.run_block(transformer.resblocks[-1], x, len(transformer.resblocks) - 1, plan,
+                                   getattr(transformer, "batch_first", True))
 
     def _pool_project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(pooled (N, D), patch tokens (N, P, D)) after ln_post and the projection, as open_clip pools."""
@@ -523,49 +351,3 @@ class FalipCLIP(nn.Module):
             pooled = pooled @ v.proj
             tokens = tokens @ v.proj
         return pooled, tokens
-
-
-def _foveal_block(block: nn.Module, x: torch.Tensor, bias: torch.Tensor, amplify: float) -> torch.Tensor:
-    """One residual block whose CLS query row gets `bias` (N, H|1, 1, L) on its attention logits.
-
-    The bias goes to SDPA as an (L, L) mask per image that is zero outside the CLS row, as in the authors'
-    code; with amplify, the CLS row is also computed without it for G'_h + γ(G'_h - G_h).
-    """
-    if not isinstance(block, ResidualAttentionBlock) or not isinstance(block.attn, nn.MultiheadAttention):
-        raise UnsupportedModel(f"foveal attention needs open_clip's standard attention blocks, "
-                               f"not {type(block).__name__}")
-    attn = block.attn
-    n, length, dim = x.shape
-    heads = attn.num_heads
-    head_dim = dim // heads
-    y = block.ln_1(x)
-    q, k, v = F.linear(y, attn.in_proj_weight, attn.in_proj_bias).view(n, length, 3, heads, head_dim).permute(
-        2, 0, 3, 1, 4)
-    mask = x.new_zeros(n, bias.shape[1], length, length)
-    mask[:, :, :1] = bias.to(x.dtype)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    if amplify:
-        plain_cls = F.scaled_dot_product_attention(q[:, :, :1], k, v)
-        cls = out[:, :, :1]
-        out = torch.cat([cls + amplify * (cls - plain_cls), out[:, :, 1:]], dim=2)
-    out = attn.out_proj(out.transpose(1, 2).reshape(n, length, dim))
-    x = x + block.ls_1(out)
-    return x + block.ls_2(block.mlp(block.ln_2(x)))
-
-
-def _clearclip_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """ClearCLIP's last block (Lan et al., ECCV 2024, eq. 6-7): ``X = Proj(Attn_qq(LN(X)))``.
-
-    The residual connection and the feed-forward branch are dropped and the attention is query-query:
-    ``Attn_qq = softmax(Q Qᵀ / √d) V``, per head, with the block's own projections. What it returns goes to
-    ``ln_post`` and the output projection as the encoder's own tokens do.
-    """
-    if not isinstance(block, ResidualAttentionBlock) or not isinstance(block.attn, nn.MultiheadAttention):
-        raise UnsupportedModel(f"ClearCLIP needs open_clip's standard attention blocks, not {type(block).__name__}")
-    attn = block.attn
-    n, length, dim = x.shape
-    heads = attn.num_heads
-    q, _, v = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).view(
-        n, length, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
-    out = F.scaled_dot_product_attention(q, q, v)
-    return attn.out_proj(out.transpose(1, 2).reshape(n, length, dim))

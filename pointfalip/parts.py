@@ -2,13 +2,10 @@
 
 One path, each step public:
 
-1. `project_parts` (the projection method ``"pointclip_v2_parts"`` of `pointfalip.projection.project`, which
-   `PartSegmenter` goes through): every cloud is turned into V views (PointCLIP V2's ten), voxelised into a
-   224 x 224 x 112 grid (each voxel holds its point's depth value), densified with an 11 x 11 x 5 max-pool,
-   smoothed with a 5 x 5 x 5 Gaussian, reduced with a max over depth, divided by the image's maximum and
-   inverted (background 1); then cropped to ``[20:204]`` and resized to 224 (no CLIP mean/std normalisation).
-   Every point keeps its pixel and a visibility flag: seen where the smoothed response at its own depth is
-   within 0.1 of the image's (normalised) value at its pixel, i.e. nothing much nearer the viewer covers it.
+1. `pointfalip.projection.project_parts` (the projection method ``"pointclip_v2_parts"`` of
+   `pointfalip.projection.project`, which `PartSegmenter` goes through): every cloud is turned into V views
+   (PointCLIP V2's ten), voxelised, densified, smoothed, reduced to images; every point keeps its pixel and a
+   visibility flag (the details, coordinates and V2's transposed lookup are in `pointfalip.projection`).
 2. `pixel_logits`: ``100 · tokens · textᵀ`` on the patch grid, from unit-norm patch tokens (after ``ln_post``
    and the projection) and unit-norm part text features.
 3. `smooth_and_upsample`: replication pad (2, 3, 2, 3), 6 x 6 mean (stride 1: the grid keeps its size),
@@ -21,21 +18,14 @@ features (``tokens``: V2's; ``clearclip``), the templates and the view weights. 
 both dense modes from one projection and one pass of the blocks before the last (`pointfalip.evaluate_parts`'s
 ``--compare``).
 
-Coordinates: a view turns a point ``p`` (row vector) into ``p @ R1.T @ R2.T @ R3.T - t`` (V2's three Euler
-rotations and translation). In that frame the image **row** grows with ``x``, the **column** with ``y``, and
-``z`` is depth: the point with the largest ``z`` of a pixel is the one the viewer sees (darkest in the image).
-
-V2's code reads each point at ``(col, row)`` instead of ``(row, col)`` (its ``point_loc_in_img`` is
-``(yy, xx)`` of a grid it transposed); its visibility test and its back-projection both use that transposed
-pixel. ``PartProjectionConfig(v2_transposed_lookup=True)`` reproduces it exactly (to compare with V2's
-numbers); the default looks points up where they are drawn.
+The metrics (part IoU, instance and class mIoU, point accuracy) are `pointfalip.metrics`'; they and the part
+projection (`PartProjectionConfig`, `PartViews`, `project_parts`) stay importable from here.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
-import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, NamedTuple, Optional, Sequence, Union
 
@@ -43,29 +33,31 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import io as _io
 from . import presets as _presets
 from . import projection as _projection
 from . import prompts as _prompts
+from .clouds import UP_AXES
 from .errors import InputError
+# the part metrics lived here: re-exported from pointfalip.metrics for the old import paths
+from .metrics import class_miou, instance_miou, metrics_from_shapes, part_iou, segmentation_metrics, shape_miou
+from .metrics import mean_point_accuracy as accuracy
 from .model import DENSE_MODES
 from .presets import PRECISION_CHOICES, read_data_json
-from .projection import (DepthViews, ViewSet, _as_points, _integer, _real, _sliding_max, check_translation,
-                         check_view_weights, euler_to_matrix, gaussian_taps, view_frames)
+from .projection import DepthViews, as_points, check_view_weights
+# the part projection lived here: re-exported from pointfalip.projection for the old import paths
+from .projection import PartProjectionConfig, PartViews, project_parts
 
 log = logging.getLogger(__name__)
 
 DATA_FILE = "shapenetpart.json"
-DEFAULT_PRESET = "pointfalip_parts"  # V2 with points read where drawn; "pointclip_v2_parts" is V2 exactly
+DEFAULT_PART_PRESET = "pointfalip_parts"  # V2 with points read where drawn; "pointclip_v2_parts" is V2 exactly
+DEFAULT_PRESET = DEFAULT_PART_PRESET  # its old name
 PRESET_KIND = "parts"  # pointfalip.presets kind: configs/parts/<name>.yaml
 ENCODER_BATCH = 64  # images per encoder call
 _GROUP_IMAGES = 256  # views projected and encoded together: bounds the memory of the images
-_CPU_CHUNK_FLOATS = 1 << 21  # voxels a projection chunk may hold on the CPU (8 MiB a buffer: cache-sized)
-_GPU_CHUNK_FLOATS = 1 << 27  # the same on other devices (512 MiB a buffer)
-
-Euler = tuple[tuple[float, float, float], ...]
 
 __all__ = [
+    "DEFAULT_PART_PRESET",
     "PartPrediction",
     "PartPreset",
     "PartProjectionConfig",
@@ -90,268 +82,6 @@ __all__ = [
     "shape_miou",
     "smooth_and_upsample",
 ]
-
-
-# ---------------------------------------------------------------------------------------------- projection
-
-@dataclass(frozen=True)
-class PartProjectionConfig:
-    """PointCLIP V2's part-segmentation projection (``zeroshot_seg/realistic_projection.py`` and ``main.py``).
-
-    Angles are Euler triples in degrees, ``R = Rx(a) Ry(b) Rz(c)``, one triple a view in each of the three
-    rotations (applied in order). Padding of the max-pool and of the Gaussian is 'same' (half the window).
-    """
-
-    # four views around the vertical axis tilted 45°, the same four untilted, then top and bottom (V2's _views)
-    view_euler: Euler = ((0, 0, 90), (90, 0, 90), (180, 0, 90), (270, 0, 90),
-                         (0, 0, 90), (90, 0, 90), (180, 0, 90), (270, 0, 90),
-                         (0, -90, 90), (0, 90, 90))
-    # second rotation "to reveal more surface": 45° about x for the first four, 12° (π/15) for top and bottom
-    bias_euler: Euler = ((45, 0, 0),) * 4 + ((0, 0, 0),) * 4 + ((12, 0, 0),) * 2
-    # third rotation: 20° (π/9) about y for the ring views, 12° (π/15) for top and bottom (V2's _views3)
-    bias2_euler: Euler = ((0, 20, 0),) * 8 + ((0, 12, 0),) * 2
-    translation: tuple[float, float, float] = (-0.5, -0.5, -1.5)  # subtracted after the rotations (V2's TRANS)
-    resolution: int = 224  # side of the voxel grid's image plane and of the raw image, pixels
-    depth: int = 112  # depth bins of the voxel grid; values are clipped to [1, depth - 2]
-    obj_ratio: float = 0.7  # share of the image the cloud's largest extent spans along rows and columns
-    depth_bias: float = 0.3  # offset added to the normalised depth before binning
-    pool_size: int = 11  # rows and columns of the max-pool window that densifies the grid
-    pool_depth: int = 5  # depth of that window
-    gaussian_size: int = 5  # rows and columns of the Gaussian smoothing window
-    gaussian_depth: int = 5  # depth of that window
-    gaussian_sigma: float = 1.0  # its standard deviation along rows and columns, in pixels
-    gaussian_depth_sigma: float = 2.0  # its standard deviation along depth, in bins
-    seen_tolerance: float = 0.1  # a point is seen where |image - grid at the point's depth| < this (normalised)
-    crop: tuple[int, int] = (20, 204)  # rows and columns [start, stop) of the raw image kept before the resize
-    image_size: int = 224  # side of the images the encoder gets (bilinear resize, align_corners=True)
-    v2_transposed_lookup: bool = False  # True: look points up at (col, row) as V2's code does (see the module doc)
-    occupancy_tolerance: float = 1e-6  # DepthViews.occupancy: a pixel is covered where its value < 1 - this
-
-    def __post_init__(self) -> None:
-        for name in ("resolution", "depth", "pool_size", "pool_depth", "gaussian_size", "gaussian_depth",
-                     "image_size"):
-            _integer(self, name, 1)
-        for name in ("obj_ratio", "depth_bias", "gaussian_sigma", "gaussian_depth_sigma", "seen_tolerance",
-                     "occupancy_tolerance"):
-            _real(self, name)  # finite numbers: sizes and bins are derived from them
-        if isinstance(self.v2_transposed_lookup, (bool, np.bool_)):
-            object.__setattr__(self, "v2_transposed_lookup", bool(self.v2_transposed_lookup))
-        else:
-            raise InputError(f"PartProjectionConfig.v2_transposed_lookup must be true or false, "
-                             f"got {self.v2_transposed_lookup!r}")
-        for name in ("pool_size", "pool_depth", "gaussian_size", "gaussian_depth"):
-            if getattr(self, name) % 2 != 1:
-                raise InputError(f"PartProjectionConfig.{name} must be odd, got {getattr(self, name)}")
-        if self.resolution < 3 or self.depth < 4:
-            raise InputError("PartProjectionConfig needs resolution >= 3 and depth >= 4")
-        rotations = []
-        for name in ("view_euler", "bias_euler", "bias2_euler"):
-            arr = np.asarray(getattr(self, name), dtype=np.float64)
-            if arr.ndim != 2 or arr.shape[1] != 3 or arr.shape[0] == 0 or not np.isfinite(arr).all():
-                raise InputError(f"PartProjectionConfig.{name} must be a list of finite [x, y, z] angles in degrees")
-            object.__setattr__(self, name, tuple(tuple(float(a) for a in row) for row in arr))
-            rotations.append(arr.shape[0])
-        if len(set(rotations)) != 1:
-            raise InputError(f"PartProjectionConfig: view_euler, bias_euler and bias2_euler need one triple a view, "
-                             f"got {rotations}")
-        object.__setattr__(self, "translation", check_translation(self.translation, "PartProjectionConfig"))
-        crop = self.crop
-        if isinstance(crop, (str, bytes)) or not isinstance(crop, Sequence) or len(crop) != 2 or not all(
-                isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in crop):
-            raise InputError(f"PartProjectionConfig.crop must be two integers [start, stop), got {crop!r}")
-        lo, hi = (int(c) for c in crop)
-        if not 0 <= lo < hi <= self.resolution:
-            raise InputError(f"PartProjectionConfig.crop must satisfy 0 <= start < stop <= resolution, "
-                             f"got {self.crop}")
-        object.__setattr__(self, "crop", (lo, hi))
-        if not 0 < self.obj_ratio <= 1:
-            raise InputError(f"PartProjectionConfig.obj_ratio must be in (0, 1], got {self.obj_ratio}")
-        if self.depth_bias < 0:
-            raise InputError(f"PartProjectionConfig.depth_bias must be >= 0, got {self.depth_bias}")
-        if not (self.gaussian_sigma > 0 and self.gaussian_depth_sigma > 0 and self.seen_tolerance > 0):
-            raise InputError("PartProjectionConfig: the Gaussian sigmas and seen_tolerance must be positive")
-        if not 0 <= self.occupancy_tolerance < 1:
-            raise InputError(f"PartProjectionConfig.occupancy_tolerance must be in [0, 1), "
-                             f"got {self.occupancy_tolerance}")
-
-    @property
-    def num_views(self) -> int:
-        return len(self.view_euler)
-
-    @classmethod
-    def from_dict(cls, values: Mapping) -> "PartProjectionConfig":
-        """Build from a mapping of field names (unknown keys raise, missing ones keep their defaults)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise InputError(f"unknown part projection settings {unknown}; known: {sorted(known)}")
-        return cls(**values)
-
-    def rotations(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The three rotations of every view, ``(V, 3, 3)`` float32 each, world to view frame."""
-        return tuple(euler_to_matrix(torch.tensor(np.radians(np.asarray(angles, dtype=np.float64)),
-                                                  dtype=torch.float32))
-                     for angles in (self.view_euler, self.bias_euler, self.bias2_euler))
-
-
-class PartViews(NamedTuple):
-    """Projected views of a batch of clouds, with every point's pixel and visibility in each view."""
-
-    images: torch.Tensor  # (B, V, 3, S, S) float32 in [0, 1], background 1: what the encoder gets (no mean/std)
-    raw_images: torch.Tensor  # (B, V, R, R) float32: the image before the crop and the resize
-    point_pixels: torch.Tensor  # (B, V, N, 2) int64 (row, col) in the S x S image
-    raw_point_pixels: torch.Tensor  # (B, V, N, 2) int64 (row, col) in the raw R x R image
-    visible: torch.Tensor  # (B, V, N) bool: the point is seen in the view
-
-
-def _valid_correlate(x: torch.Tensor, taps: Sequence[float], dim: int) -> torch.Tensor:
-    """Correlation with ``taps`` along ``dim`` over every full window (no padding)."""
-    n = x.shape[dim] - len(taps) + 1
-    out = x.narrow(dim, 0, n) * taps[0]
-    for j in range(1, len(taps)):
-        out.add_(x.narrow(dim, j, n), alpha=taps[j])
-    return out
-
-
-def _reach(cfg: PartProjectionConfig) -> tuple[int, int]:
-    """How far (rows and columns, depth bins) a point's response spreads through the pool and the Gaussian."""
-    return cfg.pool_size // 2 + cfg.gaussian_size // 2, cfg.pool_depth // 2 + cfg.gaussian_depth // 2
-
-
-def _box(index: torch.Tensor, reach: int, size: int) -> tuple[int, int]:
-    """``[start, stop)`` of the cells within ``reach`` of any ``index``, inside ``[0, size)``."""
-    return max(0, int(index.min()) - reach), min(size, int(index.max()) + reach + 1)
-
-
-def _write_last(grid: torch.Tensor, index: torch.Tensor, value: torch.Tensor) -> None:
-    """``grid[i, index[i, j]] = value[i, j]`` in point order: of the points sharing a cell the last one stays.
-
-    V2's ``index_put`` keeps one of them (the last written, on the CPU); this is that choice, deterministic.
-    """
-    index, order = index.sort(dim=1, stable=True)
-    last = torch.ones_like(index, dtype=torch.bool)
-    last[:, :-1] = index[:, 1:] != index[:, :-1]
-    rows = torch.arange(index.shape[0], device=index.device)[:, None].expand_as(index)
-    grid[rows[last], index[last]] = value.gather(1, order)[last]
-
-
-def _render(row: torch.Tensor, col: torch.Tensor, level: torch.Tensor, value: torch.Tensor,
-            look_row: torch.Tensor, look_col: torch.Tensor, look_level: torch.Tensor,
-            cfg: PartProjectionConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Raw images ``(M, R, R)`` (max-normalised, inverted) and the visibility ``(M, N)`` of a chunk of views.
-
-    Responses are computed in the box of cells that points reach through the pool and the Gaussian (outside
-    it they are 0, as in V2's full grid). The grid holds a margin of ``reach`` more cells around the box so that
-    both passes run without padding; cells outside the image or the depth range are 0 there, as V2's padding.
-    """
-    m, res = row.shape[0], cfg.resolution
-    reach_xy, reach_z = _reach(cfg)
-    (r0, r1), (c0, c1) = _box(row, reach_xy, res), _box(col, reach_xy, res)
-    d0, d1 = _box(level, reach_z, cfg.depth)
-    shape = (d1 - d0 + 2 * reach_z, r1 - r0 + 2 * reach_xy, c1 - c0 + 2 * reach_xy)
-    grid = torch.zeros(m, math.prod(shape), dtype=torch.float32, device=value.device)
-    index = ((level - d0 + reach_z) * shape[1] + (row - r0 + reach_xy)) * shape[2] + (col - c0 + reach_xy)
-    _write_last(grid, index, value)
-    pooled = grid.view(m, *shape)
-    for dim, k in ((-1, cfg.pool_size), (-2, cfg.pool_size), (-3, cfg.pool_depth)):
-        pooled = _sliding_max(pooled, k, dim)
-    # pooled covers the box plus the Gaussian's reach; what lies outside the image or the depth range is padding
-    g_xy, g_z = cfg.gaussian_size // 2, cfg.gaussian_depth // 2
-    for dim, start, stop, reach, size in ((-1, c0, c1, g_xy, res), (-2, r0, r1, g_xy, res),
-                                         (-3, d0, d1, g_z, cfg.depth)):
-        before, after = max(0, reach - start), max(0, stop + reach - size)
-        if before:
-            pooled.narrow(dim, 0, before).zero_()
-        if after:
-            pooled.narrow(dim, pooled.shape[dim] - after, after).zero_()
-    xy = gaussian_taps(cfg.gaussian_size, cfg.gaussian_sigma)
-    smooth = pooled
-    for dim, taps in ((-1, xy), (-2, xy), (-3, gaussian_taps(cfg.gaussian_depth, cfg.gaussian_depth_sigma))):
-        smooth = _valid_correlate(smooth, taps, dim)
-    db, hb, wb = smooth.shape[1:]
-    canvas = smooth.new_zeros(m, res, res)
-    canvas[:, r0:r1, c0:c1] = smooth.amax(dim=1)
-    peak = canvas.amax(dim=(-2, -1))[:, None]
-    inside = ((look_row >= r0) & (look_row < r1) & (look_col >= c0) & (look_col < c1)
-              & (look_level >= d0) & (look_level < d1))
-    flat = ((look_level - d0).clamp(0, db - 1) * hb + (look_row - r0).clamp(0, hb - 1)) * wb \
-        + (look_col - c0).clamp(0, wb - 1)
-    response = torch.where(inside, smooth.reshape(m, -1).gather(1, flat), torch.zeros_like(value))
-    at_pixel = canvas.view(m, -1).gather(1, look_row * res + look_col)
-    seen = ((1 - at_pixel / peak) - (1 - response / peak)).abs() < cfg.seen_tolerance
-    return 1 - canvas / peak[:, :, None], seen
-
-
-def _chunk_views(m: int, voxels: int, device: torch.device) -> int:
-    budget = _CPU_CHUNK_FLOATS if device.type == "cpu" else _GPU_CHUNK_FLOATS
-    return max(1, min(m, budget // max(1, voxels)))
-
-
-@torch.no_grad()
-def project_parts(points, config: Optional[PartProjectionConfig] = None) -> PartViews:
-    """Project clouds into PointCLIP V2's part-segmentation views, with each point's pixel and visibility.
-
-    The projection method ``"pointclip_v2_parts"`` of `pointfalip.projection.project` is this function (its
-    `DepthViews` leave out the raw images and pixels).
-
-    Args:
-        points: ``(N, 3)`` or ``(B, N, 3)`` coordinates (any N), numpy array or torch tensor; computed in float32
-            on the tensor's device. Each view re-centres and rescales its cloud, so scale and position do not
-            matter; the views expect y-up clouds (ShapeNetPart's h5 files are).
-        config: settings; ``None`` is PointCLIP V2's.
-
-    Returns:
-        `PartViews`. ``point_pixels`` is V2's ``ceil((raw - crop_start) * S / (crop_stop - crop_start))`` of the
-        raw pixel, clamped into the image.
-    """
-    cfg = config if config is not None else PartProjectionConfig()
-    if not isinstance(cfg, PartProjectionConfig):
-        raise InputError(f"config must be a PartProjectionConfig, got {type(cfg).__name__}")
-    return _project(_as_points(points), cfg.rotations(), cfg)
-
-
-@_projection.register_projection(_projection.PART_METHOD, PartProjectionConfig, default_views=None)
-def _project_views(points: torch.Tensor, views: Optional[ViewSet], image_size: int,
-                   cfg: PartProjectionConfig) -> DepthViews:
-    """The registered projection ``"pointclip_v2_parts"``: `project_parts` as `DepthViews`.
-
-    ``views`` ``None``: the settings' three rotations a view; a `ViewSet`: its rotation, then its bias rotation.
-    ``image_size`` replaces the settings' ``image_size``.
-    """
-    if image_size != cfg.image_size:
-        cfg = dataclasses.replace(cfg, image_size=image_size)
-    rotations = cfg.rotations() if views is None else (views.rotations, views.bias_rotations)
-    out = _project(points, rotations, cfg)
-    occupancy = out.images[:, :, 0] < 1 - cfg.occupancy_tolerance
-    return DepthViews(out.images, occupancy, out.point_pixels, out.visible)
-
-
-def _project(pts: torch.Tensor, rotations: Sequence[torch.Tensor], cfg: PartProjectionConfig) -> PartViews:
-    """`project_parts` of validated clouds ``(B, N, 3)`` float32 with the views' rotations ``(V, 3, 3)`` each."""
-    b, n, _ = pts.shape
-    v, res, size = rotations[0].shape[0], cfg.resolution, cfg.image_size
-    frames = view_frames(pts, rotations, cfg.translation)
-    row, col, level, value = _projection.voxel_coordinates(frames, cfg.resolution, cfg.depth, cfg.obj_ratio,
-                                                           cfg.depth_bias)
-    look_row, look_col = (col, row) if cfg.v2_transposed_lookup else (row, col)
-    look_level = level.clamp(1, cfg.depth - 3)  # V2 clips the bin it reads to [1, depth - 3]
-    m = frames.shape[0]
-    reach_xy, reach_z = _reach(cfg)
-    boxes = ((_box(row, reach_xy, res), reach_xy), (_box(col, reach_xy, res), reach_xy),
-             (_box(level, reach_z, cfg.depth), reach_z))
-    step = _chunk_views(m, math.prod(hi - lo + 2 * r for (lo, hi), r in boxes), pts.device)
-    raw = torch.empty(m, res, res, dtype=torch.float32, device=pts.device)
-    visible = torch.empty(m, n, dtype=torch.bool, device=pts.device)
-    for start in range(0, m, step):
-        part = slice(start, min(m, start + step))
-        raw[part], visible[part] = _render(row[part], col[part], level[part], value[part], look_row[part],
-                                           look_col[part], look_level[part], cfg)
-    lo, hi = cfg.crop
-    images = F.interpolate(raw[:, None, lo:hi, lo:hi], size=(size, size), mode="bilinear", align_corners=True)
-    raw_pixels = torch.stack([look_row, look_col], dim=-1)
-    pixels = ((raw_pixels.float() - lo) * float(size) / float(hi - lo)).ceil().clamp(0, size - 1).long()
-    return PartViews(images.expand(-1, 3, -1, -1).reshape(b, v, 3, size, size), raw.view(b, v, res, res),
-                     pixels.view(b, v, n, 2), raw_pixels.view(b, v, n, 2), visible.view(b, v, n))
 
 
 # ---------------------------------------------------------------------------------------------- scoring
@@ -500,8 +230,8 @@ class PartPreset:
             raise InputError("give templates or prompt_file, not both")
         if self.view_weights is not None:
             object.__setattr__(self, "view_weights", check_view_weights(self.view_weights))
-        if self.up_axis not in _io.UP_AXES:
-            raise InputError(f"up_axis must be one of {', '.join(_io.UP_AXES)}, got {self.up_axis!r}")
+        if self.up_axis not in UP_AXES:
+            raise InputError(f"up_axis must be one of {', '.join(UP_AXES)}, got {self.up_axis!r}")
         if self.precision not in PRECISION_CHOICES:
             raise InputError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {self.precision!r}")
 
@@ -511,7 +241,7 @@ def list_part_presets() -> list[str]:
     return _presets.list_presets(PRESET_KIND)
 
 
-def load_part_preset(preset: Union[str, Path, PartPreset] = DEFAULT_PRESET) -> PartPreset:
+def load_part_preset(preset: Union[str, Path, PartPreset] = DEFAULT_PART_PRESET) -> PartPreset:
     """A `PartPreset` from a packaged name, a user's YAML file, or itself; bad keys or values are one line."""
     if isinstance(preset, PartPreset):
         return preset
@@ -542,7 +272,7 @@ class PartSegmenter:
     """
 
     def __init__(self, model, parts: Optional[Union[str, Sequence[str]]] = None, category: Optional[str] = None,
-                 preset: Union[str, Path, PartPreset] = DEFAULT_PRESET, templates: Optional[Sequence[str]] = None,
+                 preset: Union[str, Path, PartPreset] = DEFAULT_PART_PRESET, templates: Optional[Sequence[str]] = None,
                  prompts=None, view_weights: Optional[Sequence[float]] = None, dense: Optional[str] = None,
                  config: Optional[PartProjectionConfig] = None, cache_dir=None):
         settings = load_part_preset(preset)
@@ -599,8 +329,8 @@ class PartSegmenter:
             try:
                 points = torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32)).to(self.model.device)
             except (TypeError, ValueError):
-                pass  # _as_points says what is wrong
-        return _as_points(points)
+                pass  # as_points says what is wrong
+        return as_points(points)
 
     def project(self, points) -> DepthViews:
         """``project(points, method="pointclip_v2_parts")`` of ``(N, 3)`` or ``(B, N, 3)`` clouds with these
@@ -682,103 +412,3 @@ def _category_prompts(prompts, category: Optional[str]):
 
 def _is_single(points) -> bool:
     return np.ndim(points) == 2 if not isinstance(points, torch.Tensor) else points.ndim == 2
-
-
-# ---------------------------------------------------------------------------------------------- metrics
-
-def part_iou(pred, truth, parts: Sequence[int]) -> np.ndarray:
-    """IoU of each part id in ``parts`` between predicted and true labels ``(N,)`` (PointNet's convention: a part
-    absent from both counts as 1). Returns ``(len(parts),)`` float64."""
-    pred = np.asarray(pred).reshape(-1)
-    truth = np.asarray(truth).reshape(-1)
-    if pred.shape != truth.shape:
-        raise InputError(f"prediction has {pred.size} labels but the truth {truth.size}")
-    ids = np.asarray(list(parts)).reshape(-1, 1)
-    if ids.size == 0:
-        raise InputError("no part ids given")
-    p, t = pred[None, :] == ids, truth[None, :] == ids  # (P, N)
-    inter = (p & t).sum(axis=1)
-    union = (p | t).sum(axis=1)
-    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
-
-
-def shape_miou(pred, truth, parts: Sequence[int]) -> float:
-    """Mean part IoU of one shape."""
-    return float(part_iou(pred, truth, parts).mean())
-
-
-def _per_shape_parts(parts, count: int) -> list:
-    parts = list(parts)
-    if parts and np.ndim(parts[0]) == 0:
-        return [parts] * count
-    if len(parts) != count:
-        raise InputError(f"{len(parts)} part lists for {count} shapes")
-    return parts
-
-
-def _shapes(preds, truths) -> tuple[list, list]:
-    preds, truths = list(preds), list(truths)
-    if len(preds) != len(truths) or not preds:
-        raise InputError(f"{len(preds)} predictions for {len(truths)} shapes (need at least one)")
-    return preds, truths
-
-
-def instance_miou(preds, truths, parts) -> float:
-    """Mean over shapes of each shape's mean part IoU. preds, truths: sequences of ``(N_i,)`` labels (or
-    ``(S, N)`` arrays); parts: one sequence of part ids for all shapes, or one a shape."""
-    preds, truths = _shapes(preds, truths)
-    parts = _per_shape_parts(parts, len(preds))
-    return float(np.mean([shape_miou(p, t, q) for p, t, q in zip(preds, truths, parts)]))
-
-
-def class_miou(preds, truths, parts, categories: Sequence[str]) -> float:
-    """Mean over categories of the category's instance mIoU (``categories``: one name a shape)."""
-    preds, truths = _shapes(preds, truths)
-    return segmentation_metrics(preds, truths, parts, categories)["class_miou"]
-
-
-def accuracy(preds, truths) -> float:
-    """Mean over shapes of the share of points labelled right (V2's point accuracy, as a fraction)."""
-    preds, truths = _shapes(preds, truths)
-    return float(np.mean([_point_accuracy(p, t) for p, t in zip(preds, truths)]))
-
-
-def _point_accuracy(pred, truth) -> float:
-    return float(np.mean(np.asarray(pred).reshape(-1) == np.asarray(truth).reshape(-1)))
-
-
-def metrics_from_shapes(part_ious: Sequence[np.ndarray], accuracies: Sequence[float],
-                        categories: Optional[Sequence[str]] = None) -> dict:
-    """The figures of `segmentation_metrics` from each shape's `part_iou` array and point accuracy.
-
-    Returns ``instance_miou`` (mean over shapes of the shape's mean part IoU), ``accuracy`` and, with
-    ``categories`` (one name a shape), ``class_miou`` (mean over categories of their instance mIoU),
-    ``per_category`` (category -> instance mIoU) and ``per_part`` (category -> mean IoU of each of its part
-    ids over its shapes, in id order; only categories whose shapes share one number of parts).
-    """
-    ious = [np.asarray(x, dtype=np.float64).reshape(-1) for x in part_ious]
-    if not ious or len(ious) != len(accuracies):
-        raise InputError(f"{len(ious)} shapes' part IoUs for {len(accuracies)} accuracies (need at least one)")
-    shape = np.array([x.mean() for x in ious])
-    out = {"instance_miou": float(shape.mean()), "accuracy": float(np.mean(accuracies))}
-    if categories is None:
-        return out
-    names = list(categories)
-    if len(names) != len(ious):
-        raise InputError(f"{len(names)} categories for {len(ious)} shapes")
-    order = list(dict.fromkeys(names))
-    mask = {c: np.asarray(names) == c for c in order}
-    out["per_category"] = {c: float(shape[mask[c]].mean()) for c in order}
-    out["class_miou"] = float(np.mean(list(out["per_category"].values())))
-    rows = {c: [x for x, keep in zip(ious, mask[c]) if keep] for c in order}
-    out["per_part"] = {c: np.mean(r, axis=0).tolist() for c, r in rows.items() if len({len(x) for x in r}) == 1}
-    return out
-
-
-def segmentation_metrics(preds, truths, parts, categories: Optional[Sequence[str]] = None) -> dict:
-    """``{"instance_miou", "class_miou", "accuracy", "per_category", "per_part"}`` as fractions
-    (``class_miou``, ``per_category`` and ``per_part`` need ``categories``); see `metrics_from_shapes`."""
-    preds, truths = _shapes(preds, truths)
-    parts = _per_shape_parts(parts, len(preds))
-    return metrics_from_shapes([part_iou(p, t, q) for p, t, q in zip(preds, truths, parts)],
-                               [_point_accuracy(p, t) for p, t in zip(preds, truths)], categories)

@@ -1,6 +1,7 @@
-"""Point clouds to multi-view depth images: PointCLIP's *simple* and PointCLIP V2's *realistic* projection.
+"""Point clouds to multi-view depth images: PointCLIP's *simple*, PointCLIP V2's *realistic* and V2's part-segmentation
+projection, with the helpers they share (view frames, voxel coordinates, sliding maxima, Gaussian taps, checks).
 
-Both methods take clouds ``(N, 3)`` or ``(B, N, 3)`` and return :class:`DepthViews` with images
+Every method takes clouds ``(N, 3)`` or ``(B, N, 3)`` and returns :class:`DepthViews` with images
 ``(B, V, 3, S, S)`` (the three channels are equal) and an occupancy mask ``(B, V, S, S)``.
 
 Coordinate conventions
@@ -25,18 +26,30 @@ coordinates, ``+y`` is the image's up (towards row 0), azimuth turns about ``y``
 PointCLIP's first view; ``elevation = +90`` is PointCLIP's top view (depth along ``-y``). PointCLIP V2's
 ring views are exactly these with ``elevation = -20`` (its bias rotation ``Ry(20°)``).
 
-Presets live in ``configs/views.yaml``. Each method is registered with :func:`register_projection` together
-with its settings class (:class:`RealisticConfig`, :class:`SimpleConfig`; template ``configs/projection.yaml``,
-one section a method); :func:`list_projection_methods` names them all. ``pointclip_v2_parts`` (PointCLIP V2's
-part-segmentation projection) is registered by `pointfalip.parts`, imported with the package; its views are part of
-its settings (``PartProjectionConfig``), and it fills each point's pixel and visibility.
+Presets live in ``configs/views.yaml``. Each method is registered here with :func:`register_projection`, beside
+its function, together with its settings class (:class:`RealisticConfig`, :class:`SimpleConfig`,
+:class:`PartProjectionConfig`; template ``configs/projection.yaml``, one section a method);
+:func:`list_projection_methods` names them all.
+
+Part projection (``pointclip_v2_parts``, `PART_METHOD`, :func:`project_parts`; V2's ``zeroshot_seg``): each view's
+cloud is voxelised into a 224 x 224 x 112 grid (each voxel holds its point's depth value), densified with an
+11 x 11 x 5 max-pool, smoothed with a 5 x 5 x 5 Gaussian, reduced with a max over depth, divided by the image's
+maximum and inverted (background 1); then cropped to ``[20:204]`` and resized to 224 (no CLIP mean/std
+normalisation). Its views are part of its settings. Every point keeps its pixel and a visibility flag
+(``DepthViews.point_pixels``, ``visible``): seen where the smoothed response at its own depth is within 0.1 of the
+image's (normalised) value at its pixel, i.e. nothing much nearer the viewer covers it. A view turns a point ``p``
+into ``p @ R1.T @ R2.T @ R3.T - t`` (V2's three Euler rotations and translation), rows along ``x``, columns along
+``y``, ``z`` depth as above. V2's code reads each point at ``(col, row)`` instead of ``(row, col)`` (its
+``point_loc_in_img`` is ``(yy, xx)`` of a grid it transposed); its visibility test and its back-projection both use
+that transposed pixel. ``PartProjectionConfig(v2_transposed_lookup=True)`` reproduces it exactly (to compare with
+V2's numbers); the default looks points up where they are drawn.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple, Sequence, TypeVar
 
@@ -49,21 +62,38 @@ from .errors import InputError
 
 _CPU_CHUNK_FLOATS = 1 << 22  # work-buffer floats (16 MiB) an image chunk may use on the CPU: cache-sized chunks
 _GPU_CHUNK_FLOATS = 1 << 28  # the same on other devices (1 GiB): bounds memory for large batches
+_PART_CPU_CHUNK_FLOATS = 1 << 21  # voxels a part-projection chunk may hold on the CPU (8 MiB a buffer: cache-sized)
+_PART_GPU_CHUNK_FLOATS = 1 << 27  # the same on other devices (512 MiB a buffer)
+
+Euler = tuple[tuple[float, float, float], ...]  # one (x, y, z) triple of angles in degrees a view
 
 __all__ = [
     "DepthViews",
+    "PART_METHOD",
+    "PartProjectionConfig",
+    "PartViews",
     "ProjectionFn",
     "RealisticConfig",
     "SimpleConfig",
     "ViewSet",
+    "as_points",
+    "check_integer_field",
+    "check_real_field",
+    "check_translation",
+    "check_view_weights",
     "euler_to_matrix",
+    "gaussian_taps",
     "list_projection_methods",
     "list_view_presets",
     "load_projection_config",
     "project",
+    "project_parts",
     "projection_config",
     "register_projection",
+    "sliding_max",
+    "view_frames",
     "view_preset",
+    "voxel_coordinates",
 ]
 
 
@@ -82,7 +112,7 @@ class DepthViews(NamedTuple):
 
 # ---------------------------------------------------------------------------------------------- settings
 
-def _integer(owner: object, name: str, minimum: int) -> None:
+def check_integer_field(owner: object, name: str, minimum: int) -> None:
     """Check that ``owner.name`` is an integer >= ``minimum`` and store it as an ``int``."""
     value = getattr(owner, name)
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
@@ -91,7 +121,7 @@ def _integer(owner: object, name: str, minimum: int) -> None:
     object.__setattr__(owner, name, int(value))
 
 
-def _real(owner: object, name: str) -> float:
+def check_real_field(owner: object, name: str) -> float:
     """Check that ``owner.name`` is a finite real number, store it as a ``float`` and return it."""
     value = getattr(owner, name)
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
@@ -118,24 +148,24 @@ class RealisticConfig:
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
-        _integer(self, "voxel_side", 3)
-        _integer(self, "voxel_depth", 3)
-        _integer(self, "pool_size", 1)
-        _integer(self, "pool_padding", 0)
-        _integer(self, "gaussian_size", 1)
+        check_integer_field(self, "voxel_side", 3)
+        check_integer_field(self, "voxel_depth", 3)
+        check_integer_field(self, "pool_size", 1)
+        check_integer_field(self, "pool_padding", 0)
+        check_integer_field(self, "gaussian_size", 1)
         if self.pool_padding > self.pool_size // 2:
             raise InputError(f"{owner}.pool_padding must be in [0, pool_size // 2], got {self.pool_padding}")
         if self.voxel_side + 2 * self.pool_padding < self.pool_size:
             raise InputError(f"{owner}.pool_size is larger than the padded voxel grid")
         if self.gaussian_size % 2 != 1:
             raise InputError(f"{owner}.gaussian_size must be odd, got {self.gaussian_size}")
-        if not _real(self, "gaussian_sigma") > 0:
+        if not check_real_field(self, "gaussian_sigma") > 0:
             raise InputError(f"{owner}.gaussian_sigma must be positive, got {self.gaussian_sigma}")
-        if not 0 < _real(self, "obj_ratio") <= 1:
+        if not 0 < check_real_field(self, "obj_ratio") <= 1:
             raise InputError(f"{owner}.obj_ratio must be in (0, 1], got {self.obj_ratio}")
-        if _real(self, "depth_bias") < 0:
+        if check_real_field(self, "depth_bias") < 0:
             raise InputError(f"{owner}.depth_bias must be >= 0, got {self.depth_bias}")
-        if not 0 <= _real(self, "occupancy_tolerance") < 1:
+        if not 0 <= check_real_field(self, "occupancy_tolerance") < 1:
             raise InputError(f"{owner}.occupancy_tolerance must be in [0, 1), got {self.occupancy_tolerance}")
         object.__setattr__(self, "translation", check_translation(self.translation, owner))
 
@@ -149,9 +179,9 @@ class SimpleConfig:
     depth_epsilon: float = 1e-12  # added to depths before dividing by them, as in the reference
 
     def __post_init__(self) -> None:
-        _integer(self, "resolution", 1)
-        _real(self, "camera_distance")
-        if _real(self, "depth_epsilon") < 0:
+        check_integer_field(self, "resolution", 1)
+        check_real_field(self, "camera_distance")
+        if check_real_field(self, "depth_epsilon") < 0:
             raise InputError(f"{type(self).__name__}.depth_epsilon must be >= 0, got {self.depth_epsilon}")
 
 
@@ -172,7 +202,7 @@ class _Method:
 
 
 _PROJECTIONS: dict[str, _Method] = {}
-PART_METHOD = "pointclip_v2_parts"  # registered by pointfalip.parts (imported with the package)
+PART_METHOD = "pointclip_v2_parts"  # PointCLIP V2's part-segmentation projection (`project_parts`), below
 
 
 def register_projection(name: str, config_cls: type, default_views: str | None = "pointclip_v2"
@@ -438,7 +468,7 @@ def _resolve_views(views: str | ViewSet | dict) -> ViewSet:
 
 # ---------------------------------------------------------------------------------------------- projection
 
-def _as_points(points) -> torch.Tensor:
+def as_points(points) -> torch.Tensor:
     """``(B, N, 3)`` float32 on the input's device (a single cloud gets ``B = 1``)."""
     if isinstance(points, torch.Tensor):
         pts = points.detach()
@@ -577,12 +607,12 @@ def _grid_to_image(level: torch.Tensor, row: torch.Tensor, col: torch.Tensor, va
     index = (level * side + (row + pad)) * side + (col + pad)
     grid.scatter_reduce_(1, index, value, reduce="amax", include_self=True)
     grid = grid.view(m, slices, side, side)
-    dense = _sliding_max(_sliding_max(grid, k, dim=-1), k, dim=-2)  # (M, slices, H, W), H = side - k + 1
+    dense = sliding_max(sliding_max(grid, k, dim=-1), k, dim=-2)  # (M, slices, H, W), H = side - k + 1
     taps = gaussian_taps(cfg.gaussian_size, cfg.gaussian_sigma)
     return _separable_filter(dense, taps).amax(dim=1)
 
 
-def _sliding_max(x: torch.Tensor, k: int, dim: int) -> torch.Tensor:
+def sliding_max(x: torch.Tensor, k: int, dim: int) -> torch.Tensor:
     """Max over windows of ``k`` consecutive entries along ``dim`` (no padding), by doubling spans."""
     length = x.shape[dim]
     span = 1
@@ -633,6 +663,267 @@ def _project_simple(points: torch.Tensor, views: ViewSet, size: int, cfg: Simple
     return _split_views(images, occupancy, points.shape[0], len(views))
 
 
+# ---------------------------------------------------------------------------------------------- part projection
+
+@dataclass(frozen=True)
+class PartProjectionConfig:
+    """PointCLIP V2's part-segmentation projection (``zeroshot_seg/realistic_projection.py`` and ``main.py``).
+
+    Angles are Euler triples in degrees, ``R = Rx(a) Ry(b) Rz(c)``, one triple a view in each of the three
+    rotations (applied in order). Padding of the max-pool and of the Gaussian is 'same' (half the window).
+    """
+
+    # four views around the vertical axis tilted 45°, the same four untilted, then top and bottom (V2's _views)
+    view_euler: Euler = ((0, 0, 90), (90, 0, 90), (180, 0, 90), (270, 0, 90),
+                         (0, 0, 90), (90, 0, 90), (180, 0, 90), (270, 0, 90),
+                         (0, -90, 90), (0, 90, 90))
+    # second rotation "to reveal more surface": 45° about x for the first four, 12° (π/15) for top and bottom
+    bias_euler: Euler = ((45, 0, 0),) * 4 + ((0, 0, 0),) * 4 + ((12, 0, 0),) * 2
+    # third rotation: 20° (π/9) about y for the ring views, 12° (π/15) for top and bottom (V2's _views3)
+    bias2_euler: Euler = ((0, 20, 0),) * 8 + ((0, 12, 0),) * 2
+    translation: tuple[float, float, float] = (-0.5, -0.5, -1.5)  # subtracted after the rotations (V2's TRANS)
+    resolution: int = 224  # side of the voxel grid's image plane and of the raw image, pixels
+    depth: int = 112  # depth bins of the voxel grid; values are clipped to [1, depth - 2]
+    obj_ratio: float = 0.7  # share of the image the cloud's largest extent spans along rows and columns
+    depth_bias: float = 0.3  # offset added to the normalised depth before binning
+    pool_size: int = 11  # rows and columns of the max-pool window that densifies the grid
+    pool_depth: int = 5  # depth of that window
+    gaussian_size: int = 5  # rows and columns of the Gaussian smoothing window
+    gaussian_depth: int = 5  # depth of that window
+    gaussian_sigma: float = 1.0  # its standard deviation along rows and columns, in pixels
+    gaussian_depth_sigma: float = 2.0  # its standard deviation along depth, in bins
+    seen_tolerance: float = 0.1  # a point is seen where |image - grid at the point's depth| < this (normalised)
+    crop: tuple[int, int] = (20, 204)  # rows and columns [start, stop) of the raw image kept before the resize
+    image_size: int = 224  # side of the images the encoder gets (bilinear resize, align_corners=True)
+    v2_transposed_lookup: bool = False  # True: look points up at (col, row) as V2's code does (see the module doc)
+    occupancy_tolerance: float = 1e-6  # DepthViews.occupancy: a pixel is covered where its value < 1 - this
+
+    def __post_init__(self) -> None:
+        for name in ("resolution", "depth", "pool_size", "pool_depth", "gaussian_size", "gaussian_depth",
+                     "image_size"):
+            check_integer_field(self, name, 1)
+        for name in ("obj_ratio", "depth_bias", "gaussian_sigma", "gaussian_depth_sigma", "seen_tolerance",
+                     "occupancy_tolerance"):
+            check_real_field(self, name)  # finite numbers: sizes and bins are derived from them
+        if isinstance(self.v2_transposed_lookup, (bool, np.bool_)):
+            object.__setattr__(self, "v2_transposed_lookup", bool(self.v2_transposed_lookup))
+        else:
+            raise InputError(f"PartProjectionConfig.v2_transposed_lookup must be true or false, "
+                             f"got {self.v2_transposed_lookup!r}")
+        for name in ("pool_size", "pool_depth", "gaussian_size", "gaussian_depth"):
+            if getattr(self, name) % 2 != 1:
+                raise InputError(f"PartProjectionConfig.{name} must be odd, got {getattr(self, name)}")
+        if self.resolution < 3 or self.depth < 4:
+            raise InputError("PartProjectionConfig needs resolution >= 3 and depth >= 4")
+        rotations = []
+        for name in ("view_euler", "bias_euler", "bias2_euler"):
+            arr = np.asarray(getattr(self, name), dtype=np.float64)
+            if arr.ndim != 2 or arr.shape[1] != 3 or arr.shape[0] == 0 or not np.isfinite(arr).all():
+                raise InputError(f"PartProjectionConfig.{name} must be a list of finite [x, y, z] angles in degrees")
+            object.__setattr__(self, name, tuple(tuple(float(a) for a in row) for row in arr))
+            rotations.append(arr.shape[0])
+        if len(set(rotations)) != 1:
+            raise InputError(f"PartProjectionConfig: view_euler, bias_euler and bias2_euler need one triple a view, "
+                             f"got {rotations}")
+        object.__setattr__(self, "translation", check_translation(self.translation, "PartProjectionConfig"))
+        crop = self.crop
+        if isinstance(crop, (str, bytes)) or not isinstance(crop, Sequence) or len(crop) != 2 or not all(
+                isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in crop):
+            raise InputError(f"PartProjectionConfig.crop must be two integers [start, stop), got {crop!r}")
+        lo, hi = (int(c) for c in crop)
+        if not 0 <= lo < hi <= self.resolution:
+            raise InputError(f"PartProjectionConfig.crop must satisfy 0 <= start < stop <= resolution, "
+                             f"got {self.crop}")
+        object.__setattr__(self, "crop", (lo, hi))
+        if not 0 < self.obj_ratio <= 1:
+            raise InputError(f"PartProjectionConfig.obj_ratio must be in (0, 1], got {self.obj_ratio}")
+        if self.depth_bias < 0:
+            raise InputError(f"PartProjectionConfig.depth_bias must be >= 0, got {self.depth_bias}")
+        if not (self.gaussian_sigma > 0 and self.gaussian_depth_sigma > 0 and self.seen_tolerance > 0):
+            raise InputError("PartProjectionConfig: the Gaussian sigmas and seen_tolerance must be positive")
+        if not 0 <= self.occupancy_tolerance < 1:
+            raise InputError(f"PartProjectionConfig.occupancy_tolerance must be in [0, 1), "
+                             f"got {self.occupancy_tolerance}")
+
+    @property
+    def num_views(self) -> int:
+        return len(self.view_euler)
+
+    @classmethod
+    def from_dict(cls, values: Mapping) -> "PartProjectionConfig":
+        """Build from a mapping of field names (unknown keys raise, missing ones keep their defaults)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise InputError(f"unknown part projection settings {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    def rotations(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The three rotations of every view, ``(V, 3, 3)`` float32 each, world to view frame."""
+        return tuple(euler_to_matrix(torch.tensor(np.radians(np.asarray(angles, dtype=np.float64)),
+                                                  dtype=torch.float32))
+                     for angles in (self.view_euler, self.bias_euler, self.bias2_euler))
+
+
+class PartViews(NamedTuple):
+    """Projected views of a batch of clouds, with every point's pixel and visibility in each view."""
+
+    images: torch.Tensor  # (B, V, 3, S, S) float32 in [0, 1], background 1: what the encoder gets (no mean/std)
+    raw_images: torch.Tensor  # (B, V, R, R) float32: the image before the crop and the resize
+    point_pixels: torch.Tensor  # (B, V, N, 2) int64 (row, col) in the S x S image
+    raw_point_pixels: torch.Tensor  # (B, V, N, 2) int64 (row, col) in the raw R x R image
+    visible: torch.Tensor  # (B, V, N) bool: the point is seen in the view
+
+
+def _valid_correlate(x: torch.Tensor, taps: Sequence[float], dim: int) -> torch.Tensor:
+    """Correlation with ``taps`` along ``dim`` over every full window (no padding)."""
+    n = x.shape[dim] - len(taps) + 1
+    out = x.narrow(dim, 0, n) * taps[0]
+    for j in range(1, len(taps)):
+        out.add_(x.narrow(dim, j, n), alpha=taps[j])
+    return out
+
+
+def _part_reach(cfg: PartProjectionConfig) -> tuple[int, int]:
+    """How far (rows and columns, depth bins) a point's response spreads through the pool and the Gaussian."""
+    return cfg.pool_size // 2 + cfg.gaussian_size // 2, cfg.pool_depth // 2 + cfg.gaussian_depth // 2
+
+
+def _reach_box(index: torch.Tensor, reach: int, size: int) -> tuple[int, int]:
+    """``[start, stop)`` of the cells within ``reach`` of any ``index``, inside ``[0, size)``."""
+    return max(0, int(index.min()) - reach), min(size, int(index.max()) + reach + 1)
+
+
+def _write_last(grid: torch.Tensor, index: torch.Tensor, value: torch.Tensor) -> None:
+    """``grid[i, index[i, j]] = value[i, j]`` in point order: of the points sharing a cell the last one stays.
+
+    V2's ``index_put`` keeps one of them (the last written, on the CPU); this is that choice, deterministic.
+    """
+    index, order = index.sort(dim=1, stable=True)
+    last = torch.ones_like(index, dtype=torch.bool)
+    last[:, :-1] = index[:, 1:] != index[:, :-1]
+    rows = torch.arange(index.shape[0], device=index.device)[:, None].expand_as(index)
+    grid[rows[last], index[last]] = value.gather(1, order)[last]
+
+
+def _render_parts(row: torch.Tensor, col: torch.Tensor, level: torch.Tensor, value: torch.Tensor,
+            look_row: torch.Tensor, look_col: torch.Tensor, look_level: torch.Tensor,
+            cfg: PartProjectionConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw images ``(M, R, R)`` (max-normalised, inverted) and the visibility ``(M, N)`` of a chunk of views.
+
+    Responses are computed in the box of cells that points reach through the pool and the Gaussian (outside
+    it they are 0, as in V2's full grid). The grid holds a margin of ``reach`` more cells around the box so that
+    both passes run without padding; cells outside the image or the depth range are 0 there, as V2's padding.
+    """
+    m, res = row.shape[0], cfg.resolution
+    reach_xy, reach_z = _part_reach(cfg)
+    (r0, r1), (c0, c1) = _reach_box(row, reach_xy, res), _reach_box(col, reach_xy, res)
+    d0, d1 = _reach_box(level, reach_z, cfg.depth)
+    shape = (d1 - d0 + 2 * reach_z, r1 - r0 + 2 * reach_xy, c1 - c0 + 2 * reach_xy)
+    grid = torch.zeros(m, math.prod(shape), dtype=torch.float32, device=value.device)
+    index = ((level - d0 + reach_z) * shape[1] + (row - r0 + reach_xy)) * shape[2] + (col - c0 + reach_xy)
+    _write_last(grid, index, value)
+    pooled = grid.view(m, *shape)
+    for dim, k in ((-1, cfg.pool_size), (-2, cfg.pool_size), (-3, cfg.pool_depth)):
+        pooled = sliding_max(pooled, k, dim)
+    # pooled covers the box plus the Gaussian's reach; what lies outside the image or the depth range is padding
+    g_xy, g_z = cfg.gaussian_size // 2, cfg.gaussian_depth // 2
+    for dim, start, stop, reach, size in ((-1, c0, c1, g_xy, res), (-2, r0, r1, g_xy, res),
+                                         (-3, d0, d1, g_z, cfg.depth)):
+        before, after = max(0, reach - start), max(0, stop + reach - size)
+        if before:
+            pooled.narrow(dim, 0, before).zero_()
+        if after:
+            pooled.narrow(dim, pooled.shape[dim] - after, after).zero_()
+    xy = gaussian_taps(cfg.gaussian_size, cfg.gaussian_sigma)
+    smooth = pooled
+    for dim, taps in ((-1, xy), (-2, xy), (-3, gaussian_taps(cfg.gaussian_depth, cfg.gaussian_depth_sigma))):
+        smooth = _valid_correlate(smooth, taps, dim)
+    db, hb, wb = smooth.shape[1:]
+    canvas = smooth.new_zeros(m, res, res)
+    canvas[:, r0:r1, c0:c1] = smooth.amax(dim=1)
+    peak = canvas.amax(dim=(-2, -1))[:, None]
+    inside = ((look_row >= r0) & (look_row < r1) & (look_col >= c0) & (look_col < c1)
+              & (look_level >= d0) & (look_level < d1))
+    flat = ((look_level - d0).clamp(0, db - 1) * hb + (look_row - r0).clamp(0, hb - 1)) * wb \
+        + (look_col - c0).clamp(0, wb - 1)
+    response = torch.where(inside, smooth.reshape(m, -1).gather(1, flat), torch.zeros_like(value))
+    at_pixel = canvas.view(m, -1).gather(1, look_row * res + look_col)
+    seen = ((1 - at_pixel / peak) - (1 - response / peak)).abs() < cfg.seen_tolerance
+    return 1 - canvas / peak[:, :, None], seen
+
+
+def _part_chunk_views(m: int, voxels: int, device: torch.device) -> int:
+    budget = _PART_CPU_CHUNK_FLOATS if device.type == "cpu" else _PART_GPU_CHUNK_FLOATS
+    return max(1, min(m, budget // max(1, voxels)))
+
+
+@torch.no_grad()
+def project_parts(points, config: PartProjectionConfig | None = None) -> PartViews:
+    """Project clouds into PointCLIP V2's part-segmentation views, with each point's pixel and visibility.
+
+    The projection method ``"pointclip_v2_parts"`` (`PART_METHOD`) of `project` is this function (its `DepthViews`
+    leave out the raw images and pixels).
+
+    Args:
+        points: ``(N, 3)`` or ``(B, N, 3)`` coordinates (any N), numpy array or torch tensor; computed in float32
+            on the tensor's device. Each view re-centres and rescales its cloud, so scale and position do not
+            matter; the views expect y-up clouds (ShapeNetPart's h5 files are).
+        config: settings; ``None`` is PointCLIP V2's.
+
+    Returns:
+        `PartViews`. ``point_pixels`` is V2's ``ceil((raw - crop_start) * S / (crop_stop - crop_start))`` of the
+        raw pixel, clamped into the image.
+    """
+    cfg = config if config is not None else PartProjectionConfig()
+    if not isinstance(cfg, PartProjectionConfig):
+        raise InputError(f"config must be a PartProjectionConfig, got {type(cfg).__name__}")
+    return _project_parts(as_points(points), cfg.rotations(), cfg)
+
+
+@register_projection(PART_METHOD, PartProjectionConfig, default_views=None)
+def _project_part_views(points: torch.Tensor, views: ViewSet | None, image_size: int,
+                   cfg: PartProjectionConfig) -> DepthViews:
+    """The registered projection ``"pointclip_v2_parts"``: `project_parts` as `DepthViews`.
+
+    ``views`` ``None``: the settings' three rotations a view; a `ViewSet`: its rotation, then its bias rotation.
+    ``image_size`` replaces the settings' ``image_size``.
+    """
+    if image_size != cfg.image_size:
+        cfg = dataclasses.replace(cfg, image_size=image_size)
+    rotations = cfg.rotations() if views is None else (views.rotations, views.bias_rotations)
+    out = _project_parts(points, rotations, cfg)
+    occupancy = out.images[:, :, 0] < 1 - cfg.occupancy_tolerance
+    return DepthViews(out.images, occupancy, out.point_pixels, out.visible)
+
+
+def _project_parts(pts: torch.Tensor, rotations: Sequence[torch.Tensor], cfg: PartProjectionConfig) -> PartViews:
+    """`project_parts` of validated clouds ``(B, N, 3)`` float32 with the views' rotations ``(V, 3, 3)`` each."""
+    b, n, _ = pts.shape
+    v, res, size = rotations[0].shape[0], cfg.resolution, cfg.image_size
+    frames = view_frames(pts, rotations, cfg.translation)
+    row, col, level, value = voxel_coordinates(frames, cfg.resolution, cfg.depth, cfg.obj_ratio, cfg.depth_bias)
+    look_row, look_col = (col, row) if cfg.v2_transposed_lookup else (row, col)
+    look_level = level.clamp(1, cfg.depth - 3)  # V2 clips the bin it reads to [1, depth - 3]
+    m = frames.shape[0]
+    reach_xy, reach_z = _part_reach(cfg)
+    boxes = ((_reach_box(row, reach_xy, res), reach_xy), (_reach_box(col, reach_xy, res), reach_xy),
+             (_reach_box(level, reach_z, cfg.depth), reach_z))
+    step = _part_chunk_views(m, math.prod(hi - lo + 2 * r for (lo, hi), r in boxes), pts.device)
+    raw = torch.empty(m, res, res, dtype=torch.float32, device=pts.device)
+    visible = torch.empty(m, n, dtype=torch.bool, device=pts.device)
+    for start in range(0, m, step):
+        part = slice(start, min(m, start + step))
+        raw[part], visible[part] = _render_parts(row[part], col[part], level[part], value[part], look_row[part],
+                                           look_col[part], look_level[part], cfg)
+    lo, hi = cfg.crop
+    images = F.interpolate(raw[:, None, lo:hi, lo:hi], size=(size, size), mode="bilinear", align_corners=True)
+    raw_pixels = torch.stack([look_row, look_col], dim=-1)
+    pixels = ((raw_pixels.float() - lo) * float(size) / float(hi - lo)).ceil().clamp(0, size - 1).long()
+    return PartViews(images.expand(-1, 3, -1, -1).reshape(b, v, 3, size, size), raw.view(b, v, res, res),
+                     pixels.view(b, v, n, 2), raw_pixels.view(b, v, n, 2), visible.view(b, v, n))
+
+
 @torch.no_grad()
 def project(points, method: str = "realistic", views: str | ViewSet | dict | None = None,
             image_size: int = 224, config: Any = None) -> DepthViews:
@@ -663,7 +954,7 @@ def project(points, method: str = "realistic", views: str | ViewSet | dict | Non
         (around the camera distance 1.6), background 0. ``occupancy (B, V, S, S)`` bool, the pixels the
         object covers in these images: realistic, value < ``1 - config.occupancy_tolerance``; simple, > 0.
         ``point_pixels`` and ``visible`` are ``None`` for both; ``pointclip_v2_parts`` fills them (see
-        ``pointfalip.parts.project_parts``; its images are V2's cropped and resized views, background 1).
+        `project_parts`; its images are V2's cropped and resized views, background 1).
 
     Raises:
         InputError (a ValueError): unknown method or preset, malformed views, points or settings.
@@ -675,5 +966,5 @@ def project(points, method: str = "realistic", views: str | ViewSet | dict | Non
     if views is None and entry.default_views is not None:
         views = entry.default_views
     view_set = None if views is None else _resolve_views(views)
-    pts = _as_points(points)
+    pts = as_points(points)
     return entry.fn(pts, view_set, int(image_size), cfg)

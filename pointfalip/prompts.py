@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .errors import InputError
 from .files import atomic_write, file_identity
-from .model import is_random
+from .weights import is_random
 from .presets import read_data_json
 
 log = logging.getLogger(__name__)

@@ -18,14 +18,14 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from . import io, presets, prompts
+from . import presets, prompts
+from .clouds import UP_AXES, normalize, validate
 from .errors import InputError
 from .foveal import FovealConfig, from_occupancy
 from .model import FalipCLIP
 from .projection import DepthViews, check_view_weights, default_views, project, unit_view_weights, view_count
 
 ENCODER_BATCH = 64  # images per encoder call: bounds memory, keeps batches large
-PRECISIONS = presets.PRECISION_CHOICES  # the one list (presets.py)
 
 
 @dataclass
@@ -56,9 +56,9 @@ class RecognizerConfig:
         if self.prompt_file is not None and not isinstance(self.prompt_file, (str, dict)):
             raise InputError(f"prompt_file must be a file path or null, got {self.prompt_file!r}")
         if self.precision not in presets.PRECISION_CHOICES:
-            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.up_axis not in io.UP_AXES:
-            raise InputError(f"up_axis must be one of {', '.join(io.UP_AXES)}, got {self.up_axis!r}")
+            raise InputError(f"precision must be one of {', '.join(presets.PRECISION_CHOICES)}, got {self.precision!r}")
+        if self.up_axis not in UP_AXES:
+            raise InputError(f"up_axis must be one of {', '.join(UP_AXES)}, got {self.up_axis!r}")
         if self.view_weights is not None:
             self.view_weights = list(check_view_weights(self.view_weights))
 
@@ -209,8 +209,8 @@ class Recognizer:
     def prepare(self, points) -> list[np.ndarray]:
         """Validated clouds, centred, scaled to the unit sphere and turned to the preset's frame."""
         clouds, _ = _as_clouds(points)
-        return [io.normalize(io.validate(c if isinstance(c, np.ndarray) else np.asarray(torch.as_tensor(c).cpu())),
-                             self.config.up_axis) for c in clouds]
+        return [normalize(validate(c if isinstance(c, np.ndarray) else np.asarray(torch.as_tensor(c).cpu())),
+                          self.config.up_axis) for c in clouds]
 
     def project(self, clouds) -> DepthViews:
         """Depth views of normalised clouds (a list, or a (B, N, 3) tensor), batched where the clouds have the same

@@ -46,6 +46,7 @@ from .errors import InputError
 from .batches import BatchCache, Report, TaskKind, check_batch_size, register_task, run_evaluation
 from .files import atomic_write, file_identity
 from .images import load_image
+from .metrics import box_iou_xywh
 from .model import FalipCLIP
 
 log = logging.getLogger(__name__)
@@ -119,15 +120,8 @@ def xyxy(box: BoxXYWH) -> tuple[float, float, float, float]:
 
 
 def iou_matrix(boxes: Sequence[BoxXYWH], gold: Sequence[BoxXYWH]) -> np.ndarray:
-    """IoU (N, G) of ``[x, y, w, h]`` boxes, computed as ReCLIP's ``interpreter.iou``."""
-    a = np.asarray(boxes, dtype=np.float64).reshape(-1, 1, 4)
-    b = np.asarray(gold, dtype=np.float64).reshape(1, -1, 4)
-    x1 = np.maximum(a[..., 0], b[..., 0])
-    x2 = np.maximum(x1, np.minimum(a[..., 0] + a[..., 2], b[..., 0] + b[..., 2]))
-    y1 = np.maximum(a[..., 1], b[..., 1])
-    y2 = np.maximum(y1, np.minimum(a[..., 1] + a[..., 3], b[..., 1] + b[..., 3]))
-    inter = (x2 - x1) * (y2 - y1)
-    return inter / (a[..., 2] * a[..., 3] + b[..., 2] * b[..., 3] - inter)
+    """IoU (N, G) of ``[x, y, w, h]`` boxes, computed as ReCLIP's ``interpreter.iou`` (`metrics.box_iou_xywh`)."""
+    return box_iou_xywh(boxes, gold)
 
 
 def _number(value) -> bool:

@@ -44,7 +44,7 @@ from typing import Any, Mapping, NamedTuple, Optional, Sequence
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from . import presets
+from . import metrics, presets
 from .errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -316,16 +316,11 @@ class Tracker:
 
 
 def box_iou(min_a: np.ndarray, max_a: np.ndarray, min_b: np.ndarray, max_b: np.ndarray) -> np.ndarray:
-    """IoU ``(A, B)`` of axis-aligned 3D boxes given by corners ``(A, 3)`` and ``(B, 3)``; sides thinner
-    than 1 mm count as 1 mm (centred), so flat boxes still overlap."""
+    """The tracker's IoU ``(A, B)`` of axis-aligned 3D boxes given by corners ``(A, 3)`` and ``(B, 3)``: that of
+    `metrics.box_iou`, except that sides thinner than 1 mm count as 1 mm (centred), so flat boxes still overlap."""
     min_a, max_a = _widen(np.asarray(min_a, dtype=np.float64), np.asarray(max_a, dtype=np.float64))
     min_b, max_b = _widen(np.asarray(min_b, dtype=np.float64), np.asarray(max_b, dtype=np.float64))
-    lo = np.maximum(min_a[:, None, :], min_b[None, :, :])
-    hi = np.minimum(max_a[:, None, :], max_b[None, :, :])
-    inter = np.prod(np.clip(hi - lo, 0.0, None), axis=2)
-    vol_a = np.prod(max_a - min_a, axis=1)
-    vol_b = np.prod(max_b - min_b, axis=1)
-    return inter / (vol_a[:, None] + vol_b[None, :] - inter)
+    return metrics.box_iou(min_a, max_a, min_b, max_b)
 
 
 def _widen(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

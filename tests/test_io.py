@@ -507,7 +507,7 @@ def test_describe_is_one_line_with_count_extents_and_centroid():
 
 @pytest.mark.parametrize("axis,up", [("-x", [-1, 0, 0]), ("-y", [0, -1, 0]), ("-z", [0, 0, -1])])
 def test_negative_up_axes_are_proper_rotations(axis, up):
-    from pointfalip.io import _UP_ROTATIONS
+    from pointfalip.clouds import UP_ROTATIONS as _UP_ROTATIONS
 
     rot = _UP_ROTATIONS[axis]
     assert np.linalg.det(rot) == pytest.approx(1.0)
@@ -688,3 +688,54 @@ def test_npz_arrays_too_large_to_decompress_are_refused(tmp_path, cloud, monkeyp
     np.savez_compressed(path, points=cloud)
     monkeypatch.setattr(pio, "MAX_ARCHIVE_ARRAY_BYTES", 1000)
     _raises_one_line(load_points, path, match="save the points as .npy")
+
+
+# ---------------------------------------------------------------------------------------------- read_geometry
+
+def _ply_text(vertices, colors=None, faces=None, extra: str = "") -> str:
+    props = "property float x\nproperty float y\nproperty float z\n"
+    if colors is not None:
+        props += "property uchar red\nproperty uchar green\nproperty uchar blue\nproperty uchar alpha\n"
+    head = f"ply\nformat ascii 1.0\nelement vertex {len(vertices)}\n{props}{extra}"
+    if faces is not None:
+        head += f"element face {len(faces)}\nproperty list uchar int vertex_indices\n"
+    rows = [" ".join(str(c) for c in v) + ("" if colors is None else " " + " ".join(str(c) for c in colors[i]) + " 255")
+            for i, v in enumerate(vertices)]
+    rows += [f"3 {a} {b} {c}" for a, b, c in (faces or [])]
+    return head + "end_header\n" + "\n".join(rows) + "\n"
+
+
+def test_read_geometry_gives_vertices_colours_and_faces_as_stored(tmp_path):
+    vertices = [(0.0, 0.0, 0.0), (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)]
+    colors = [(10, 20, 30), (40, 50, 60), (70, 80, 90), (200, 210, 220)]
+    faces = [(0, 1, 2), (0, 1, 3)]
+    mesh = tmp_path / "scan.ply"
+    mesh.write_text(_ply_text(vertices, colors, faces))
+    geometry = pio.read_geometry(mesh)
+    np.testing.assert_array_equal(geometry.vertices, vertices)
+    np.testing.assert_array_equal(geometry.faces, faces)
+    assert geometry.colors.dtype == np.uint8
+    np.testing.assert_array_equal(geometry.colors, colors)
+    cloud = tmp_path / "cloud.ply"  # no face element: a point cloud, its colours kept
+    cloud.write_text(_ply_text(vertices, colors))
+    geometry = pio.read_geometry(cloud)
+    assert geometry.faces is None
+    np.testing.assert_array_equal(geometry.colors, colors)
+    plain = tmp_path / "plain.ply"  # no colour properties
+    plain.write_text(_ply_text(vertices, faces=faces))
+    assert pio.read_geometry(plain).colors is None
+
+
+def test_read_geometry_of_an_off_mesh_and_of_point_files(tmp_path):
+    box = trimesh.creation.box(extents=(1, 1, 1))
+    path = tmp_path / "box.off"
+    path.write_text(_off_text(box))
+    geometry = pio.read_geometry(path)
+    np.testing.assert_allclose(geometry.vertices, box.vertices)
+    np.testing.assert_array_equal(geometry.faces, box.faces)
+    assert geometry.colors is None
+    np.save(tmp_path / "cloud.npy", np.zeros((10, 3)))
+    _raises_one_line(pio.read_geometry, tmp_path / "cloud.npy", match="load_points")
+    bad = tmp_path / "bad.ply"
+    bad.write_text(_ply_text([(0, 0, 0), (1, 0, 0), (0, 1, 0)], faces=[(0, 1, 7)]))
+    _raises_one_line(pio.read_geometry, bad, match="vertex")

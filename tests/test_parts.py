@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from conftest import load_random, raises_one_line
 
-from pointfalip import parts
+from pointfalip import parts, projection
 from pointfalip.parts import (PartProjectionConfig, PartSegmenter, accuracy, class_miou, instance_miou, part_iou,
                               pixel_logits, point_scores, project_parts, segmentation_metrics, shape_miou,
                               smooth_and_upsample)
@@ -140,9 +140,9 @@ def test_views_rendered_together_equal_views_rendered_alone(monkeypatch):
     clouds = np.random.default_rng(5).normal(size=(2, 400, 3)).astype(np.float32)
     cfg = PartProjectionConfig(view_euler=((0, 0, 90), (0, 90, 90)), bias_euler=((45, 0, 0), (12, 0, 0)),
                                bias2_euler=((0, 20, 0), (0, 12, 0)))
-    monkeypatch.setattr(parts, "_CPU_CHUNK_FLOATS", 1)  # one view a chunk
+    monkeypatch.setattr(projection, "_PART_CPU_CHUNK_FLOATS", 1)  # one view a chunk
     alone = project_parts(clouds, cfg)
-    monkeypatch.setattr(parts, "_CPU_CHUNK_FLOATS", 1 << 30)  # all four views in one chunk, one shared box
+    monkeypatch.setattr(projection, "_PART_CPU_CHUNK_FLOATS", 1 << 30)  # all four views in one chunk, one shared box
     together = project_parts(clouds, cfg)
     assert torch.allclose(alone.raw_images, together.raw_images, atol=1e-6)
     assert torch.equal(alone.visible, together.visible) and torch.equal(alone.point_pixels, together.point_pixels)
