@@ -92,7 +92,17 @@ AGGREGATION_FILE = "{scene}.aggregation.json"
 META_FILE = "{scene}.txt"
 MASK_FOLDER = "pred_mask"  # where `write_predictions` puts the masks, as ScanNet's example exporter does
 DEFAULT_PROPOSAL_POINTS = 2048  # vertices each proposal is resampled to before projection
-SEGMENT_PRESET = "room"  # the segmentation preset of `--proposals segment`
+SEGMENT_PRESET = "room"  # the segmentation preset of `--proposals segment`, with the overrides below
+# ScanNet's _vh_clean_2 meshes hold a vertex every 3-4 cm: at that density the room preset (2 cm voxels, 10 points
+# within 5 cm for a DBSCAN core) finds no object at all. These settings cluster such meshes; they were checked on the
+# synthetic room of bench/bench_scannet.py (50k vertices: its 14 pieces of furniture found, none merged), never on
+# ScanNet.
+SEGMENT_OVERRIDES = {
+    "voxel_size": 0.04,  # metres: about the meshes' vertex spacing
+    "cluster_tolerance": 0.10,  # metres: DBSCAN eps; furniture 10 cm apart stays separate
+    "cluster_min_points": 5,  # downsampled points within eps that make a DBSCAN core point
+    "min_object_points": 20,  # downsampled points: ~0.03 m^2 of surface at 4 cm voxels
+}
 _SCENE_ID = re.compile(r"[A-Za-z0-9_.\-]+")
 _ENCODE_CHUNK = 64  # proposals projected and encoded at once
 
@@ -877,7 +887,7 @@ def propose(scene: Scene, proposals: Union[str, np.ndarray, Sequence[np.ndarray]
             segmentation: Any = None) -> np.ndarray:
     """Class-agnostic proposals ``(P, N)`` bool over the scene's vertices.
 
-    ``"segment"``: the project's scene segmentation (`pointfalip.scene.segment`, preset `SEGMENT_PRESET` unless
+    ``"segment"``: the project's scene segmentation (`pointfalip.scene.segment`, `segmentation_config` unless
     ``segmentation`` gives a `SegmentationConfig`) on the aligned vertices; ``"gt"``: the annotated instances of the
     benchmark classes (the oracle that isolates recognition from segmentation); an array or list of ``(N,)`` masks:
     those (e.g. another method's, `read_predictions`).
@@ -887,9 +897,9 @@ def propose(scene: Scene, proposals: Union[str, np.ndarray, Sequence[np.ndarray]
             return scene.instance_masks(scene.benchmark_instances())
         if proposals != "segment":
             raise InputError(f"unknown proposals '{proposals}': use segment, gt or a folder of masks")
-        from .scene import load_segmentation_config, segment
+        from .scene import segment
 
-        config = segmentation if segmentation is not None else load_segmentation_config(SEGMENT_PRESET)
+        config = segmentation if segmentation is not None else segmentation_config()
         objects = segment(scene.aligned, config)
         masks = np.zeros((len(objects), scene.num_vertices), dtype=bool)
         for k, obj in enumerate(objects):
@@ -900,6 +910,14 @@ def propose(scene: Scene, proposals: Union[str, np.ndarray, Sequence[np.ndarray]
         raise InputError(f"scene {scene.scene_id}: a proposal mask does not have one value per mesh vertex "
                          f"({scene.num_vertices})")
     return np.stack(masks).astype(bool) if masks else np.zeros((0, scene.num_vertices), dtype=bool)
+
+
+def segmentation_config(**overrides: Any):
+    """The segmentation settings of ``--proposals segment``: `SEGMENT_PRESET` with `SEGMENT_OVERRIDES`, then
+    ``overrides``."""
+    from .scene import load_segmentation_config
+
+    return load_segmentation_config(SEGMENT_PRESET, **{**SEGMENT_OVERRIDES, **overrides})
 
 
 def proposal_clouds(scene: Scene, masks: np.ndarray, num_points: int = DEFAULT_PROPOSAL_POINTS,
@@ -951,13 +969,13 @@ def label_proposals(masks: np.ndarray, kept: np.ndarray, probabilities: np.ndarr
     same mask), confidence = the recognizer's probability; proposals in order, then labels best first."""
     from .recognize import check_top_k
 
-    top_k = min(check_top_k(top_k), probabilities.shape[1]) if len(probabilities) else 1
+    top_k = check_top_k(top_k)
     ids = np.asarray(label_ids, dtype=np.int64)
     if len(probabilities) and len(ids) != probabilities.shape[1]:
         raise InputError(f"{len(ids)} label ids for {probabilities.shape[1]} labels")
     out = []
     for row, k in enumerate(kept):
-        best = np.argsort(-probabilities[row], kind="stable")[:top_k]
+        best = np.argsort(-probabilities[row], kind="stable")[:top_k]  # at most every label
         out.extend(InstancePrediction(masks[k], int(ids[j]), float(probabilities[row, j])) for j in best)
     return out
 
