@@ -15,8 +15,9 @@ looked for in ``root`` and then its parent.
 
 **Ground truth**, as ScanNet's ``export_train_mesh_for_evaluation.py`` and VoteNet's ``load_scannet_data.py`` build it:
 an instance is an aggregation group (``objectId``), its vertices those of its segments; where two groups list a segment,
-the later group in the file has its vertices (both references write groups in file order). The instance's class is
-the NYU40 id of its group's raw label. Instances are ordered by ``objectId`` (as ScanNet's ids ``label*1000 +
+the later group in the file has its vertices (the references write instances group by group in file order). The
+instance's class is the NYU40 id of its group's raw label (the references write labels label by label, which differs
+only where groups of two labels share a segment; here a vertex's label and instance always come from one group). Instances are ordered by ``objectId`` (as ScanNet's ids ``label*1000 +
 objectId + 1`` sort), and groups left without vertices are dropped. The benchmark's classes are the 18 NYU40 ids
 `BENCHMARK_IDS`; vertices that are unannotated or belong to another class are *void*, which ScanNet's metric ignores.
 Boxes are axis-aligned in the frame of ``axisAlignment`` (vertices turned by it and stored as float32, as VoteNet does;
@@ -33,6 +34,11 @@ Where the references are silent or crash: detection counts every ground-truth in
 its size and every non-empty predicted mask; a class with ground truth and no prediction scores 0; a class without
 ground truth is null and left out of the means; predictions with a label outside the 18 classes are ignored; ties in
 confidence rank in scene order, then file order.
+
+**The project's own predictions** (`predict_scene`): class-agnostic proposals (`propose`: the scene segmentation,
+the annotated instances as an oracle, or another method's masks), each resampled to a fixed number of vertices
+(`proposal_clouds`), scored by a `pointfalip.Recognizer` through ``embed`` -> ``logits`` (`score_proposals`) and
+labelled with its best labels' NYU40 ids (`label_proposals`); confidence = the probability.
 
 **Per-scene results** are `SceneMatches` (`scene_matches`): every entry of the precision-recall curves the scene
 contributes, and its counts. They concatenate (`SceneMatches.concatenate`), so scenes can be computed in any batches,
