@@ -18,6 +18,8 @@ name                        layout under ``root``                               
 ``shapenetpart``            h5 release ``shapenet_part_seg_hdf5_data`` (``ply_data_test*.h5``,            y
                             ``test_hdf5_file_list.txt``), directly, in ``hdf5_data/`` or in that
                             folder's name; part segmentation (`ShapeNetPartDataset`)
+``scannet``                 ScanNet v2 ``scans/<scene>/`` with its label table and split files; splits  z
+                            val, train, test; items are scenes (`pointfalip.scannet.ScanNetDataset`)
 ==========================  ==========================================================================  =======
 
 .. [#] A folder of the user's own scans has no known frame: ``y`` is assumed (the frame of the references);
@@ -278,16 +280,23 @@ class FileDataset(Dataset):
 
 Constructor = Callable[[Path, str, int], Dataset]
 _REGISTRY: dict[str, Constructor] = {}
+_SPLITS: dict[str, tuple[str, ...]] = {}  # the splits each dataset accepts
 
 
-def register_dataset(name: str) -> Callable[[Constructor], Constructor]:
-    """Decorator: register ``fn(root, split, num_points) -> Dataset`` under ``name``."""
+def register_dataset(name: str, splits: Sequence[str] = SPLITS) -> Callable[[Constructor], Constructor]:
+    """Decorator: register ``fn(root, split, num_points) -> Dataset`` under ``name``, accepting ``splits``."""
     def wrap(fn: Constructor) -> Constructor:
         if name in _REGISTRY:
             raise ValueError(f"dataset {name!r} is registered twice")
         _REGISTRY[name] = fn
+        _SPLITS[name] = tuple(splits)
         return fn
     return wrap
+
+
+def dataset_splits(name: str) -> tuple[str, ...]:
+    """The splits a dataset accepts (``("test", "train")`` for the classification sets)."""
+    return _SPLITS[resolve_name(name)]
 
 
 def list_datasets() -> list[str]:
@@ -328,8 +337,8 @@ def open_dataset(name: str, root, split: str = "test", limit: int | None = None,
     """
     key = resolve_name(name)
     split_key = str(split).strip().lower()
-    if split_key not in SPLITS:
-        raise InputError(f"unknown split '{split}': choose one of {', '.join(SPLITS)}")
+    if split_key not in _SPLITS[key]:
+        raise InputError(f"unknown split '{split}': choose one of {', '.join(_SPLITS[key])}")
     num_points = _positive_int(num_points, "num_points")
     if limit is not None:
         limit = _positive_int(limit, "limit")
@@ -714,6 +723,17 @@ def _shapenetpart(root: Path, split: str, num_points: int) -> Dataset:
     else:
         files = sorted(folder.glob(f"ply_data_{split}*.h5"), key=_natural_key)
     return ShapeNetPartDataset(root, split, files, num_points)
+
+
+# --------------------------------------------------------------------------------------------------
+# ScanNet v2 scenes (instance segmentation and detection; the reader is pointfalip.scannet)
+# --------------------------------------------------------------------------------------------------
+
+@register_dataset("scannet", splits=("val", "train", "test"))
+def _scannet(root: Path, split: str, num_points: int) -> Dataset:
+    from .scannet import open_scannet
+
+    return open_scannet(root, split)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -98,7 +98,7 @@ def _write_raw_tree(tree: Path):
 
 def test_list_datasets():
     assert list_datasets() == ["modelnet40", "modelnet10", "scanobjectnn-obj_only", "scanobjectnn-obj_bg",
-                               "scanobjectnn-pb_t50_rs", "folder", "shapenetpart"]
+                               "scanobjectnn-pb_t50_rs", "folder", "shapenetpart", "scannet"]
 
 
 def test_names_are_folded_and_scanobjectnn_means_pb_t50_rs():
