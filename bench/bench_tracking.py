@@ -22,7 +22,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import motmetrics as mm
 import numpy as np
@@ -48,6 +48,15 @@ TINY = {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": 4, "width": 
         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 2}}
 
 Box = tuple  # (truth id, x, y, side) in the world, metres
+
+
+class PosedFrame(NamedTuple):
+    """A bag's frame (`sources.BagFrame`) with the sensor's pose, as `stream` reads it (odometry)."""
+
+    stamp_ns: Optional[int]
+    points: np.ndarray
+    frame_id: Optional[str]
+    pose: np.ndarray
 
 
 @dataclass
@@ -186,7 +195,7 @@ def run(recognizer, bag: Path, truth: dict, gate: str, odometry: bool) -> tuple[
                             tracking=load_tracking_config("tabletop", gate=gate))
     frames = read_frames(bag).frames
     if odometry:
-        frames = (f._replace(pose=truth[f.stamp_ns][1]) for f in frames)
+        frames = (PosedFrame(*f, pose=truth[f.stamp_ns][1]) for f in frames)
     acc = mm.MOTAccumulator(auto_id=True)
     t0, count = time.perf_counter(), 0
     for item in stream(scene, frames):

@@ -66,7 +66,6 @@ class BagFrame(NamedTuple):
     stamp_ns: Optional[int]  # nanoseconds since the epoch (see read_bag's ``stamp`` for which clock)
     points: np.ndarray  # (N, 3) float32, metres, in the message's frame; NaN / inf points dropped (N may be 0)
     frame_id: Optional[str] = None  # the message's header.frame_id (None when unknown)
-    pose: Optional[np.ndarray] = None  # (4, 4) world-from-sensor transform (odometry) for the tracker; None: unknown
 
     @property
     def stamp_s(self) -> float:

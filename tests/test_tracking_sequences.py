@@ -3,6 +3,7 @@ pose per frame), on hand-made centroids and boxes (no model); then two bags thro
 
 Layout of the unit tests: objects of ~20 cm, 45 cm or more apart, frames at 5 Hz unless said otherwise."""
 import json
+from typing import NamedTuple, Optional
 
 import numpy as np
 import pytest
@@ -10,7 +11,6 @@ from rosbags.rosbag2 import StoragePlugin
 
 from pointfalip.errors import InputError
 from pointfalip.scene import SceneRecognizer
-from pointfalip.sources import BagFrame
 from pointfalip.stream import stream
 from pointfalip.tracking import Tracker, TrackerConfig, load_tracking_config
 
@@ -260,8 +260,17 @@ def _frame(rng, centres, offset=(0.0, 0.0), size=0.16, n=3000) -> np.ndarray:
     return (np.concatenate(parts) + [offset[0], offset[1], 0.0]).astype(np.float32)
 
 
+class PosedFrame(NamedTuple):
+    """A frame as `stream` reads it, with odometry."""
+
+    stamp_ns: Optional[int]
+    points: np.ndarray
+    frame_id: Optional[str]
+    pose: Optional[np.ndarray]
+
+
 def test_stream_hands_each_frames_pose_to_the_tracker():
-    """BagFrame.pose reaches the tracker through stream and SceneRecognizer.recognize: the camera turns 30 degrees
+    """A frame's pose reaches the tracker through stream and SceneRecognizer.recognize: the camera turns 30 degrees
     a frame about its vertical axis; with the poses the two boxes keep their ids."""
     rng = np.random.default_rng(3)
     world = [(0.45, 0.0), (-0.3, 0.3)]
@@ -269,7 +278,7 @@ def test_stream_hands_each_frames_pose_to_the_tracker():
     for k in range(3):
         pose = _yaw(30 * k)
         points = _frame(rng, world) @ pose[:3, :3]  # the world cloud seen from the turned sensor
-        frames.append(BagFrame(k * PERIOD_NS, points, "base", pose))
+        frames.append(PosedFrame(k * PERIOD_NS, points, "base", pose))
     scene = SceneRecognizer(FakeRecognizer(), track=True)
     ids = [sorted(o.id for o in item.result.objects) for item in stream(scene, frames)]
     assert ids == [[0, 1]] * 3
