@@ -14,7 +14,7 @@ last seen)``, and every other candidate of either (another object for the track,
 at least ``max(ambiguity_ratio · d, d + ambiguity_margin)`` away. Clear pairs are matched and set aside, and the
 test is repeated on what is left (once the still objects are matched, a jump beside them is clear). Whatever stays
 ambiguous (two similar objects crossing, an object split in two) falls back to the conservative rule below with
-Hungarian assignment. Before matching, a **camera (ego) motion** is removed: with a ``pose`` per frame (a 4x4
+Hungarian assignment, on the predictions with the camera motion removed. Before matching, a **camera (ego) motion** is removed: with a ``pose`` per frame (a 4x4
 world-from-sensor transform, e.g. odometry or ``tf``) the tracker works in world coordinates; without one, the
 common shift of the scene is estimated (``ego_motion``): of the displacements from a track's prediction to an
 object within reach, the one that brings the most tracks within ``ego_tolerance`` of an object, if it brings more
