@@ -587,11 +587,14 @@ class SceneRecognizer:
         first); ``[]`` when the scene holds no object."""
         return self.recognize(points).objects
 
-    def recognize(self, points: Any, stamp_ns: Optional[int] = None, frame_id: Optional[str] = None) -> SceneResult:
+    def recognize(self, points: Any, stamp_ns: Optional[int] = None, frame_id: Optional[str] = None,
+                  pose: Any = None) -> SceneResult:
         """As calling the object, returning this call's timings, stamp and frame with the objects.
 
         With tracking, ``stamp_ns`` (nanoseconds) orders the frames: one older than the previous frame's (a
-        recording replayed from its start) ends every track first."""
+        recording replayed from its start) ends every track first. ``pose``: the frame's ``(4, 4)`` world-from-sensor
+        transform (odometry), if known; the tracker then follows the objects in the world's frame (see
+        :class:`pointfalip.tracking.Tracker`)."""
         t0 = time.perf_counter()
         objects = segment(points, self.config)
         t1 = time.perf_counter()
@@ -599,7 +602,7 @@ class SceneRecognizer:
         matching = None
         if self.tracker is not None:
             with self._track_lock:
-                matching = self.tracker.match(objects, stamp_ns)
+                matching = self.tracker.match(objects, stamp_ns, pose)
         predictions, features, key, cached, extra = [], None, None, [None] * len(objects), {}
         if objects:
             with self._model_lock:
@@ -633,7 +636,7 @@ class SceneRecognizer:
         if self.tracker is not None:
             t4 = time.perf_counter()
             with self._track_lock:
-                results = self.tracker.update(results, stamp_ns, matching)
+                results = self.tracker.update(results, stamp_ns, matching, pose)
                 if self.reuse and features is not None:
                     for obj, feats, reused in zip(results, features, cached):
                         if reused is None:

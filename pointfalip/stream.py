@@ -11,7 +11,8 @@
         print(item.result.stamp_ns, [o.text for o in item.result.objects])
 
 A **frame** is anything with ``points`` (``(N, 3)``, metres), ``stamp_ns`` (int or None) and ``frame_id`` (str or
-None), e.g. :class:`pointfalip.sources.BagFrame`. A **sink** is anything with ``log_frame(points, result, *,
+None), e.g. :class:`pointfalip.sources.BagFrame`, and optionally ``pose`` (a ``(4, 4)`` world-from-sensor transform
+from odometry, handed to the tracker; None or absent: unknown). A **sink** is anything with ``log_frame(points, result, *,
 stamp_ns=None)``: :class:`pointfalip.foxglove.McapRecording`, :class:`pointfalip.foxglove.LiveServer`,
 :class:`pointfalip.foxglove.SceneChannels`, :class:`JsonLines`, or a ROS publisher (:mod:`pointfalip.ros2`).
 :class:`FrameQueue` turns pushed frames (a subscriber's callback) into the iterable the loop reads;
@@ -128,7 +129,9 @@ def stream(scene: Any, frames: Frames, *, sinks: Sequence[Any] = (), record: Seq
             seen += 1
             if pacer is not None:
                 pacer.wait(frame.stamp_ns)
-            result = scene.recognize(frame.points, stamp_ns=frame.stamp_ns, frame_id=frame.frame_id)
+            pose = getattr(frame, "pose", None)  # odometry, when the frame carries it
+            result = scene.recognize(frame.points, stamp_ns=frame.stamp_ns, frame_id=frame.frame_id,
+                                     **({} if pose is None else {"pose": pose}))
             stamp = None if pass_index == 0 else now_ns()
             t0 = time.perf_counter()
             for sink in (*sinks, *(record if pass_index == 0 else ())):

@@ -258,11 +258,11 @@ def test_objects_pushed_by_10_to_15_cm_keep_their_ids(rate_hz, move):
 
 
 def test_constant_motion_is_followed_by_prediction():
-    """An object that starts at 4 cm a frame and goes on at 8 cm stays matched with a 5 cm gate (its predicted
-    centroid is where it is); without prediction it is lost at each 8 cm step."""
+    """Size rule: an object that starts at 4 cm a frame and goes on at 8 cm stays matched with a 5 cm gate (its
+    predicted centroid is where it is); without prediction it is lost at each 8 cm step."""
     centres = [np.array([x, 0.0, 1.0]) for x in (0.0, 0.04, 0.12, 0.20, 0.28, 0.36)]
     for predict, expected in ((True, [0] * 6), (False, [0, 0, 1, 2, 3, 4])):
-        tracker = Tracker(TrackerConfig(max_distance=0.05, relative_distance=0.0, predict=predict))
+        tracker = Tracker(TrackerConfig(gate="size", max_distance=0.05, relative_distance=0.0, predict=predict))
         ids = [tracker.update([make_object(c, 0.06)], stamp_ns=k * 200_000_000)[0].id for k, c in enumerate(centres)]
         assert ids == expected
     tracker = Tracker(TrackerConfig(max_distance=0.05, relative_distance=0.0))
