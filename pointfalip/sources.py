@@ -6,7 +6,8 @@
 * :func:`read_bag` reads a rosbag2 recording (a bag folder with ``metadata.yaml``, or its ``.db3`` /
   ``.mcap`` file; sqlite3 and mcap storage) with the ``rosbags`` library, no ROS installation needed,
   and yields one :class:`BagFrame` ``(stamp_ns, points)`` a message.
-* :func:`decode_pointcloud2` turns one PointCloud2 message into an ``(N, 3)`` float32 array, vectorised
+* :func:`pointcloud2_from_cdr` reads one PointCloud2 message from its CDR bytes (rosbags, no copy of the data);
+  :func:`decode_pointcloud2` turns one PointCloud2 message into an ``(N, 3)`` float32 array, vectorised
   with a numpy structured dtype built from the message's ``fields`` / ``point_step`` / ``row_step`` /
   ``is_bigendian``; x, y, z may be float32 or float64 (any PointField datatype is accepted), other fields
   (intensity, rgb, ring, ...) are skipped, and NaN / infinite points are dropped.
@@ -38,6 +39,7 @@ __all__ = [
     "decode_pointcloud2",
     "depth_to_points",
     "list_pointcloud_topics",
+    "pointcloud2_from_cdr",
     "read_bag",
     "read_depth_image",
 ]
@@ -174,6 +176,19 @@ def decode_pointcloud2(msg: Any, min_points: int = 0) -> np.ndarray:
     return xyz
 
 
+def pointcloud2_from_cdr(data: bytes) -> Any:
+    """A ``sensor_msgs/msg/PointCloud2`` from its CDR serialisation with its 4-byte encapsulation header (a bag's
+    message, a DDS sample), read by ``rosbags``: ``data`` stays a numpy view of the bytes, no Python ints.
+
+    Raises:
+        InputError: the bytes are not a PointCloud2's CDR.
+    """
+    try:
+        return _typestore().deserialize_cdr(data, POINTCLOUD2)
+    except Exception as e:  # noqa: BLE001 - rosbags raises several types on bytes it cannot read
+        raise InputError(f"not the CDR bytes of a PointCloud2 ({_reason(e)})") from e
+
+
 def _as_bytes(raw: Any) -> np.ndarray:
     """A flat uint8 view of a message's data (numpy array, bytes, bytearray, memoryview, array.array, list)."""
     if isinstance(raw, np.ndarray):
@@ -181,6 +196,10 @@ def _as_bytes(raw: Any) -> np.ndarray:
     try:
         return np.frombuffer(raw, dtype=np.uint8)
     except TypeError:
+        pass
+    try:  # a list of ints (Cyclone DDS' sequence<uint8>): bytes() packs it in C, ~3x faster than numpy's conversion
+        return np.frombuffer(bytes(raw), dtype=np.uint8)
+    except (TypeError, ValueError):
         return np.asarray(raw, dtype=np.uint8).reshape(-1)
 
 

@@ -286,9 +286,21 @@ def test_every_marker_field_is_rosbags_cdr(ts):
 
 
 # ---- clouds: rosbags' CDR read by Cyclone, decoded as the bag path does; bad clouds skipped ---------------------
-def _dds_cloud(ts, msg):
-    """A rosbags PointCloud2 as the dds transport receives it: its CDR bytes read by Cyclone's type."""
-    return messages.PointCloud2.deserialize(bytes(ts.serialize_cdr(msg, PC2)))
+def _dds_cloud(ts, msg, xcdr2=False):
+    """A rosbags PointCloud2 as the dds transport receives it: its CDR bytes (ROS 2's plain CDR, or re-encoded as
+    XCDR2 by Cyclone, as a non-ROS DDS writer may send) read by the transport's reader type."""
+    raw = bytes(ts.serialize_cdr(msg, PC2))
+    if xcdr2:
+        raw = messages.PointCloud2.deserialize(raw).serialize(use_version_2=True)
+        assert raw[:2] != b"\x00\x01"
+    return dds.cloud_reader_type().deserialize(raw)
+
+
+def test_the_cloud_reader_is_the_pointcloud2_type():
+    """The reader's type (its samples read by rosbags) has PointCloud2's type information: it matches any writer."""
+    reader = dds.cloud_reader_type()
+    assert reader.__idl_typename__ == messages.PointCloud2.__idl_typename__
+    assert reader.__idl__.get_type_info() == messages.PointCloud2.__idl__.get_type_info()
 
 
 def _int16_cloud(ts, points_mm):
@@ -313,11 +325,12 @@ def test_a_cloud_over_dds_decodes_as_the_bag_path(ts, layout):
     pts = np.random.default_rng(1).uniform(-3, 3, (400, 3))
     pts[[5, 77]] = np.nan  # a non-dense cloud's missing returns
     msg = make_cloud(pts, STAMP_NS, **layout)
-    frame = frame_from_message(_dds_cloud(ts, msg))
-    assert (frame.stamp_ns, frame.frame_id) == (STAMP_NS, "lidar")
     keep = np.isfinite(pts).all(axis=1)
-    np.testing.assert_array_equal(frame.points, pts[keep].astype(np.float32))
-    np.testing.assert_array_equal(frame.points, decode_pointcloud2(msg))  # what `sources` gives the bag path
+    for xcdr2 in (False, True):
+        frame = frame_from_message(_dds_cloud(ts, msg, xcdr2))
+        assert (frame.stamp_ns, frame.frame_id) == (STAMP_NS, "lidar")
+        np.testing.assert_array_equal(frame.points, pts[keep].astype(np.float32))
+        np.testing.assert_array_equal(frame.points, decode_pointcloud2(msg))  # what `sources` gives the bag path
 
 
 def test_int16_fields_are_converted(ts):

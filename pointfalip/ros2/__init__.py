@@ -179,7 +179,7 @@ class ReceivedFrame(NamedTuple):
     stamp_ns: Optional[int]  # the header's stamp (None when zero)
     points: np.ndarray  # (N, 3) float32, metres, in the header's frame; N >= 1
     frame_id: Optional[str]  # the header's frame_id (None when empty)
-    received: float  # time.perf_counter() when the message was decoded: the start of the frame's latency
+    received: float  # time.perf_counter() when the message was handed to the node: the start of its latency
 
 
 def frame_from_message(msg: Any) -> ReceivedFrame:
@@ -190,8 +190,9 @@ def frame_from_message(msg: Any) -> ReceivedFrame:
         InputError: the message is not a usable PointCloud2, or holds no point with finite coordinates (see
             :func:`pointfalip.sources.decode_pointcloud2`): nothing to recognise, nothing to publish.
     """
+    received = time.perf_counter()
     return ReceivedFrame(header_stamp_ns(msg.header), decode_pointcloud2(msg, min_points=1),
-                         str(msg.header.frame_id) or None, time.perf_counter())
+                         str(msg.header.frame_id) or None, received)
 
 
 def describe_frame(result: Any, latency_s: float) -> str:
