@@ -52,6 +52,7 @@ from ..stream import FrameQueue, stream
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "AUTO",
     "CLOUD_QUEUE_DEPTH",
     "MessageSink",
     "NodeLoop",

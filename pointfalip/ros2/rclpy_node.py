@@ -101,9 +101,10 @@ def create_node(settings: NodeSettings | None = None, model: Any = None,
 
 
 def serve(settings: NodeSettings, *, stop: threading.Event, model: Any = None,
-          info: Callable[[str], None] = print, warn: Callable[[str], None] = print) -> int:
+          info: Optional[Callable[[str], None]] = None, warn: Optional[Callable[[str], None]] = None) -> int:
     """Run the node until ``stop`` is set; the number of frames it answered. For ``pointfalip ros2 --transport
-    rclpy``: the command line's settings, no ``--ros-args``; the caller handles SIGINT / SIGTERM."""
+    rclpy``: the command line's settings, no ``--ros-args``; the caller handles SIGINT / SIGTERM. ``info`` / ``warn``:
+    as :func:`create_node`'s."""
     import rclpy
 
     options = {}
