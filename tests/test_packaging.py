@@ -32,6 +32,13 @@ def test_every_config_and_data_file_is_in_the_wheel(wheel, folder):
     assert not missing, f"not in the wheel: {missing}"
 
 
+def test_every_package_is_in_the_wheel(wheel):
+    packages = sorted(str(p.parent.relative_to(REPO)) for p in (REPO / "pointfalip").rglob("__init__.py"))
+    names = set(wheel.namelist())
+    missing = [f for f in packages if f"{f}/__init__.py" not in names]
+    assert "pointfalip/ros2" in packages and not missing, f"packages not in the wheel: {missing}"
+
+
 def test_resources_are_read_through_the_package():
     from pointfalip import presets
 

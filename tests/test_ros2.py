@@ -153,9 +153,10 @@ def test_node_loop_is_the_bag_path(tmp_path):
         frame_from_message(broken)
     warned = []
     empty = make_cloud(np.zeros((0, 3)), STAMP_NS + 300_000_000)
-    published = _node_run(SceneRecognizer(FakeRecognizer(), track=True), [broken, empty], warned)
-    assert len(warned) == 1 and "no field" in warned[0] and "\n" not in warned[0]  # reported, skipped
-    assert [dets for _, dets in published] == [[]]  # the empty cloud still answers (no objects)
+    published = _node_run(SceneRecognizer(FakeRecognizer(), track=True), [broken, empty, msgs[0]], warned)
+    assert len(warned) == 2 and all("\n" not in w for w in warned)  # each reported in one line, skipped
+    assert "no field" in warned[0] and "empty" in warned[1]
+    assert [h["stamp_ns"] for h, _ in published] == [STAMP_NS]  # nothing for them; the next cloud is answered
 
 
 def test_node_settings_build_the_scene_recognizer():

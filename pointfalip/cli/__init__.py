@@ -2,7 +2,7 @@
 
 Each subcommand is one registration: its name (nested names such as ``"fewshot build"`` allowed), its arguments,
 its runner ``run(args) -> result`` that tests can call, and the printer of its result. The command modules
-(`classify`, `segment`, `scene`, `images`, `fewshot`, `evaluate`) mark their runners with `options.subcommand`;
+(`classify`, `segment`, `scene`, `ros2`, `images`, `fewshot`, `evaluate`) mark their runners with `options.subcommand`;
 this module registers them in `COMMANDS` (`command` registers one more, e.g. a plugin's). `main` prints the
 result (JSON with --json) and turns user errors into one line on stderr and exit code 2.
 """
@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional, Sequence
 from .. import __version__
 from ..errors import InputError
 from ..files import forget_pipes
-from . import classify, evaluate, fewshot, images, scene, segment
+from . import classify, evaluate, fewshot, images, ros2, scene, segment
 from .options import Command
 
 log = logging.getLogger("pointfalip")
@@ -51,7 +51,7 @@ def _register(module: ModuleType) -> None:
             COMMANDS[value.command.name] = value.command
 
 
-for _module in (classify, segment, scene, images, fewshot, evaluate):
+for _module in (classify, segment, scene, ros2, images, fewshot, evaluate):
     _register(_module)
 
 

@@ -21,13 +21,11 @@ def _intrinsics(text: str) -> list[float]:
     return values
 
 
-def _scene_args(p):
-    p.add_argument("input", metavar="INPUT", help="point file, depth image (.png/.tif/.npy) or rosbag2 folder/.db3/.mcap")
+def scene_settings_args(p, track_help: str, up_default: str) -> None:
+    """The options of a `SceneSettings` (read back by `scene_settings`): labels, the segmentation and tracking
+    preset with its overrides, tracking, reuse, top-k, the recognizer and the model. `pointfalip scene` and
+    `pointfalip ros2` both take them."""
     label_args(p)
-    p.add_argument("--topic", help="PointCloud2 topic of a bag (default: its only one)")
-    p.add_argument("--intrinsics", type=_intrinsics, help="fx,fy,cx,cy of a depth image")
-    p.add_argument("--depth-scale", type=bounded_float(1e-6, 1e9),
-                   help="raw depth units per metre (default 1000 for 16-bit)")
     p.add_argument("--scene-preset", default="tabletop",
                    help="segmentation and tracking preset of configs/scene.yaml: tabletop or room")
     p.add_argument("--voxel-size", type=metres_type, help="metres")
@@ -35,9 +33,21 @@ def _scene_args(p):
     p.add_argument("--plane-distance", type=metres_type, help="metres")
     p.add_argument("--min-object-points", type=bounded_int(1, MAX_POINTS))
     p.add_argument("--max-object-points", type=bounded_int(1, MAX_POINTS))
-    p.add_argument("--no-track", action="store_true",
-                   help="no object ids across frames (a bag's objects are tracked unless this is given)")
+    p.add_argument("--no-track", action="store_true", help=track_help)
     p.add_argument("--top-k", type=top_k_type, default=3)
+    p.add_argument("--no-reuse", action="store_true",
+                   help="encode every object in every frame (by default a tracked object whose cloud barely changed "
+                        "keeps its view features)")
+    recognizer_args(p, up_default=up_default)
+    model_args(p)
+
+
+def _scene_args(p):
+    p.add_argument("input", metavar="INPUT", help="point file, depth image (.png/.tif/.npy) or rosbag2 folder/.db3/.mcap")
+    p.add_argument("--topic", help="PointCloud2 topic of a bag (default: its only one)")
+    p.add_argument("--intrinsics", type=_intrinsics, help="fx,fy,cx,cy of a depth image")
+    p.add_argument("--depth-scale", type=bounded_float(1e-6, 1e9),
+                   help="raw depth units per metre (default 1000 for 16-bit)")
     p.add_argument("--render", help="write a top view with each object's box and label to this PNG")
     g = p.add_argument_group("Foxglove")
     g.add_argument("--mcap", metavar="FILE.mcap",
@@ -52,11 +62,8 @@ def _scene_args(p):
                         "default %(default)s)")
     g.add_argument("--realtime", action="store_true", help="with --serve: play a bag at the pace of its stamps")
     g.add_argument("--loop", action="store_true", help="with --serve: repeat the input until Ctrl-C")
-    p.add_argument("--no-reuse", action="store_true",
-                   help="encode every object in every frame (by default a tracked object whose cloud barely changed "
-                        "keeps its view features)")
-    recognizer_args(p, up_default="z; -y for depth images")
-    model_args(p)
+    scene_settings_args(p, track_help="no object ids across frames (a bag's objects are tracked unless this is given)",
+                        up_default="z; -y for depth images")
 
 
 def _print_scene(result: dict) -> None:

@@ -1,57 +1,76 @@
-"""A ROS 2 node: PointCloud2 in, recognised and tracked objects out (optional; needs a ROS 2 installation).
+"""The ROS 2 node: PointCloud2 in, recognised and tracked objects out, over either of two transports.
 
-    source /opt/ros/humble/setup.bash        # any ROS 2 distribution with vision_msgs (Humble or newer)
-    python -m pointfalip.ros2 --ros-args -p labels:="mug,bowl,bottle" -p scene_preset:=tabletop \\
-        -r points:=/camera/depth/points
+    pointfalip ros2 --labels mug,bowl,bottle --input-topic /camera/depth/points     # auto: rclpy, else dds
+    pointfalip ros2 --transport dds --labels mug,bowl,bottle   # Cyclone DDS, no ROS installation needed
+    python -m pointfalip.ros2 --ros-args -p labels:="mug,bowl,bottle" -r points:=/camera/depth/points   # rclpy
 
 The node subscribes to ``sensor_msgs/msg/PointCloud2`` on ``input_topic``, runs a
 :class:`~pointfalip.scene.SceneRecognizer` (segmentation, recognition, tracking) on each message and publishes
 ``vision_msgs/msg/Detection3DArray`` on ``detections_topic`` and ``visualization_msgs/msg/MarkerArray`` (a box
 and a caption per object, for RViz) on ``markers_topic``, both with the cloud's header (stamp and frame).
 
-Everything between the messages is plain Python, the same loop as the bag path (``pointfalip scene BAG``) and
-tested without ROS: the subscriber's callback turns a message into a frame (:func:`frame_from_message`) and pushes
-it to a :class:`NodeLoop`, whose worker thread runs :func:`pointfalip.stream.stream` over the newest frames; its
+This module is the node without its transport, plain Python tested without ROS: a transport's subscriber hands
+each message to a :class:`NodeLoop` (:meth:`NodeLoop.push` decodes it with :func:`frame_from_message`), whose worker
+thread runs :func:`pointfalip.stream.stream` over the newest frames (the loop of ``pointfalip scene BAG``); its
 sink (:class:`MessageSink`) describes the outgoing messages as dicts (:func:`detections_from_result`,
-:func:`markers_from_result`) and hands them to publish functions. The node class only copies those dicts into ROS
-message types. ``rclpy`` and the message packages are imported when the node is built, never by
-importing this module: they are not dependencies of pointfalip.
+:func:`markers_from_result`), which :func:`detection_array_message` and :func:`marker_array_message` copy into a
+transport's message classes. The transports (:data:`TRANSPORTS`) only move messages:
 
-Parameters (:class:`NodeSettings`): every field of :class:`pointfalip.scene.SceneSettings` (``labels``
-(comma-separated) or ``dataset``, ``model``, ``pretrained``, ``precision``, ``device``, ``preset`` (recognizer preset;
-``robot_fast`` for 6 views), ``scene_preset`` (segmentation and tracking preset), the segmentation overrides,
-``track``, ``reuse``, ``top_k``, ``falip``, ``up_axis``, ``projection``, ``prompt_file``, ``fewshot``), and
-``input_topic``, ``detections_topic``, ``markers_topic``.
+* ``rclpy`` (:mod:`pointfalip.ros2.rclpy_node`): a ROS 2 node of an installed ROS 2, rclpy's message classes.
+* ``dds`` (:mod:`pointfalip.ros2.dds`): a DDS participant of Eclipse Cyclone DDS (``pip install
+  'pointfalip[ros2]'``) on ROS 2's wire (topics ``rt/<name>``, ROS 2's type names and QoS), with the classes of
+  :mod:`pointfalip.ros2.messages`. ``ROS_DOMAIN_ID`` picks the domain, ``CYCLONEDDS_URI`` configures Cyclone.
+
+Neither ``rclpy`` nor ``cyclonedds`` is imported by importing this module: neither is a dependency of pointfalip.
+
+Settings (:class:`NodeSettings`, the rclpy node's ROS parameters): every field of
+:class:`pointfalip.scene.SceneSettings` (``labels`` (comma-separated) or ``dataset``, ``model``, ``pretrained``,
+``precision``, ``device``, ``preset`` (recognizer preset; ``robot_fast`` for 6 views), ``scene_preset`` (segmentation
+and tracking preset), the segmentation overrides, ``track``, ``reuse``, ``top_k``, ``falip``, ``up_axis``,
+``projection``, ``prompt_file``, ``fewshot``), and ``input_topic``, ``detections_topic``, ``markers_topic``.
 """
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
-import sys
 import threading
+import time
 import typing
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from types import ModuleType
+from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from .errors import InputError
-from .foxglove import label_color
-from .scene import SceneSettings
-from .sources import BagFrame, decode_pointcloud2
-from .stream import FrameQueue, stream
+from ..errors import InputError
+from ..foxglove import label_color
+from ..scene import SceneSettings
+from ..sources import decode_pointcloud2
+from ..stream import FrameQueue, stream
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "AUTO",
+    "CLOUD_QUEUE_DEPTH",
     "MessageSink",
     "NodeLoop",
     "NodeSettings",
+    "OUTPUT_QUEUE_DEPTH",
+    "ReceivedFrame",
+    "TRANSPORTS",
+    "Transport",
     "build_scene_recognizer",
+    "describe_frame",
+    "detection_array_message",
     "detections_from_result",
     "frame_from_message",
+    "get_transport",
     "header_stamp_ns",
+    "list_transports",
     "main",
+    "marker_array_message",
     "markers_from_result",
 ]
 
@@ -67,7 +86,10 @@ _BOX_ALPHA = 0.35  # opacity of the boxes (0-1): the points inside stay visible
 _TEXT_RGBA = (1.0, 1.0, 1.0, 1.0)
 _TEXT_HEIGHT_M = 0.04  # metres: height of a caption's capital letters (a Marker text's scale.z)
 _MIN_SIZE_M = 1e-3  # metres: thinner box sides are drawn this thick (RViz refuses a zero scale)
-_QUEUE_DEPTH = 1  # clouds waiting while one is processed: only the newest (recognition takes longer than a frame)
+# QoS depths (keep-last) of every transport: the cloud subscription keeps the newest cloud only (recognition takes
+# longer than a frame); detections and markers keep 10, ROS 2's default, which `ros2 topic echo` and RViz ask for
+CLOUD_QUEUE_DEPTH = 1
+OUTPUT_QUEUE_DEPTH = 10
 
 
 _UNSET = {float: 0.0, int: 0, str: ""}  # a ROS parameter has a type: these values stand for "not set" (None)
@@ -81,7 +103,7 @@ class NodeSettings(SceneSettings):
 
     labels: str = ""  # comma-separated label names (or give dataset)
     dataset: str = ""  # a packaged label set instead of labels: modelnet40, modelnet10, scanobjectnn
-    precision: str = "auto"  # auto, fp32, bf16, fp16
+    precision: Optional[str] = "auto"  # auto, fp32, bf16, fp16 ("" or None: the recognizer preset's)
     up_axis: str = "z"  # up axis of the clouds' frame (z for robot and lidar frames, -y for optical frames)
     input_topic: str = "points"  # sensor_msgs/msg/PointCloud2 (relative: remap it with -r points:=/your/topic)
     detections_topic: str = "pointfalip/detections"  # vision_msgs/msg/Detection3DArray
@@ -116,6 +138,21 @@ class NodeSettings(SceneSettings):
         return cls(**{k: (None if k in optional and v in ("", 0) and not isinstance(v, bool) else v)
                       for k, v in values.items()})
 
+    @classmethod
+    def from_scene(cls, settings: SceneSettings, **topics: str) -> "NodeSettings":
+        """The node's settings of a :class:`~pointfalip.scene.SceneSettings` (``pointfalip ros2`` fills one as
+        ``pointfalip scene`` does) and the topics: labels as comma-separated text, a ``None`` of a field the node
+        types without ``None`` (its parameters have types) as the node's default."""
+        values = {f.name: getattr(settings, f.name) for f in dataclasses.fields(SceneSettings)}
+        if values["labels"] is not None and not isinstance(values["labels"], str):
+            values["labels"] = ",".join(str(v) for v in values["labels"])
+        hints = typing.get_type_hints(cls)
+        node_defaults = cls()
+        for name, value in values.items():
+            if value is None and type(None) not in typing.get_args(hints[name]):
+                values[name] = getattr(node_defaults, name)
+        return cls(**values, **topics)
+
 
 def build_scene_recognizer(settings: NodeSettings, model: Any = None) -> Any:
     """The :class:`~pointfalip.scene.SceneRecognizer` the settings describe (``model``: an already loaded one)."""
@@ -137,14 +174,37 @@ def _header(result: Any) -> dict:
     return {"stamp_ns": int(stamp_ns or 0), "frame_id": str(getattr(result, "frame_id", None) or "")}
 
 
-def frame_from_message(msg: Any) -> BagFrame:
-    """A ``sensor_msgs/msg/PointCloud2`` (rclpy's, or any object with its fields, e.g. from ``rosbags``) as the frame
-    :func:`pointfalip.stream.stream` reads: its points, header stamp and frame id.
+class ReceivedFrame(NamedTuple):
+    """A cloud the node received, as the frame :func:`pointfalip.stream.stream` reads, and when it came."""
+
+    stamp_ns: Optional[int]  # the header's stamp (None when zero)
+    points: np.ndarray  # (N, 3) float32, metres, in the header's frame; N >= 1
+    frame_id: Optional[str]  # the header's frame_id (None when empty)
+    received: float  # time.perf_counter() when the message was handed to the node: the start of its latency
+
+
+def frame_from_message(msg: Any) -> ReceivedFrame:
+    """A ``sensor_msgs/msg/PointCloud2`` (rclpy's, Cyclone's, or any object with its fields, e.g. from ``rosbags``)
+    as the frame :func:`pointfalip.stream.stream` reads: its points, header stamp and frame id.
 
     Raises:
-        InputError: the message is not a usable PointCloud2 (see :func:`pointfalip.sources.decode_pointcloud2`).
+        InputError: the message is not a usable PointCloud2, or holds no point with finite coordinates (see
+            :func:`pointfalip.sources.decode_pointcloud2`): nothing to recognise, nothing to publish.
     """
-    return BagFrame(header_stamp_ns(msg.header), decode_pointcloud2(msg), str(msg.header.frame_id) or None)
+    received = time.perf_counter()
+    return ReceivedFrame(header_stamp_ns(msg.header), decode_pointcloud2(msg, min_points=1),
+                         str(msg.header.frame_id) or None, received)
+
+
+def describe_frame(result: Any, latency_s: float) -> str:
+    """The node's line about a frame: its stamp and frame, the objects (label, probability, track id) and the
+    latency (seconds from the message's arrival to its answer's publication)."""
+    stamp = getattr(result, "stamp_ns", None)
+    where = [f"t={stamp / _NS_PER_S:.3f}" if stamp else "", getattr(result, "frame_id", None) or ""]
+    count = len(result.objects)
+    objects = ", ".join(obj.text for obj in result.objects) or "nothing"
+    return (" ".join(["frame", *filter(None, where)]) + f": {count} object{'' if count == 1 else 's'} ({objects}); "
+            f"latency {latency_s * 1000:.0f} ms")
 
 
 class MessageSink:
@@ -177,16 +237,19 @@ class NodeLoop:
         scene: the :class:`~pointfalip.scene.SceneRecognizer`.
         sinks: :func:`~pointfalip.stream.stream` sinks, e.g. a :class:`MessageSink`.
         warn: where a message that is not a usable cloud, or a frame that failed, is reported (one line).
+        info: where each answered frame is described (one line, :func:`describe_frame`).
         queue_size: frames waiting at most.
     """
 
     def __init__(self, scene: Any, sinks: Sequence[Any], warn: Callable[[str], None] = logger.warning,
-                 queue_size: int = _QUEUE_DEPTH):
+                 info: Callable[[str], None] = logger.info, queue_size: int = CLOUD_QUEUE_DEPTH):
         self.scene = scene
         self.sinks = list(sinks)
         self.warn = warn
+        self.info = info
         self.frames = FrameQueue(queue_size)
         self.processed = 0
+        self._current: Any = None  # the frame stream() is working on
         self._thread = threading.Thread(target=self._run, name="pointfalip-frames", daemon=True)
         self._thread.start()
 
@@ -197,11 +260,19 @@ class NodeLoop:
         except InputError as e:
             self.warn(" ".join(str(e).split()))
 
+    def _taken(self) -> Iterator[Any]:
+        for frame in self.frames:
+            self._current = frame
+            yield frame
+
     def _run(self) -> None:
         while True:
             try:
-                for _ in stream(self.scene, self.frames, sinks=self.sinks):
+                for item in stream(self.scene, self._taken(), sinks=self.sinks):
                     self.processed += 1
+                    received = getattr(self._current, "received", None)
+                    self.info(describe_frame(item.result, 0.0 if received is None else
+                                             time.perf_counter() - received))
                 return
             except InputError as e:
                 if self.frames.closed:  # stopped with no frame left: nothing to report
@@ -288,32 +359,16 @@ def markers_from_result(result: Any, labels: Sequence[str] | None = None,
 
 
 # --------------------------------------------------------------------------------------------------
-# the node (rclpy and the message packages are imported here only)
+# the dicts as a transport's messages (``t``: a namespace of its message classes, named as in ROS)
 # --------------------------------------------------------------------------------------------------
 
-def _stamp(msg_types: Any, stamp_ns: int) -> Any:
+def _stamp(t: Any, stamp_ns: int) -> Any:
     sec, nanosec = divmod(int(stamp_ns), _NS_PER_S)
-    return msg_types.Time(sec=sec, nanosec=nanosec)
+    return t.Time(sec=sec, nanosec=nanosec)
 
 
-def _ros_header(msg_types: Any, header: dict) -> Any:
-    return msg_types.Header(stamp=_stamp(msg_types, header["stamp_ns"]), frame_id=header["frame_id"])
-
-
-def _message_types() -> Any:
-    """The ROS message classes the node uses, as attributes of one namespace."""
-    from types import SimpleNamespace
-
-    from builtin_interfaces.msg import Time
-    from geometry_msgs.msg import Point, Pose, Quaternion, Vector3
-    from sensor_msgs.msg import PointCloud2
-    from std_msgs.msg import ColorRGBA, Header
-    from vision_msgs.msg import BoundingBox3D, Detection3D, Detection3DArray, ObjectHypothesisWithPose
-    from visualization_msgs.msg import Marker, MarkerArray
-
-    return SimpleNamespace(**{c.__name__: c for c in (
-        Time, Point, Pose, Quaternion, Vector3, PointCloud2, ColorRGBA, Header, BoundingBox3D, Detection3D,
-        Detection3DArray, ObjectHypothesisWithPose, Marker, MarkerArray)})
+def _ros_header(t: Any, header: dict) -> Any:
+    return t.Header(stamp=_stamp(t, header["stamp_ns"]), frame_id=header["frame_id"])
 
 
 def _pose(t: Any, position: Sequence[float], orientation: Sequence[float] = (0.0, 0.0, 0.0, 1.0)) -> Any:
@@ -323,14 +378,14 @@ def _pose(t: Any, position: Sequence[float], orientation: Sequence[float] = (0.0
 
 
 def detection_array_message(t: Any, header: dict, detections: list[dict]) -> Any:
-    """A ``vision_msgs/msg/Detection3DArray`` from :func:`detections_from_result`'s dicts (``t``: the message types).
+    """A ``vision_msgs/msg/Detection3DArray`` from :func:`detections_from_result`'s dicts.
 
-    vision_msgs 4 (Humble and newer) layout; on older ones (Foxy) the hypothesis' ``id`` and the detection's
-    ``tracking_id`` are filled instead."""
+    ``t``: the message classes (rclpy's, or :mod:`pointfalip.ros2.messages`). vision_msgs 4 (Humble and newer)
+    layout; on older ones (Foxy) the hypothesis' ``id`` and the detection's ``tracking_id`` are filled instead."""
     out = t.Detection3DArray(header=_ros_header(t, header))
     for det in detections:
         msg = t.Detection3D(header=_ros_header(t, det["header"]))
-        sx, sy, sz = det["bbox"]["size"]
+        sx, sy, sz = (float(v) for v in det["bbox"]["size"])
         msg.bbox = t.BoundingBox3D(center=_pose(t, det["bbox"]["center"]), size=t.Vector3(x=sx, y=sy, z=sz))
         for hyp in det["hypotheses"]:
             h = t.ObjectHypothesisWithPose()
@@ -349,7 +404,7 @@ def detection_array_message(t: Any, header: dict, detections: list[dict]) -> Any
 
 
 def marker_array_message(t: Any, markers: list[dict]) -> Any:
-    """A ``visualization_msgs/msg/MarkerArray`` from :func:`markers_from_result`'s dicts."""
+    """A ``visualization_msgs/msg/MarkerArray`` from :func:`markers_from_result`'s dicts (``t``: as above)."""
     out = t.MarkerArray()
     for m in markers:
         r, g, b, a = (float(v) for v in m["color"])
@@ -361,74 +416,67 @@ def marker_array_message(t: Any, markers: list[dict]) -> Any:
     return out
 
 
-def create_node(settings: NodeSettings | None = None, model: Any = None, **node_options: Any) -> Any:
-    """The ``pointfalip`` rclpy node (call ``rclpy.init()`` first). Its parameters default to ``settings``; values
-    given on the command line (``--ros-args -p name:=value``) or in ``node_options`` (e.g. ``parameter_overrides``)
-    take precedence. ``model``: an already loaded model (skips ``model`` / ``pretrained`` / ``precision``)."""
-    from rclpy.node import Node
-    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+# --------------------------------------------------------------------------------------------------
+# transports
+# --------------------------------------------------------------------------------------------------
 
-    t = _message_types()
-    defaults = settings or NodeSettings()
+@dataclass(frozen=True)
+class Transport:
+    """A way to reach a ROS 2 graph. Its module (imported on use; its own libraries only when it runs) offers
+    ``missing() -> str | None`` (why it cannot run here: one line saying what to install) and
+    ``serve(settings, *, stop, model=None, info, warn) -> int`` (run the node until ``stop`` is set; the number of
+    frames answered), wiring its subscriber and publishers to a :class:`NodeLoop` and a :class:`MessageSink`."""
 
-    class PointfalipNode(Node):
-        """Subscribes to PointCloud2, publishes Detection3DArray and MarkerArray (see :mod:`pointfalip.ros2`)."""
+    name: str
+    help: str
+    module: str  # relative to this package
 
-        def __init__(self) -> None:
-            super().__init__("pointfalip", **node_options)
-            values = {name: self.declare_parameter(name, value).value
-                      for name, value in NodeSettings.parameter_defaults(defaults).items()}
-            self.settings = NodeSettings.from_parameters(values)
-            self.scene = build_scene_recognizer(self.settings, model=model)
-            self.labels = list(self.scene.recognizer.labels)
-            self.detections = self.create_publisher(t.Detection3DArray, self.settings.detections_topic, 10)
-            self.markers = self.create_publisher(t.MarkerArray, self.settings.markers_topic, 10)
-            sink = MessageSink(
-                lambda header, dets: self.detections.publish(detection_array_message(t, header, dets)),
-                lambda markers: self.markers.publish(marker_array_message(t, markers)), self.labels)
-            self.loop = NodeLoop(self.scene, [sink], warn=self.get_logger().warning)
-            qos = QoSProfile(depth=_QUEUE_DEPTH, history=HistoryPolicy.KEEP_LAST,
-                             reliability=ReliabilityPolicy.BEST_EFFORT)  # takes reliable publishers too
-            self.subscription = self.create_subscription(t.PointCloud2, self.settings.input_topic, self.on_cloud, qos)
-            self.get_logger().info(f"recognising {len(self.labels)} labels on {self.settings.input_topic} "
-                                   f"(tracking {'on' if self.settings.track else 'off'})")
-
-        def on_cloud(self, msg: Any) -> None:
-            self.loop.push(msg)
-
-        def destroy_node(self) -> None:
-            self.loop.stop(timeout=5.0)
-            super().destroy_node()
-
-    return PointfalipNode()
+    def load(self) -> ModuleType:
+        return importlib.import_module(self.module, __name__)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the node until Ctrl-C (``python -m pointfalip.ros2 [--ros-args ...]``); exit 2 without ROS 2."""
-    try:
-        import rclpy
-        _message_types()
-    except ImportError as e:
-        print(f"pointfalip.ros2: ROS 2 is not available ({e}); source your ROS 2 setup "
-              "(e.g. /opt/ros/humble/setup.bash) and install ros-$ROS_DISTRO-vision-msgs", file=sys.stderr)
-        return 2
-    rclpy.init(args=list(argv) if argv is not None else sys.argv)
-    node = None
-    try:
-        node = create_node()
-        rclpy.spin(node)
-    except KeyboardInterrupt:
-        pass
-    except InputError as e:
-        print(f"pointfalip.ros2: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return 0
+TRANSPORTS: dict[str, Transport] = {t.name: t for t in (  # in the order "auto" tries them
+    Transport("rclpy", "a node of an installed ROS 2 (source its setup first)", ".rclpy_node"),
+    Transport("dds", "Eclipse Cyclone DDS on ROS 2's wire, no ROS needed (pip install 'pointfalip[ros2]')", ".dds"),
+)}
+AUTO = "auto"  # the first transport that can run here
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def list_transports() -> list[str]:
+    """The transport names, in the order ``auto`` tries them."""
+    return list(TRANSPORTS)
+
+
+def get_transport(name: str = AUTO) -> tuple[Transport, ModuleType]:
+    """The transport called ``name`` (``auto``: rclpy where it imports, else dds) and its module.
+
+    Raises:
+        InputError: an unknown name, or the transport cannot run here (one line saying what to install).
+    """
+    if name == AUTO:
+        reasons = []
+        for transport in TRANSPORTS.values():
+            module = transport.load()
+            reason = module.missing()
+            if reason is None:
+                return transport, module
+            reasons.append(f"{transport.name}: {reason}")
+        raise InputError("no ROS 2 transport can run here: " + "; ".join(reasons))
+    if name not in TRANSPORTS:
+        raise InputError(f"unknown transport {name!r}: choose {AUTO}, {', '.join(TRANSPORTS)}")
+    module = TRANSPORTS[name].load()
+    reason = module.missing()
+    if reason is not None:
+        raise InputError(f"the {name} transport cannot run: {reason}")
+    return TRANSPORTS[name], module
+
+
+_RCLPY_NAMES = ("create_node", "main", "_message_types")  # the rclpy node's, importable from here as before
+
+
+def __getattr__(name: str) -> Any:
+    if name in _RCLPY_NAMES:
+        from . import rclpy_node
+
+        return getattr(rclpy_node, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
