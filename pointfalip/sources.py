@@ -302,7 +302,7 @@ def _iter_frames(path: Path, topic: str, stamp: str) -> Iterator[BagFrame]:
     reader = _open_reader(path)
     try:
         connections = [c for c in reader.connections if c.topic == topic]
-        for connection, bag_ns, raw in reader.messages(connections=connections):
+        for connection, bag_ns, raw in _guarded(reader.messages(connections=connections), path, topic):
             try:
                 msg = store.deserialize_cdr(raw, connection.msgtype)
             except Exception as e:  # noqa: BLE001 - rosbags raises several types on corrupt data
@@ -316,6 +316,22 @@ def _iter_frames(path: Path, topic: str, stamp: str) -> Iterator[BagFrame]:
             yield BagFrame(stamp_ns, points, str(msg.header.frame_id) or None)
     finally:
         reader.close()
+
+
+def _guarded(messages: Iterator, path: Path, topic: str) -> Iterator:
+    """A bag's messages; damaged storage (a corrupt sqlite3 page, a broken mcap chunk) found on the way is a
+    one-line InputError instead of the storage library's exception."""
+    count = 0
+    while True:
+        try:
+            item = next(messages)
+        except StopIteration:
+            return
+        except Exception as e:  # noqa: BLE001 - sqlite3, mcap and rosbags raise many types on damaged storage
+            raise InputError(f"{path}: the bag's storage is damaged after {count} message(s) on {topic!r} "
+                             f"({_reason(e)}); repair or re-record the bag") from e
+        count += 1
+        yield item
 
 
 # --------------------------------------------------------------------------------------------------
