@@ -195,7 +195,7 @@ def from_mapping(cls: type[T], data: Optional[Mapping[str, Any]], what: str) -> 
         raise InputError(f"{what}: invalid value ({shown(' '.join(str(e).split()), 200)})") from e
 
 
-SETTING_MAGNITUDE = (1e-30, 1e12)  # a number of a setting is 0 or of a size in this range: beyond it, none means anything
+SETTING_MAGNITUDE = (1e-30, 1e12)  # a setting's number is 0 or of a size in this range: beyond it none means anything
 SETTING_TEXT_CHARS = 1000  # the longest text a setting holds (a prompt template is far shorter)
 SETTING_ITEMS = 10_000  # the most items of a setting's list (views, layers, templates)
 

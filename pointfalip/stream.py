@@ -92,9 +92,9 @@ class RealtimePacer:
         stamp_ns = int(stamp_ns)
         if self._last_stamp_ns is not None and not 0 <= stamp_ns - self._last_stamp_ns <= self._max_gap_ns:
             if not self.odd_stamps:
+                where = "before" if stamp_ns < self._last_stamp_ns else "far after"
                 log.warning("frame stamp %.9f s is %s the previous one (%.9f s); pacing such frames by their "
-                            "arrival", stamp_ns / _NS_PER_S,
-                            "before" if stamp_ns < self._last_stamp_ns else "far after", self._last_stamp_ns / _NS_PER_S)
+                            "arrival", stamp_ns / _NS_PER_S, where, self._last_stamp_ns / _NS_PER_S)
             self.odd_stamps += 1
             self._origin = None
         if self._origin is None:
@@ -295,7 +295,8 @@ def reopening(open_source: Callable[[], Any]) -> tuple[Any, Callable[[], Iterabl
 class SceneOutputs:
     """The Foxglove outputs of a scene run, entered on ``stack`` (closed with it): a live server (``serve``) opened
     at once, so that a viewer can connect while the model loads, and an MCAP recording (:meth:`record_to`). Both
-    share one channel set; :attr:`sinks` and :attr:`record` are :func:`stream`'s arguments.
+    share one channel set, which :func:`stream` logs each frame to once; :attr:`sinks` and :attr:`record` are its
+    arguments.
 
     Args:
         stack: the ``ExitStack`` that closes the outputs (also on Ctrl-C or an error).

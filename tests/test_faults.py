@@ -536,6 +536,20 @@ def test_a_failing_render_leaves_no_recording(main, tiny_json, tmp_path, monkeyp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.npy"]
 
 
+def test_a_failing_part_picture_takes_the_written_ply_with_it(main, tiny_json, tmp_path, monkeypatch):
+    cloud = tmp_path / "c.npy"
+    np.save(cloud, np.random.default_rng(0).normal(size=(200, 3)).astype(np.float32))
+
+    def broken(*args, **kwargs):
+        raise InputError("the picture cannot be drawn")
+
+    monkeypatch.setattr("pointfalip.render.save_part_sheet", broken)
+    code, _, err = main("segment", cloud, "--parts", "a,b", "--model", tiny_json, "--pretrained", "none", "-o",
+                        tmp_path / "parts.ply", "--render", tmp_path / "parts.png")
+    one_line_error(code, err, "cannot be drawn")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.npy"]
+
+
 def test_an_empty_last_frame_is_rendered_not_a_traceback(tmp_path):
     from pointfalip.render import save_scene
 
