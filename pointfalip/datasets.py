@@ -55,8 +55,8 @@ import numpy as np
 
 from . import io as pio
 from . import prompts
-from .errors import InputError, one_line
-from .files import check_input_file
+from .errors import InputError, one_line, shown
+from .files import check_input_file, check_text, path_text
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +132,10 @@ class Dataset:
     def _truncate(self, n: int) -> None:
         """Keep the first ``n`` items."""
         self.labels = self.labels[:n]
+
+    def data_files(self) -> list[Path]:
+        """The files the items are read from (the identity of the data, for resume keys)."""
+        raise NotImplementedError
 
     # ---- common interface ------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -218,6 +222,9 @@ class H5Dataset(Dataset):
         k, row = self._locate(self._index(i))
         return f"{self.files[k]}[{row}]"
 
+    def data_files(self) -> list[Path]:
+        return list(self.files)
+
     def _locate(self, i: int) -> tuple[int, int]:
         k = int(np.searchsorted(self._offsets, i, side="right")) - 1
         return k, i - int(self._offsets[k])
@@ -264,6 +271,9 @@ class FileDataset(Dataset):
 
     def source(self, i: int) -> str:
         return str(self.paths[self._index(i)])
+
+    def data_files(self) -> list[Path]:
+        return list(self.paths)
 
     def _truncate(self, n: int) -> None:
         super()._truncate(n)
@@ -532,6 +542,8 @@ def _folder(root: Path, split: str, num_points: int) -> Dataset:
     classes = sorted(f.name for f in _subdirs(root))
     if not classes:
         raise InputError(f"{root}: no class folders; lay out your data as {root}/<class name>/<file>")
+    for c in classes:  # a class name is a prompt: undecodable bytes in it could only be garbage
+        check_text(c, f"{path_text(root)}: class folder")
     items, ignored = [], 0
     for label, c in enumerate(classes):
         files = []
@@ -777,16 +789,32 @@ def _open_h5(path: Path):
         raise InputError(f"{path}: cannot open it as an HDF5 file ({one_line(e)})") from e
 
 
+def _dtype_text(dtype: np.dtype) -> str:
+    """A dtype as a message names it: strings, compound records, booleans, ... (never a 1000-field repr)."""
+    kinds = {"S": "byte-string", "U": "string", "O": "object", "V": "compound (record)", "b": "boolean",
+             "c": "complex", "M": "date", "m": "time-span"}
+    return kinds.get(dtype.kind, shown(str(dtype), 40))
+
+
 def _inspect_h5(path: Path, num_classes: int) -> tuple[int, np.ndarray]:
-    """Number of clouds and their labels, after checking the keys, shapes and label range."""
+    """Number of clouds and their labels, after checking the keys, shapes, element types and label range."""
+    import h5py
+
     with _open_h5(path) as h5:
         for key in (_DATA_KEY, _LABEL_KEY):
             if key not in h5:
                 raise InputError(f"{path}: no '{key}' key (it has: {', '.join(sorted(h5.keys())) or 'none'}); "
                                  "is this the dataset's h5 release?")
         data = h5[_DATA_KEY]
+        if not isinstance(data, h5py.Dataset):
+            raise InputError(f"{path}: '{_DATA_KEY}' is a group, not an array; is this the dataset's h5 release?")
         if data.ndim != 3 or data.shape[2] < 3:
             raise InputError(f"{path}: '{_DATA_KEY}' has shape {tuple(data.shape)}, expected (N, points, 3)")
+        if data.dtype.kind not in "fiu":
+            raise InputError(f"{path}: '{_DATA_KEY}' holds {_dtype_text(data.dtype)} values, expected numbers "
+                             "(float coordinates)")
+        if not isinstance(h5[_LABEL_KEY], h5py.Dataset):
+            raise InputError(f"{path}: '{_LABEL_KEY}' is a group, not an array; is this the dataset's h5 release?")
         raw = np.asarray(h5[_LABEL_KEY][()])
     shape = tuple(raw.shape)
     if raw.ndim == 2 and raw.shape[1] == 1:
@@ -795,7 +823,10 @@ def _inspect_h5(path: Path, num_classes: int) -> tuple[int, np.ndarray]:
         raise InputError(f"{path}: '{_LABEL_KEY}' has shape {shape}, expected ({data.shape[0]},) "
                          f"or ({data.shape[0]}, 1) to match '{_DATA_KEY}'")
     if raw.dtype.kind not in "iuf" or (raw.dtype.kind == "f" and not np.all(raw == np.round(raw))):
-        raise InputError(f"{path}: '{_LABEL_KEY}' holds {raw.dtype} values, expected integer class indices")
+        raise InputError(f"{path}: '{_LABEL_KEY}' holds {_dtype_text(raw.dtype)} values, expected integer class "
+                         "indices")
+    if raw.dtype.kind == "f" and not np.isfinite(raw).all():
+        raise InputError(f"{path}: '{_LABEL_KEY}' holds NaN or infinite values, expected integer class indices")
     labels = raw.astype(np.int64)
     bad = (labels < 0) | (labels >= num_classes)
     if bad.any():

@@ -50,7 +50,7 @@ from .batches import (KEY_VERSION, MADE_BY, PARTIAL_SUFFIX, BatchCache, DatasetR
 from .batches import run_key as _hashed_key
 from .datasets import Dataset
 from .errors import InputError
-from .files import atomic_write, file_identity
+from .files import atomic_write, data_identity, file_identity
 from .metrics import classification_metrics as metrics  # the run's figures; `evaluate.metrics` stays importable
 from .model import FalipCLIP
 from .recognize import Recognizer, RecognizerConfig
@@ -188,6 +188,7 @@ def run_key(model: FalipCLIP, dataset: Dataset, preset: str, config: RecognizerC
         "root": str(Path(dataset.root).resolve()),
         "split": dataset.split,
         "layout": dataset.layout,
+        "data": data_identity(dataset.data_files()),  # the files themselves: a repaired or replaced one starts over
         "items": len(dataset),  # the limit
         "num_points": dataset.num_points,
         "classes": list(dataset.classes),
@@ -323,8 +324,29 @@ class ClassificationTask:
         report.report, report.confusion_png = str(out), str(confusion_path(out))
         return report
 
-    def write(self, report: ClassificationReport) -> None:
-        save_confusion_png(report.confusion_png, report.to_dict())
+    def write(self, report: ClassificationReport) -> list[Path]:
+        return [save_confusion_png(report.confusion_png, report.to_dict())]
+
+    def valid(self, b: BatchResult) -> Optional[str]:
+        """Why a batch read back cannot be this dataset's (see `batches.EvaluationTask.valid`)."""
+        hi = min(b.start + self.batch_size, len(self.dataset))
+        if not _ints_in(b.indices, b.start, hi) or len(set(b.indices.tolist())) != len(b.indices):
+            return "item indices outside its batch"
+        if not np.array_equal(b.labels, self.dataset.labels[b.indices]):
+            return "labels that are not the dataset's"
+        if set(b.predictions) != set(self.runs) or \
+                not all(_ints_in(p, 0, len(self.dataset.classes)) for p in b.predictions.values()):
+            return "predictions outside the classes"
+        if not all(isinstance(s, tuple) and len(s) == 3 and isinstance(s[0], int) and b.start <= s[0] < hi
+                   and all(isinstance(t, str) for t in s[1:]) for s in b.skipped):
+            return "skipped items outside its batch"
+        return None
+
+
+def _ints_in(values: np.ndarray, lo: int, hi: int) -> bool:
+    """Whether ``values`` is an integer array with every value in [lo, hi)."""
+    values = np.asarray(values)
+    return values.dtype.kind in "iu" and bool(((values >= lo) & (values < hi)).all())
 
 
 SEED_MARK = "@seed"  # a few-shot run of one seed: "falip+fewshot@seed1"; merged into "falip+fewshot"

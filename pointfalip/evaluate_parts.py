@@ -39,7 +39,7 @@ from .datasets import ShapeNetPartDataset
 from .errors import InputError
 from .batches import DatasetReport, TaskKind, check_batch_size, register_task, run_evaluation
 from .evaluate import default_report_path
-from .files import atomic_write, file_identity
+from .files import atomic_write, data_identity, file_identity
 from .model import DENSE_MODES, FalipCLIP
 from .metrics import metrics_from_shapes, part_iou
 from .parts import DEFAULT_PRESET, PartPreset, PartSegmenter, category_labels, category_parts, load_part_preset
@@ -134,7 +134,7 @@ def part_run_key(model: FalipCLIP, dataset: ShapeNetPartDataset, preset: str, se
         "dataset": dataset.name,
         "root": str(Path(dataset.root).resolve()),
         "split": dataset.split,
-        "files": [file_identity(f) for f in dataset.files],
+        "data": data_identity(dataset.data_files()),
         "items": hashlib.sha256(dataset.release_rows().tobytes()).hexdigest(),  # the category and the limit
         "points": dataset.points_per_cloud,
         "up_axis": dataset.up_axis,
@@ -236,11 +236,31 @@ class PartTask:
         report.report, report.predictions = str(out), str(predictions_path(out))
         return report
 
-    def write(self, report: PartReport) -> None:
+    def write(self, report: PartReport) -> list[Path]:
         arrays = {"indices": np.concatenate([b.indices for b in self.batches]),
                   "categories": np.concatenate([b.categories for b in self.batches])}
         arrays.update({f"pred_{r}": np.concatenate([b.predictions[r] for b in self.batches]) for r in self.runs})
-        atomic_write(report.predictions, lambda f: np.savez_compressed(f, **arrays))
+        return [atomic_write(report.predictions, lambda f: np.savez_compressed(f, **arrays))]
+
+    def valid(self, b: PartBatch) -> Optional[str]:
+        """Why a batch read back cannot be this dataset's (see `batches.EvaluationTask.valid`)."""
+        idx = np.asarray(b.indices)
+        hi = min(b.start + self.batch_size, len(self.dataset))
+        if idx.dtype.kind not in "iu" or not ((idx >= b.start) & (idx < hi)).all():
+            return "item indices outside its batch"
+        if not np.array_equal(b.categories, self.dataset.labels[idx]):
+            return "categories that are not the dataset's"
+        ranges = [category_labels(self.dataset.classes[c]) for c in b.categories.tolist()]
+        first = np.array([r.start for r in ranges]).reshape(-1, 1)
+        last = np.array([r.stop for r in ranges]).reshape(-1, 1)
+        for r in self.runs:
+            pred = np.asarray(b.predictions[r])
+            if pred.dtype.kind not in "iu" or pred.ndim != 2 or not ((pred >= first) & (pred < last)).all():
+                return "part ids outside the shapes' categories"
+            ious, accs = np.asarray(b.part_ious[r], dtype=np.float64), np.asarray(b.accuracies[r], dtype=np.float64)
+            if not (np.isnan(ious) | ((ious >= 0) & (ious <= 1))).all() or not ((accs >= 0) & (accs <= 1)).all():
+                return "IoU or accuracy outside [0, 1]"
+        return None
 
 
 def _report(model, dataset: ShapeNetPartDataset, preset_name: str, settings: PartPreset, runs,

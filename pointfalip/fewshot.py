@@ -482,14 +482,14 @@ def _read_header(path: Path, data: bytes) -> dict:
         raise InputError(f"{bad} (no safetensors header, or the file is truncated)")
     try:
         header = json.loads(data[_HEADER_BYTES:_HEADER_BYTES + size].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise InputError(f"{bad} (unreadable safetensors header)") from None
     strings = header.get("__metadata__") if isinstance(header, dict) else None
     if not isinstance(strings, dict) or "format" not in strings:
         raise InputError(f"{bad} (a safetensors file without few-shot metadata)")
     try:
         meta = {key: json.loads(value) for key, value in strings.items()}
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         raise InputError(f"{bad} (metadata is not JSON)") from None
     if meta.get("format") != FORMAT_NAME:
         raise InputError(f"{bad} (format {meta.get('format')!r})")

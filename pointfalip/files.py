@@ -1,6 +1,6 @@
 """Files the tool reads and writes: inputs named for what they are (folder, device, named pipe, process
 substitution) and read once with a bound, atomic writes that keep the usual permissions, output paths checked
-before any work, the inputs of a run, and the identity of a local file (for cache keys).
+before any work, the inputs of a run, and the identity of a local file or of a dataset's files (for cache keys).
 
 The rules here are the user's safety: an output never replaces an input of the same run nor lands inside an input
 folder, never lands in a folder that is not there or under a regular file, and a file is either absent or whole;
@@ -8,6 +8,7 @@ a pipe with no writer never hangs the tool.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import select
 import stat
@@ -31,6 +32,18 @@ def path_text(path: PathLike) -> str:
     """A path as messages show it: as it is, or escaped (``ascii``) when it holds control characters."""
     text = os.fsdecode(path)
     return text if text.isprintable() else ascii(text)
+
+
+def check_text(text: str, what: str) -> str:
+    """``text`` if it is text UTF-8 can hold; else a one-line InputError (a name with undecodable bytes, which
+    Python keeps as lone surrogates, or a JSON string with a lone ``\\ud800`` escape: no prompt, report or
+    terminal can take it)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"{what} {ascii(text)[1:-1]} is not valid UTF-8 text (undecodable bytes or a lone "
+                         "surrogate); rename or fix it") from None
+    return text
 
 
 def input_kind(path: PathLike) -> str:
@@ -210,6 +223,43 @@ def file_identity(path: PathLike):
         st = os.stat(path)
         return [os.path.abspath(path), st.st_size, st.st_mtime_ns]
     return str(path)
+
+
+IDENTITY_BLOCK = 4096  # bytes hashed at each sampled place of a data file (`data_identity`)
+IDENTITY_SAMPLES = 3  # places sampled: the start, the middle and the end; a file this small is hashed whole
+
+
+def _sampled_digest(path: PathLike, size: int) -> str:
+    """sha256 of ``IDENTITY_SAMPLES`` blocks spread over the file (all of it when it is small)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        if size <= IDENTITY_BLOCK * IDENTITY_SAMPLES:
+            digest.update(f.read())
+        else:
+            last = size - IDENTITY_BLOCK
+            for k in range(IDENTITY_SAMPLES):
+                f.seek(last * k // (IDENTITY_SAMPLES - 1))
+                digest.update(f.read(IDENTITY_BLOCK))
+    return digest.hexdigest()
+
+
+def data_identity(paths: Iterable[PathLike]) -> dict:
+    """The identity of the data files a run reads, for cache keys: ``{"files": count, "sha256": digest}`` over
+    every file's path, size, mtime and a cheap content hash (a few blocks, `IDENTITY_SAMPLES`). A file repaired,
+    replaced (even with its old mtime, as ``cp -p`` does) or touched gives another identity; a missing or
+    unreadable file counts as such, so that the run itself reports it."""
+    digest = hashlib.sha256()
+    count = 0
+    for path in paths:
+        count += 1
+        name = os.fsencode(os.path.abspath(path))
+        try:
+            st = os.stat(path)
+            mark = f"{st.st_size}:{st.st_mtime_ns}:{_sampled_digest(path, st.st_size)}"
+        except OSError as e:
+            mark = f"unreadable:{type(e).__name__}"
+        digest.update(name + b"\0" + mark.encode() + b"\n")
+    return {"files": count, "sha256": digest.hexdigest()}
 
 
 def check_output(path: PathLike, what: str = "output", inputs: Iterable[PathLike] = (),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import typing
 from functools import lru_cache
@@ -29,7 +30,7 @@ from typing import Any, Mapping, Optional, TypeVar, Union
 import numpy as np
 import yaml
 
-from .errors import InputError
+from .errors import InputError, shown
 from .files import read_input_text
 
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")  # the one list: presets, --precision, load_model
@@ -81,7 +82,9 @@ def read_yaml(source: Source) -> dict:
     except UnicodeDecodeError as e:
         raise InputError(f"config file {source} is not UTF-8 text") from e
     except yaml.YAMLError as e:
-        raise InputError(f"config file {source} is not valid YAML: {' '.join(str(e).split())}") from e
+        raise InputError(f"config file {source} is not valid YAML: {shown(' '.join(str(e).split()), 300)}") from e
+    except RecursionError:
+        raise InputError(f"config file {source} nests too deeply to be a settings file") from None
     if not isinstance(data, dict):
         raise InputError(f"config file {source} must hold a mapping")
     return data
@@ -181,6 +184,7 @@ def from_mapping(cls: type[T], data: Optional[Mapping[str, Any]], what: str) -> 
     hints = typing.get_type_hints(cls)
     values = {}
     for key, value in data.items():
+        _check_plain(value, f"{what}: {key}")
         nested = _dataclass_in(hints.get(key))
         values[key] = from_mapping(nested, value, f"{what}: {key}") if nested and value is not None else value
     try:
@@ -188,7 +192,39 @@ def from_mapping(cls: type[T], data: Optional[Mapping[str, Any]], what: str) -> 
     except InputError as e:
         raise InputError(f"{what}: {e}") from e
     except (TypeError, ValueError, OverflowError) as e:
-        raise InputError(f"{what}: invalid value ({' '.join(str(e).split())})") from e
+        raise InputError(f"{what}: invalid value ({shown(' '.join(str(e).split()), 200)})") from e
+
+
+SETTING_MAGNITUDE = (1e-30, 1e12)  # a setting's number is 0 or of a size in this range: beyond it none means anything
+SETTING_TEXT_CHARS = 1000  # the longest text a setting holds (a prompt template is far shorter)
+SETTING_ITEMS = 10_000  # the most items of a setting's list (views, layers, templates)
+
+
+def _check_plain(value: Any, where: str, depth: int = 0) -> None:
+    """A settings value as the door accepts it: numbers of a size a setting can have, texts and lists of a size a
+    setting can have, nesting shallow; one-line InputErrors naming the setting (the value cut short)."""
+    if depth > 8:
+        raise InputError(f"{where}: nested {depth} levels deep; no setting is")
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        lo, hi = SETTING_MAGNITUDE
+        size = abs(float(value))  # NaN and infinity: each setting's own check names them
+        if math.isfinite(size) and value != 0 and not lo <= size <= hi:
+            raise InputError(f"{where} = {shown(value)} is outside the numbers a setting can take (0, or "
+                             f"{lo:g} to {hi:g} in size)")
+    elif isinstance(value, str):
+        if len(value) > SETTING_TEXT_CHARS:
+            raise InputError(f"{where} = {shown(value, 40)}: a text of {len(value)} characters; no setting is "
+                             f"longer than {SETTING_TEXT_CHARS}")
+    elif isinstance(value, (list, tuple)):
+        if len(value) > SETTING_ITEMS:
+            raise InputError(f"{where}: a list of {len(value)} items; no setting holds more than {SETTING_ITEMS}")
+        for item in value:
+            _check_plain(item, where, depth + 1)
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            _check_plain(item, f"{where}: {shown(str(key), 40)}", depth + 1)
 
 
 def _dataclass_in(hint) -> Optional[type]:

@@ -17,8 +17,8 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from .errors import InputError
-from .files import atomic_write, file_identity
+from .errors import InputError, shown
+from .files import atomic_write, check_text, file_identity
 from .weights import is_random
 from .presets import read_data_json
 
@@ -95,9 +95,11 @@ def _validate_prompts(data, source: str) -> Prompts:
         if not isinstance(label, str) or not label.strip():
             raise InputError(f"{source} has an empty or non-string class name")
         if not isinstance(prompts, list) or not prompts:
-            raise InputError(f"{source}: class '{label}' needs a non-empty list of prompts")
+            raise InputError(f"{source}: class '{shown(label)}' needs a non-empty list of prompts")
         if not all(isinstance(p, str) and p.strip() for p in prompts):
-            raise InputError(f"{source}: class '{label}' has a prompt that is not a non-empty string")
+            raise InputError(f"{source}: class '{shown(label)}' has a prompt that is not a non-empty string")
+        for text in (label, *prompts):
+            check_text(text, f"{source}: text")
         out[label] = list(prompts)
     return out
 
@@ -111,6 +113,8 @@ def read_prompt_json(path: PathLike):
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise InputError(f"prompt file {path} is not valid JSON: {e}") from e
+    except RecursionError:
+        raise InputError(f"prompt file {path} nests too deeply to be a prompt file") from None
 
 
 def load_prompt_file(path: PathLike) -> Prompts:
@@ -174,7 +178,8 @@ def build_prompts(labels: Sequence[str], templates: Union[str, Sequence[str]] = 
         raise InputError("no labels given")
     for label in labels:
         if not isinstance(label, str) or not label.strip():
-            raise InputError(f"labels must be non-empty strings, got {label!r}")
+            raise InputError(f"labels must be non-empty strings, got {shown(label)}")
+        check_text(label, "label")
     duplicates = sorted({lb for lb in labels if labels.count(lb) > 1})
     if duplicates:
         raise InputError(f"duplicate labels: {', '.join(duplicates)}")

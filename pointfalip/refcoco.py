@@ -33,6 +33,7 @@ import dataclasses
 import json
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Iterator, Optional, Sequence, Union
@@ -42,9 +43,9 @@ import torch
 from PIL import Image
 
 from . import __version__, foveal, regions, visual_prompts
-from .errors import InputError
+from .errors import InputError, shown
 from .batches import BatchCache, Report, TaskKind, check_batch_size, register_task, run_evaluation
-from .files import atomic_write, file_identity
+from .files import check_text, data_identity, file_identity
 from .images import load_image
 from .metrics import box_iou_xywh
 from .model import FalipCLIP
@@ -61,6 +62,7 @@ BOX_RULE = "reclip"  # FALIP's token rule and float32 weights for the foveal box
 JOIN = "+"  # representations summed in one run
 _CACHE_VERSION = 1  # bump when the batch files' contents change
 _ENCODE_CHUNK = 32  # boxes per encoder call
+_COCO_NAME = re.compile(r"COCO_[a-z]+\d{4}_0*(\d+)\.jpg", re.IGNORECASE)  # a COCO image file: its id at the end
 
 BoxXYWH = tuple[float, float, float, float]
 
@@ -135,14 +137,20 @@ def _xywh(value, where: str) -> BoxXYWH:
 
 
 def _short(value) -> str:
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 60 else text[:57] + "..."
+    try:
+        text = json.dumps(value, default=str)
+    except (ValueError, RecursionError):
+        text = repr(value)
+    return shown(text, 60)
 
 
 def _check_in_image(box: BoxXYWH, size: tuple[int, int], where: str) -> None:
     x, y, w, h = box
-    if w <= 0 or h <= 0:
-        raise InputError(f"{where}: box [x, y, w, h] = {_short(list(box))} has zero area")
+    for name, side in (("width", w), ("height", h)):
+        if side <= 0:
+            what = f"negative {name}" if side < 0 else f"zero {name} (zero area)"
+            raise InputError(f"{where}: box [x, y, w, h] = {_short(list(box))} has {what}; a box needs a positive "
+                             "width and height")
     try:
         foveal.check_box(xyxy(box), *size)
     except InputError as e:
@@ -183,6 +191,8 @@ def _read_json_lines(path: Path, limit: Optional[int]) -> list[tuple[int, dict]]
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise InputError(f"{path} line {number}: not valid JSON ({e.msg} at column {e.colno})") from None
+        except RecursionError:
+            raise InputError(f"{path} line {number}: nests too deeply to be a ReCLIP line") from None
         if not isinstance(row, dict):
             raise InputError(f"{path} line {number}: expected a JSON object, got {type(row).__name__}")
         rows.append((number, row))
@@ -195,9 +205,18 @@ def _image_key(value, where: str) -> int:
     try:
         if isinstance(value, bool) or isinstance(value, float):
             raise ValueError
-        return int(value)
+        key = int(value)
     except (TypeError, ValueError):
         raise InputError(f"{where}: image_id must be an integer, got {_short(value)}") from None
+    if key < 0:
+        raise InputError(f"{where}: image_id {key} is negative; COCO's ids are positive")
+    return key
+
+
+def _coco_number(file_name: str) -> Optional[int]:
+    """The image id a COCO file name spells (``COCO_train2014_000000581857.jpg`` -> 581857), None for others."""
+    match = _COCO_NAME.fullmatch(Path(file_name).name)
+    return int(match.group(1)) if match else None
 
 
 def read_detections(path: Union[str, Path]) -> dict[int, list[BoxXYWH]]:
@@ -210,6 +229,8 @@ def read_detections(path: Union[str, Path]) -> dict[int, list[BoxXYWH]]:
         data = json.loads(path.read_text(encoding="utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InputError(f"detections {path}: not valid JSON ({getattr(e, 'msg', e)})") from None
+    except RecursionError:
+        raise InputError(f"detections {path}: nests too deeply to be a detector file") from None
     except PermissionError:
         raise InputError(f"detections {path}: permission denied") from None
     out: dict[int, list[BoxXYWH]] = {}
@@ -247,6 +268,7 @@ def open_rec_dataset(name: str, root: Union[str, Path], annotations: Union[str, 
     dets = read_detections(detections) if detections is not None else None
     images: dict[str, ImageItem] = {}
     positions: dict[str, int] = {}  # file name -> index of its image
+    ids_of: dict[str, int] = {}  # file name -> its image_id
     expressions: list[Expression] = []
     for number, row in rows:
         where = f"{annotations} line {number}"
@@ -262,21 +284,37 @@ def open_rec_dataset(name: str, root: Union[str, Path], annotations: Union[str, 
             raise InputError(f"{where}: no sentences")
         texts = []
         for k, s in enumerate(sentences):
-            if not isinstance(s, dict) or not isinstance(s.get("raw"), str):
+            if not isinstance(s, dict) or not isinstance(s.get("raw"), str) or not s["raw"].strip():
                 raise InputError(f"{where}: sentence {k} has no 'raw' text")
-            texts.append(s["raw"].lower())
+            texts.append(check_text(s["raw"], f"{where}: sentence {k}").lower())
         ann_ids = row["ann_id"] if isinstance(row["ann_id"], list) else [row["ann_id"]]
-        if not all(isinstance(a, (int, str)) and not isinstance(a, bool) for a in ann_ids):
-            raise InputError(f"{where}: ann_id must be an int, a string or a list of them")
+        if not ann_ids or not all(_is_id(a) for a in ann_ids):
+            raise InputError(f"{where}: ann_id must be an int, a non-empty string or a list of them, got "
+                             f"{_short(row['ann_id'])}")
         boxes = []
         for k, ann in enumerate(anns):
             if not isinstance(ann, dict) or "bbox" not in ann or "id" not in ann:
                 raise InputError(f"{where}: ann {k} needs 'bbox' and 'id'")
+            if not _is_id(ann["id"]):
+                raise InputError(f"{where}: ann {k} has id {_short(ann['id'])}; an id is an int or a non-empty "
+                                 "string")
             boxes.append(_xywh(ann["bbox"], f"{where}, ann {k}"))
+        ids = [ann["id"] for ann in anns]
+        if len(set(ids)) != len(ids):
+            twice = next(i for i in ids if ids.count(i) > 1)
+            raise InputError(f"{where}: two anns have the id {_short(twice)}; the gold box would be ambiguous")
         gold = tuple(b for b, ann in zip(boxes, anns) if ann["id"] in ann_ids)
         if not gold:
             raise InputError(f"{where}: ann_id {_short(row['ann_id'])} matches none of the ids of its anns")
-        file_name = coco_file_name(row["file_name"])
+        file_name = coco_file_name(check_text(row["file_name"], f"{where}: file_name"))
+        image_id = _image_key(row["image_id"], where)
+        number = _coco_number(file_name)
+        if number is not None and number != image_id:
+            raise InputError(f"{where}: image_id {image_id} is not the id of {file_name} ({number}); the line "
+                             "names two images")
+        if ids_of.setdefault(file_name, image_id) != image_id:
+            raise InputError(f"{where}: image_id {image_id} for {file_name}, which an earlier line gives the "
+                             f"image_id {ids_of[file_name]}")
         item = images.get(file_name)
         if item is None:
             path = root / file_name
@@ -286,7 +324,6 @@ def open_rec_dataset(name: str, root: Union[str, Path], annotations: Union[str, 
         if dets is None:
             candidates = boxes
         else:
-            image_id = _image_key(row["image_id"], where)
             candidates = dets.get(image_id) or [(0.0, 0.0, float(item.size[0]), float(item.size[1]))]
             for k, b in enumerate(candidates):
                 _check_in_image(b, item.size, f"detections {detections}, image_id {image_id}, box {k} ({file_name})")
@@ -295,8 +332,28 @@ def open_rec_dataset(name: str, root: Union[str, Path], annotations: Union[str, 
         for text in texts:
             item.expressions.append(len(expressions))
             expressions.append(Expression(number, file_name, text, index, slots, gold))
+    if dets is not None:
+        _check_detections_match(detections, dets, set(ids_of.values()))
     return RecDataset(name, root, annotations, None if detections is None else Path(detections), len(rows),
                       list(images.values()), expressions)
+
+
+def _check_detections_match(path, dets: dict, image_ids: set) -> None:
+    """InputError when a detector file names none of the annotations' images (every expression would fall back
+    to the whole image: a report of nothing); a warning when it misses some of them."""
+    named = image_ids & set(dets)
+    if not named:
+        raise InputError(f"detections {path} name none of the {len(image_ids)} images of the annotations "
+                         f"(detections' first image_id: {next(iter(dets), 'none')}, annotations' first: "
+                         f"{min(image_ids)}); are they of another split?")
+    if len(named) < len(image_ids):
+        log.warning("detections %s name %d of the %d images of the annotations; the others take the whole image "
+                    "as their one candidate", path, len(named), len(image_ids))
+
+
+def _is_id(value) -> bool:
+    """Whether ``value`` can be a COCO annotation id: an int, or a non-empty string."""
+    return (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, str) and bool(value.strip()))
 
 
 # ---- representations and runs --------------------------------------------------------------------------
@@ -417,35 +474,31 @@ class RecBatch:
 
 
 class RecBatchCache(BatchCache):
-    """`evaluate.BatchCache` holding REC batches (per-expression scores) instead of class predictions."""
+    """`batches.BatchCache` holding REC batches (per-expression scores) instead of class predictions."""
 
     def __init__(self, folder: Path, key: dict, runs: Sequence[str], dataset: RecDataset, batch_size: int):
-        super().__init__(folder, key, runs)
+        super().__init__(folder, key, runs, RecBatch)
         self.dataset = dataset
         self.batch_size = batch_size
 
     def save(self, b: RecBatch) -> None:
         arrays = {"start": np.int64(b.start), "expressions": b.expressions}
         arrays.update({f"scores_{k}": b.scores[r] for k, r in enumerate(self.runs)})
-        atomic_write(self.path(b.start), lambda f: np.savez(f, **arrays))
+        self._write(b.start, arrays)
 
-    def load(self, start: int) -> Optional[RecBatch]:
-        path = self.path(start)
-        if not path.is_file():
-            return None
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                b = RecBatch(int(z["start"]), z["expressions"].astype(np.int64),
-                             {r: z[f"scores_{k}"].astype(np.float32) for k, r in enumerate(self.runs)})
-        except (OSError, ValueError, KeyError) as e:
-            log.warning("%s: unreadable (%s); computing the batch again", path, e)
-            return None
+    def _decode(self, z, start: int) -> RecBatch:
+        return RecBatch(int(z["start"]), z["expressions"].astype(np.int64),
+                        {r: z[f"scores_{k}"].astype(np.float32) for k, r in enumerate(self.runs)})
+
+    def _inconsistent(self, b: RecBatch, start: int) -> Optional[str]:
         expected = [e for item in self.dataset.images[start:start + self.batch_size] for e in item.expressions]
         n = sum(len(self.dataset.expressions[e].candidates) for e in expected)
-        if b.start != start or b.expressions.tolist() != expected or any(len(s) != n for s in b.scores.values()):
-            log.warning("%s: inconsistent contents; computing the batch again", path)
-            return None
-        return b
+        if b.start != start or b.expressions.tolist() != expected or \
+                any(s.shape != (n,) for s in b.scores.values()):
+            return "inconsistent contents"
+        if not all(np.isfinite(s).all() for s in b.scores.values()):
+            return "scores that are not finite"
+        return None
 
 
 def run_key(model: FalipCLIP, dataset: RecDataset, runs: Sequence[str], batch_size: int,
@@ -456,8 +509,9 @@ def run_key(model: FalipCLIP, dataset: RecDataset, runs: Sequence[str], batch_si
         "pointfalip": __version__,
         "dataset": dataset.name,
         "root": str(dataset.root.resolve()),
-        "annotations": file_identity(str(dataset.annotations)),
-        "detections": None if dataset.detections is None else file_identity(str(dataset.detections)),
+        "annotations": data_identity([dataset.annotations]),
+        "detections": None if dataset.detections is None else data_identity([dataset.detections]),
+        "data": data_identity(item.path for item in dataset.images),  # the images themselves
         "lines": dataset.lines,
         "model": str(model.name),
         "pretrained": file_identity(str(model.pretrained)),
@@ -553,8 +607,9 @@ class RecTask:
         report.report = str(out)
         return report
 
-    def write(self, report: RecReport) -> None:
+    def write(self, report: RecReport) -> list[Path]:
         """Nothing besides the JSON."""
+        return []
 
 
 def _report(model: FalipCLIP, dataset: RecDataset, runs: Sequence[str], batches: list) -> RecReport:

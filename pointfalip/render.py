@@ -131,8 +131,9 @@ def save_scene(path, points: np.ndarray, objects: Sequence, up_axis: str = "z") 
     """A top view of a scene (looking down the up axis) with each `RecognizedObject`'s box and label."""
     up = "xyz".index(up_axis.lstrip("-"))
     u, v = [a for a in range(3) if a != up]
-    pts = np.asarray(points, np.float64)[:, [u, v]]
-    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    pts = np.asarray(points, np.float64).reshape(-1, 3)[:, [u, v]]
+    pts = pts[np.isfinite(pts).all(axis=1)]
+    lo, hi = (pts.min(axis=0), pts.max(axis=0)) if len(pts) else (np.zeros(2), np.ones(2))  # an empty frame: blank
     scale = (SCENE_PIXELS - 1) / max(float((hi - lo).max()), 1e-9)
 
     def pixel(xy):

@@ -28,7 +28,7 @@ from typing import Any, Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ def pointcloud2_from_cdr(data: bytes) -> Any:
     try:
         return _typestore().deserialize_cdr(data, POINTCLOUD2)
     except Exception as e:  # noqa: BLE001 - rosbags raises several types on bytes it cannot read
-        raise InputError(f"not the CDR bytes of a PointCloud2 ({_reason(e)})") from e
+        raise InputError(f"not the CDR bytes of a PointCloud2 ({one_line(e)})") from e
 
 
 def _as_bytes(raw: Any) -> np.ndarray:
@@ -233,14 +233,9 @@ def _open_reader(path: str | os.PathLike):
     except InputError:
         raise
     except Exception as e:  # noqa: BLE001 - rosbags raises ReaderError, KeyError, sqlite3 / mcap errors, ...
-        raise InputError(f"{p}: could not read it as a ROS 2 bag ({_reason(e)}); "
+        raise InputError(f"{p}: could not read it as a ROS 2 bag ({one_line(e)}); "
                          "give a rosbag2 folder (sqlite3 or mcap storage) or its .db3 / .mcap file") from e
     return reader
-
-
-def _reason(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _topic_types(reader) -> dict[str, str | None]:
@@ -329,12 +324,12 @@ def _iter_frames(path: Path, topic: str, stamp: str) -> Iterator[BagFrame]:
     reader = _open_reader(path)
     try:
         connections = [c for c in reader.connections if c.topic == topic]
-        for connection, bag_ns, raw in reader.messages(connections=connections):
+        for connection, bag_ns, raw in _guarded(reader.messages(connections=connections), path, topic):
             try:
                 msg = store.deserialize_cdr(raw, connection.msgtype)
             except Exception as e:  # noqa: BLE001 - rosbags raises several types on corrupt data
                 raise InputError(f"{path}: message on {topic!r} at {bag_ns} ns cannot be deserialised "
-                                 f"({_reason(e)}); the bag is corrupt") from e
+                                 f"({one_line(e)}); the bag is corrupt") from e
             points = decode_pointcloud2(msg)
             stamp_ns = int(bag_ns)
             if stamp == "header":
@@ -343,6 +338,22 @@ def _iter_frames(path: Path, topic: str, stamp: str) -> Iterator[BagFrame]:
             yield BagFrame(stamp_ns, points, str(msg.header.frame_id) or None)
     finally:
         reader.close()
+
+
+def _guarded(messages: Iterator, path: Path, topic: str) -> Iterator:
+    """A bag's messages; damaged storage (a corrupt sqlite3 page, a broken mcap chunk) found on the way is a
+    one-line InputError instead of the storage library's exception."""
+    count = 0
+    while True:
+        try:
+            item = next(messages)
+        except StopIteration:
+            return
+        except Exception as e:  # noqa: BLE001 - sqlite3, mcap and rosbags raise many types on damaged storage
+            raise InputError(f"{path}: the bag's storage is damaged after {count} message(s) on {topic!r} "
+                             f"({one_line(e)}); repair or re-record the bag") from e
+        count += 1
+        yield item
 
 
 # --------------------------------------------------------------------------------------------------

@@ -14,14 +14,18 @@ A **frame** is anything with ``points`` (``(N, 3)``, metres), ``stamp_ns`` (int 
 None), e.g. :class:`pointfalip.sources.BagFrame`, and optionally ``pose`` (a ``(4, 4)`` world-from-sensor transform
 from odometry, handed to the tracker; None or absent: unknown). A **sink** is anything with ``log_frame(points, result, *,
 stamp_ns=None)``: :class:`pointfalip.foxglove.McapRecording`, :class:`pointfalip.foxglove.LiveServer`,
-:class:`pointfalip.foxglove.SceneChannels`, :class:`JsonLines`, or a ROS publisher (:mod:`pointfalip.ros2`).
+:class:`pointfalip.foxglove.SceneChannels`, :class:`JsonLines`, or a ROS publisher (:mod:`pointfalip.ros2`). Sinks
+that share one Foxglove channel set (their ``scene``: a live server and a recording of :class:`SceneOutputs`) get
+each frame once between them: one log reaches every sink of the set.
 :class:`FrameQueue` turns pushed frames (a subscriber's callback) into the iterable the loop reads;
 :class:`SceneOutputs` opens a run's Foxglove outputs (live server, MCAP recording) and :func:`reopening` a source
-that a ``loop`` reads again: the wiring the command line and the node share.
+that a ``loop`` reads again: the wiring the command line and the node share. ``realtime`` paces frames by their
+stamps on one monotonic clock, never trusting a stamp that goes back or jumps (:class:`RealtimePacer`).
 """
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import threading
 import time
@@ -29,6 +33,8 @@ from contextlib import ExitStack
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional, Sequence, TextIO, Union
 
 from .errors import InputError
+
+log = logging.getLogger(__name__)
 
 __all__ = ["FrameQueue", "JsonLines", "RealtimePacer", "SceneOutputs", "StreamedFrame", "reopening", "stream"]
 
@@ -45,27 +51,39 @@ class StreamedFrame(NamedTuple):
     resent: bool  # the previous result sent again to the sinks (a single frame looping), not recomputed
 
 
-class RealtimePacer:
-    """Releases the frames of a recording at the pace of their stamps, measured on a monotonic clock.
+MAX_STAMP_GAP_S = 10.0  # a stamp further than this from the previous frame's is not paced by (one warning)
 
-    :meth:`wait` sleeps until a frame is due: the first frame (and the first after the stamps go back, as when a
-    recording starts over) is due at once, every later one ``stamp - first stamp`` after it. A frame that is
-    already late (processing slower than the recording) is released at once; nothing is skipped.
+
+class RealtimePacer:
+    """Releases the frames of a recording at the pace of their stamps, measured on one monotonic clock.
+
+    :meth:`wait` sleeps until a frame is due: the first frame anchors the pace and is due at once, every later one
+    ``stamp - anchor stamp`` after the anchor. A stamp that goes back or jumps ahead of the previous frame's by more
+    than ``max_gap_s`` (a header stamp of 0, a sensor whose clock was reset) is not trusted: that frame is paced by
+    its arrival, released at once, and anchors the pace from there; the first such stamp is warned about, once. A
+    frame that is already late (processing slower than the recording) is released at once; nothing is skipped, and
+    no stamp can make the pacer wait longer than ``max_gap_s``.
 
     Args:
         clock: seconds on a monotonic clock (``time.monotonic``; wall-clock jumps do not disturb the pace).
         sleep: how to wait a number of seconds (``time.sleep``).
+        max_gap_s: the largest step between two frames' stamps that is paced (seconds, positive).
     """
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
+    def __init__(self, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                 max_gap_s: float = MAX_STAMP_GAP_S):
+        if not (isinstance(max_gap_s, (int, float)) and 0 < max_gap_s < float("inf")):
+            raise InputError(f"max_gap_s must be a positive number of seconds, got {max_gap_s!r}")
         self._clock = clock
         self._sleep = sleep
-        self._origin: tuple[int, float] | None = None  # (stamp_ns, clock seconds) of the first frame
+        self._max_gap_ns = int(max_gap_s * _NS_PER_S)
+        self._origin: tuple[int, float] | None = None  # (stamp_ns, clock seconds) of the anchoring frame
         self._last_stamp_ns: int | None = None
         self.late_s = 0.0  # how late the newest frame was released (0 when on time)
+        self.odd_stamps = 0  # frames paced by their arrival because their stamps could not be trusted
 
     def reset(self) -> None:
-        """The next frame is due at once."""
+        """The next frame is due at once and anchors the pace (a new pass over a recording)."""
         self._origin, self._last_stamp_ns = None, None
 
     def wait(self, stamp_ns: int | None) -> float:
@@ -73,7 +91,14 @@ class RealtimePacer:
         if stamp_ns is None:
             return 0.0
         stamp_ns = int(stamp_ns)
-        if self._origin is None or (self._last_stamp_ns is not None and stamp_ns < self._last_stamp_ns):
+        if self._last_stamp_ns is not None and not 0 <= stamp_ns - self._last_stamp_ns <= self._max_gap_ns:
+            if not self.odd_stamps:
+                where = "before" if stamp_ns < self._last_stamp_ns else "far after"
+                log.warning("frame stamp %.9f s is %s the previous one (%.9f s); pacing such frames by their "
+                            "arrival", stamp_ns / _NS_PER_S, where, self._last_stamp_ns / _NS_PER_S)
+            self.odd_stamps += 1
+            self._origin = None
+        if self._origin is None:
             self._origin = (stamp_ns, self._clock())
         self._last_stamp_ns = stamp_ns
         first_stamp, first_clock = self._origin
@@ -125,6 +150,9 @@ def stream(scene: Any, frames: Frames, *, sinks: Sequence[Any] = (), record: Seq
     pass_index, last, count = 0, None, 0
     while True:
         seen = 0
+        if pacer is not None:
+            pacer.reset()  # a repeat's stamps start over: due at once, no warning
+        targets = _once_per_channels((*sinks, *(record if pass_index == 0 else ())))
         for frame in _frames_of(frames):
             seen += 1
             if pacer is not None:
@@ -134,7 +162,7 @@ def stream(scene: Any, frames: Frames, *, sinks: Sequence[Any] = (), record: Seq
                                      **({} if pose is None else {"pose": pose}))
             stamp = None if pass_index == 0 else now_ns()
             t0 = time.perf_counter()
-            for sink in (*sinks, *(record if pass_index == 0 else ())):
+            for sink in targets:
                 sink.log_frame(frame.points, result, stamp_ns=stamp)
             result.timings["output"] = time.perf_counter() - t0
             last, count = (frame, result), count + (pass_index == 0)
@@ -150,8 +178,25 @@ def stream(scene: Any, frames: Frames, *, sinks: Sequence[Any] = (), record: Seq
             return
         pass_index += 1
         if count == 1 and last[0].stamp_ns is None:
-            yield from _resend(last, sinks, pass_index, resend_s, clock, sleep, now_ns)
+            yield from _resend(last, _once_per_channels(sinks), pass_index, resend_s, clock, sleep, now_ns)
             return
+
+
+def _once_per_channels(sinks: Sequence[Any]) -> list:
+    """The sinks to call for one frame: of the sinks that share one Foxglove channel set (their ``scene``, e.g. a
+    live server and a recording on one `foxglove.SceneChannels`), only the first, since one log reaches every
+    sink of the set; a frame logged once per sink would appear there twice."""
+    from .foxglove import SceneChannels
+
+    chosen, seen = [], set()
+    for sink in sinks:
+        channels = getattr(sink, "scene", None)
+        if isinstance(channels, SceneChannels):
+            if id(channels) in seen:
+                continue
+            seen.add(id(channels))
+        chosen.append(sink)
+    return chosen
 
 
 def _resend(last: tuple, sinks: Sequence[Any], pass_index: int, resend_s: float, clock: Callable[[], float],
@@ -253,7 +298,8 @@ def reopening(open_source: Callable[[], Any]) -> tuple[Any, Callable[[], Iterabl
 class SceneOutputs:
     """The Foxglove outputs of a scene run, entered on ``stack`` (closed with it): a live server (``serve``) opened
     at once, so that a viewer can connect while the model loads, and an MCAP recording (:meth:`record_to`). Both
-    share one channel set; :attr:`sinks` and :attr:`record` are :func:`stream`'s arguments.
+    share one channel set, which :func:`stream` logs each frame to once; :attr:`sinks` and :attr:`record` are its
+    arguments.
 
     Args:
         stack: the ``ExitStack`` that closes the outputs (also on Ctrl-C or an error).

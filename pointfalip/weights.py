@@ -16,7 +16,7 @@ import open_clip
 import torch
 from torch import nn
 
-from .errors import InputError, UnsupportedModel, WeightsUnavailable
+from .errors import InputError, UnsupportedModel, WeightsUnavailable, one_line
 from .files import check_input_file
 
 __all__ = ["RANDOM_WEIGHTS_SEED", "build_clip", "config_grid", "is_random", "resolve_model_name"]
@@ -77,8 +77,8 @@ def resolve_model_name(name: str) -> str:
         try:
             with open(name, encoding="utf-8") as f:
                 cfg = json.load(f)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise InputError(f"model config {name} is not readable JSON ({' '.join(str(e).split())})") from e
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            raise InputError(f"model config {name} is not readable JSON ({one_line(e)})") from e
         if not isinstance(cfg, dict) or not isinstance(cfg.get("vision_cfg"), dict) or \
                 not isinstance(cfg.get("text_cfg"), dict) or "embed_dim" not in cfg:
             raise InputError(f"model config {name} is not an open_clip model config (embed_dim, vision_cfg, text_cfg)")

@@ -9,6 +9,7 @@ result (JSON with --json) and turns user errors into one line on stderr and exit
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -93,7 +94,7 @@ class _Held(logging.Handler):
         self.lines: list[str] = []
 
     def _add(self, text: str) -> None:
-        text = " ".join(text.split())
+        text = _printable(" ".join(text.split()))
         if text and text not in self.lines:
             self.lines.append(text)
 
@@ -128,6 +129,23 @@ def _non_finite(value, where: str = "the top") -> Optional[str]:
     return None
 
 
+def _printable(text: str) -> str:
+    """``text`` with what UTF-8 cannot hold (a name's undecodable byte, a lone surrogate) escaped (``\\udcfe``)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+MAX_ERROR_CHARS = 1000  # an error line longer than this keeps its start and its end (what to do)
+
+
+def _one_line(text: str) -> str:
+    """An error message as one line of at most `MAX_ERROR_CHARS` characters."""
+    text = _printable(" ".join(text.split()))
+    if len(text) <= MAX_ERROR_CHARS:
+        return text
+    return f"{text[:MAX_ERROR_CHARS * 3 // 4]} [... {len(text) - MAX_ERROR_CHARS} characters cut ...] " \
+           f"{text[-MAX_ERROR_CHARS // 4:]}"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -157,7 +175,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             try:
                 result = cmd.run(args)
             except InputError as e:
-                print(f"pointfalip {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
+                print(f"pointfalip {args.command}: error: {_one_line(str(e))}", file=sys.stderr)
                 return 2
             except KeyboardInterrupt:
                 print(f"pointfalip {args.command}: interrupted", file=sys.stderr)
@@ -173,6 +191,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               "printed (please report this with the command line)", file=sys.stderr)
         return 1
     held.flush_lines()
+    with contextlib.suppress(AttributeError, ValueError):  # a name with undecodable bytes prints escaped
+        sys.stdout.reconfigure(errors="backslashreplace")
     try:
         if args.json or cmd.printer is None:
             text = json.dumps(result, indent=2, allow_nan=False)  # whole before the first byte goes out

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from ..errors import InputError
 from .options import (DEFAULT_PRESET, bounded_int, load_model, model_args, recognizer_args, recognizer_options,
-                      seed_list, subcommand)
+                      seed_list, subcommand, terminate_as_interrupt)
 
 log = logging.getLogger("pointfalip")
 
@@ -97,8 +97,9 @@ def _datasets_of(task: str) -> str:
 def run_evaluate(args) -> dict:
     import importlib
 
-    from ..batches import task_for_dataset
+    from ..batches import task_for_dataset, torchrun_env
 
+    rank = torchrun_env()[0]  # garbage in RANK / WORLD_SIZE / LOCAL_RANK: one line before anything is read
     for module in EVALUATION_MODULES:  # importing them registers their tasks
         importlib.import_module(module)
 
@@ -111,8 +112,9 @@ def run_evaluate(args) -> dict:
         where = " or ".join(f"{task} ({_datasets_of(task)})" for task in owners)
         raise InputError(f"{flags} do(es) not apply to {chosen.task} (--dataset {args.dataset}); "
                          f"{TASK_OPTIONS[unused[0]][0]} is for {where}; {chosen.hint}")
-    report = chosen.run(args)
-    if int(os.environ.get("RANK", "0")) != 0:  # every rank holds the report; rank 0 alone prints it
+    with terminate_as_interrupt():  # SIGTERM as Ctrl-C: the batches done stay to resume from, exit 130
+        report = chosen.run(args)
+    if rank != 0:  # every rank holds the report; rank 0 alone prints it
         sys.stdout = open(os.devnull, "w")
     return report
 
@@ -150,7 +152,7 @@ def _evaluate_classification(args) -> dict:
 def _check_report_outputs(args, out) -> Path:
     """The report path of an evaluation and every file it writes beside it (the confusion matrix or the
     per-point predictions, the resume folder), checked before any work: none may be an input of the run."""
-    from ..batches import check_report_path, partial_path
+    from ..batches import check_report_path, partial_path, torchrun_env
     from ..datasets import is_part_dataset
     from ..evaluate import confusion_path
     from ..evaluate_parts import predictions_path
@@ -166,7 +168,7 @@ def _check_report_outputs(args, out) -> Path:
     for source in inputs:
         if os.path.realpath(source) == os.path.realpath(partial):
             raise InputError(f"{partial}, where --out keeps its resume cache, is an input of this run")
-    if int(os.environ.get("RANK", "0")) == 0:  # other torchrun ranks could see rank 0 making the cache folder
+    if torchrun_env()[0] == 0:  # other torchrun ranks could see rank 0 making the cache folder
         check_report_path(out)
     return out
 
@@ -175,7 +177,7 @@ def _check_report_outputs(args, out) -> Path:
             "choose the representations with --prompts")
 def _evaluate_rec(args) -> dict:
     """`evaluate --dataset refcoco|refcoco+|refcocog`: referring expressions (pointfalip.refcoco)."""
-    from ..batches import check_report_path
+    from ..batches import check_report_path, torchrun_env
     from ..evaluate import default_report_path, distributed
     from ..files import check_output, run_inputs
     from ..refcoco import evaluate_rec, open_rec_dataset, parse_runs
@@ -185,7 +187,7 @@ def _evaluate_rec(args) -> dict:
     runs = parse_runs(args.prompts)
     name = args.dataset.lower()
     out = check_output(args.out or default_report_path(name), "--out", suffixes=(".json",), inputs=run_inputs(args))
-    if int(os.environ.get("RANK", "0")) == 0:  # other torchrun ranks could see rank 0 making the cache folder
+    if torchrun_env()[0] == 0:  # other torchrun ranks could see rank 0 making the cache folder
         check_report_path(out)
     dataset = open_rec_dataset(name, args.root, args.annotations, args.detections, limit=args.limit)
     with distributed(args.device) as device:

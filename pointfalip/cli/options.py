@@ -3,7 +3,10 @@ reading (`recognizer_options`, `load_model`, `read_labels`)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import signal
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -31,6 +34,25 @@ def subcommand(name: str, help: str, arguments: Callable[[argparse.ArgumentParse
         run.command = Command(name, help, arguments, run, printer)
         return run
     return mark
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt():
+    """SIGTERM (``kill``, a scheduler ending a job) raises KeyboardInterrupt inside the block, as Ctrl-C does, so
+    that a command ends the same way on both: its cleanup runs and `pointfalip.cli.main` exits 130. Only the main
+    thread may set handlers: elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 # ---- argument types: one rule each -----------------------------------------------------------------------

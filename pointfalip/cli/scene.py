@@ -132,23 +132,38 @@ def run_scene(args) -> dict:
             if args.serve and not outputs.wait_for_viewer(args.wait):
                 print(f"pointfalip scene: no viewer subscribed within {args.wait} s; streaming anyway",
                       file=sys.stderr, flush=True)
-            results, last = [], None
-            for item in stream(scene, frames, sinks=outputs.sinks, record=outputs.record, realtime=args.realtime,
+            # the picture is drawn when the first pass ends, before the recording gets its name: a failing
+            # render leaves no recording behind
+            record = ([_RenderLast(render, rec.config.up_axis)] if render is not None else []) + outputs.record
+            results = []
+            for item in stream(scene, frames, sinks=outputs.sinks, record=record, realtime=args.realtime,
                                loop=args.loop):
                 if item.pass_index == 0:
                     results.append(item.result.to_dict())
-                    last = item
     finally:  # Ctrl-C (and SIGTERM, turned into it) leaves through main: outputs closed above, exit 130
         if on_main:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
-    if render is not None:
-        from ..render import save_scene
-
-        save_scene(render, last.points, last.result.objects, up_axis=rec.config.up_axis)
     extra = {"mcap": str(mcap)} if mcap is not None else {}
     if source.sequence:
         return {"file": str(args.input), "topic": source.topic, "frames": results, **extra}
     return {"file": str(args.input), "objects": results[0]["objects"], "timings": results[0]["timings"], **extra}
+
+
+class _RenderLast:
+    """A recording sink of `stream.stream` that draws the first pass's last frame (`render.save_scene`) when the
+    pass ends."""
+
+    def __init__(self, path, up_axis: str):
+        self.path, self.up_axis, self.last = path, up_axis, None
+
+    def log_frame(self, points, result, *, stamp_ns=None) -> None:
+        self.last = (points, result)
+
+    def close(self) -> None:
+        from ..render import save_scene
+
+        points, result = self.last
+        save_scene(self.path, points, result.objects, up_axis=self.up_axis)
 
 
 def scene_settings(args, labels, dataset, **fixed):

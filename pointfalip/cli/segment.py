@@ -68,17 +68,26 @@ def run_segment(args) -> dict:
               "parts": [{"index": k, "part": p, "points": int(c), "share": float(c / len(index))}
                         for k, (p, c) in enumerate(zip(seg.parts, counts))],
               "output": None, "render": None, "per_point": None}
-    if "output" in paths:
-        import trimesh
+    written = []  # a later output that fails takes the earlier ones with it: all of them or none
+    try:
+        if "output" in paths:
+            import trimesh
 
-        colors = np.concatenate([part_colors(len(seg.parts)), np.full((len(seg.parts), 1), 255, np.uint8)], axis=1)
-        ply = trimesh.PointCloud(cloud, colors=colors[index]).export(file_type="ply")
-        result["output"] = str(atomic_write(paths["output"], lambda f: f.write(ply)))
-    if "render" in paths:
-        views = prediction.views
-        v = views.images.shape[1]
-        result["render"] = str(save_part_sheet(paths["render"], views.images[0], views.point_pixels[0],
-                                               views.visible[0], labels, seg.parts, [f"view {i}" for i in range(v)]))
-    if "per_point" in paths:
-        result["per_point"] = str(atomic_write(paths["per_point"], lambda f: np.save(f, index)))
+            colors = np.concatenate([part_colors(len(seg.parts)), np.full((len(seg.parts), 1), 255, np.uint8)], axis=1)
+            ply = trimesh.PointCloud(cloud, colors=colors[index]).export(file_type="ply")
+            written.append(atomic_write(paths["output"], lambda f: f.write(ply)))
+            result["output"] = str(written[-1])
+        if "render" in paths:
+            views = prediction.views
+            v = views.images.shape[1]
+            written.append(save_part_sheet(paths["render"], views.images[0], views.point_pixels[0], views.visible[0],
+                                           labels, seg.parts, [f"view {i}" for i in range(v)]))
+            result["render"] = str(written[-1])
+        if "per_point" in paths:
+            written.append(atomic_write(paths["per_point"], lambda f: np.save(f, index)))
+            result["per_point"] = str(written[-1])
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
     return result
