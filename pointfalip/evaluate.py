@@ -49,7 +49,7 @@ from .batches import (KEY_VERSION, MADE_BY, PARTIAL_SUFFIX, BatchCache, Report, 
 from .batches import run_key as _hashed_key
 from .datasets import Dataset
 from .errors import InputError
-from .files import atomic_write, file_identity
+from .files import atomic_write, file_identity, image_save_options
 from .model import FalipCLIP
 from .recognize import Recognizer, RecognizerConfig
 
@@ -389,10 +389,13 @@ def _seed_scorers(rec: Recognizer, dataset: Dataset, train: Optional[Dataset], s
     with_plain = len({_features_of(r) for r in runs}) == 2
     plain_rec = copy.copy(rec)
     plain_rec.falip = False
+    embedded: dict = {}  # seeds that draw the same examples (every class holding at most `shots`) share one pass
     for seed in seeds:
         indices = fewshot.draw_shots(train, shots, seed)
-        feats, plain, targets, sources = fewshot.embed_examples(rec, train, indices, with_plain=with_plain,
-                                                                progress=progress)
+        drawn = tuple(np.asarray(indices).reshape(-1).tolist())
+        if drawn not in embedded:
+            embedded[drawn] = fewshot.embed_examples(rec, train, indices, with_plain=with_plain, progress=progress)
+        feats, plain, targets, sources = embedded[drawn]
         record["examples"][str(seed)] = sources
         for run in runs:
             source_rec = plain_rec if _features_of(run) == BASELINE else rec
@@ -542,7 +545,7 @@ def save_confusion_png(path, report: dict) -> Path:
         x += p.width
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write(path, lambda f: sheet.save(f, format="PNG"))
+    return atomic_write(path, lambda f: sheet.save(f, format="PNG", **image_save_options("PNG")))
 
 
 # the names the resume and sharding machinery had here before it moved to `pointfalip.batches`

@@ -192,9 +192,9 @@ def _load_local(name: str, path: str) -> nn.Module:
 
 
 def _offline_hint(what: str) -> str:
-    return (f"could not get pretrained weights {what} (no network and nothing cached?): pass a local checkpoint "
-            "with --pretrained PATH, run once with network so open_clip caches the download, "
-            "or use --pretrained none for random weights")
+    from .weights import offline_hint
+
+    return offline_hint(what)
 
 
 def _build(name: str, pretrained: Optional[str]) -> nn.Module:
@@ -207,6 +207,9 @@ def _build(name: str, pretrained: Optional[str]) -> nn.Module:
             return _create(name, pretrained=None)
     pretrained = str(pretrained)
     if pretrained.startswith("hf-hub:"):
+        from .weights import check_hub_repo
+
+        check_hub_repo(pretrained[len("hf-hub:"):])  # offline with nothing cached: fail now, not after retries
         try:
             return open_clip.create_model(pretrained)
         except Exception as e:
@@ -220,6 +223,9 @@ def _build(name: str, pretrained: Optional[str]) -> nn.Module:
     if not tag_cfg:
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
         raise InputError(f"'{pretrained}' is neither a file nor a pretrained tag of {name} (tags: {tags})")
+    from .weights import check_download
+
+    check_download(name, pretrained)  # offline with nothing cached: fail within seconds, not after retries
     try:
         # A tag trained with QuickGELU must get it, whatever the config name says.
         return open_clip.create_model(name, pretrained=pretrained,

@@ -172,7 +172,7 @@ class _Method:
 
 
 _PROJECTIONS: dict[str, _Method] = {}
-PART_METHOD = "pointclip_v2_parts"  # registered by pointfalip.parts (imported with the package)
+PART_METHOD = "pointclip_v2_parts"  # registered by pointfalip.parts (imported on first use: _register_parts)
 
 
 def register_projection(name: str, config_cls: type, default_views: str | None = "pointclip_v2"
@@ -202,8 +202,17 @@ def register_projection(name: str, config_cls: type, default_views: str | None =
     return register
 
 
+def _register_parts() -> None:
+    """Import `pointfalip.parts`, which registers the part projection (`PART_METHOD`), on its first use."""
+    if PART_METHOD not in _PROJECTIONS:
+        import importlib
+
+        importlib.import_module(f"{__package__}.parts")
+
+
 def list_projection_methods() -> list[str]:
     """Names accepted by ``project(method=...)``, sorted."""
+    _register_parts()
     return sorted(_PROJECTIONS)
 
 
@@ -247,6 +256,8 @@ def unit_view_weights(weights, num_views: int, device="cpu", dtype=torch.float32
 
 
 def _method(method: str) -> _Method:
+    if method == PART_METHOD:
+        _register_parts()
     if not isinstance(method, str) or method not in _PROJECTIONS:
         raise InputError(f"unknown projection method {method!r}; choose one of {list_projection_methods()}")
     return _PROJECTIONS[method]

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 
 from .colors import part_colors
 from .errors import InputError
-from .files import atomic_write
+from .files import atomic_write, image_save_options
 
 OVERLAY_OPACITY = 0.6  # red strength at the peak foveal weight
 LABEL_HEIGHT = 14  # pixels under each tile for its caption
@@ -50,12 +50,12 @@ def contact_sheet(tiles: np.ndarray, captions: Optional[Sequence[str]] = None, c
 
 
 def save_image(image: Image.Image, path) -> Path:
-    """Write a picture atomically, in the format its suffix names."""
+    """Write a picture atomically, in the format its suffix names, with the tool's mark (`files.made_by_pointfalip`)."""
     path = Path(path)
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
         raise InputError(f"{path}: unknown image type '{path.suffix}'; use .png or .jpg")
-    return atomic_write(path, lambda f: image.save(f, format=fmt))
+    return atomic_write(path, lambda f: image.save(f, format=fmt, **image_save_options(fmt)))
 
 
 def save_sheet(path, images: torch.Tensor, weights: Optional[torch.Tensor] = None,

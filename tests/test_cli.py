@@ -377,6 +377,10 @@ def test_evaluate_never_deletes_a_folder_it_did_not_make(main, tmp_path, tiny_js
     report.chmod(0o644)
     code, _, err = main("evaluate", "--dataset", "folder", "--root", root, "--out", report, "--model", tiny_json,
                         "--pretrained", "none")
+    one_line_error(code, err, "was not written by pointfalip", "--force")  # a file the tool did not write stays
+    assert report.read_text() == "{}"
+    code, _, err = main("evaluate", "--dataset", "folder", "--root", root, "--out", report, "--model", tiny_json,
+                        "--pretrained", "none", "--force")
     assert code == 0, err
     assert (report.stat().st_mode & 0o777) == 0o644 and json.loads(report.read_text())["n"] == 2
     assert not (tmp_path / "r.json.partial").exists()

@@ -7,16 +7,16 @@ from ..errors import InputError
 from .options import (image_model_args, load_model, predictions, read_labels, subcommand, top_k_type)
 
 log = logging.getLogger("pointfalip")
+# `visual_prompts.PROMPTS`, named here so that --help imports no torch (a test keeps the two equal)
+PROMPT_CHOICES = ("falip", "circle", "blur", "crop", "shade", "none")
 
 def _classify_image_args(p):
-    from ..visual_prompts import PROMPTS
-
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("--labels", required=True, help="comma-separated names")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--box", help="x0,y0,x1,y1 in pixels")
     g.add_argument("--mask", help="region mask image, same size as IMAGE (non-zero = region)")
-    p.add_argument("--prompt", default="falip", choices=PROMPTS)
+    p.add_argument("--prompt", default="falip", choices=PROMPT_CHOICES)
     p.add_argument("--top-k", type=top_k_type, default=5)
     image_model_args(p)
 
@@ -45,12 +45,10 @@ def run_classify_image(args) -> dict:
 
 
 def _refer_args(p):
-    from ..visual_prompts import PROMPTS
-
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("--boxes", required=True, help="'x0,y0,x1,y1;x0,y0,x1,y1;...'")
     p.add_argument("--caption", required=True)
-    p.add_argument("--prompt", default="falip", choices=PROMPTS)
+    p.add_argument("--prompt", default="falip", choices=PROMPT_CHOICES)
     image_model_args(p)
 
 

@@ -41,7 +41,7 @@ def _print_segment(result: dict) -> None:
 def run_segment(args) -> dict:
     import numpy as np
 
-    from ..files import IMAGE_SUFFIXES, atomic_write, check_output, run_inputs
+    from ..files import IMAGE_SUFFIXES, atomic_write, check_output, mark_ply, run_inputs, save_npy
     from ..parts import PartSegmenter, load_part_preset, resolve_parts
     from ..render import part_colors, save_part_sheet
 
@@ -73,12 +73,12 @@ def run_segment(args) -> dict:
 
         colors = np.concatenate([part_colors(len(seg.parts)), np.full((len(seg.parts), 1), 255, np.uint8)], axis=1)
         ply = trimesh.PointCloud(cloud, colors=colors[index]).export(file_type="ply")
-        result["output"] = str(atomic_write(paths["output"], lambda f: f.write(ply)))
+        result["output"] = str(atomic_write(paths["output"], lambda f: f.write(mark_ply(ply))))
     if "render" in paths:
         views = prediction.views
         v = views.images.shape[1]
         result["render"] = str(save_part_sheet(paths["render"], views.images[0], views.point_pixels[0],
                                                views.visible[0], labels, seg.parts, [f"view {i}" for i in range(v)]))
     if "per_point" in paths:
-        result["per_point"] = str(atomic_write(paths["per_point"], lambda f: np.save(f, index)))
+        result["per_point"] = str(atomic_write(paths["per_point"], lambda f: save_npy(f, index)))
     return result
