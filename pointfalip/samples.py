@@ -33,6 +33,7 @@ TRAIN_POINTS = 512  # points of each ModelNet40 stand-in train cloud (40 of them
 IMAGE_SIZE = (320, 240)  # width, height of the drawn pictures
 DEPTH_SIZE = (640, 480)
 DEPTH_INTRINSICS = (525.0, 525.0, 319.5, 239.5)  # fx, fy, cx, cy of depth.png (the README's --intrinsics)
+OBJECT_DENSITY, TABLE_DENSITY = 25_000, 12_000  # points per m² of surface in the scenes (a 5 mm voxel grid keeps them)
 BAG_TOPIC = "/camera/points"
 BAG_FRAMES = 3
 BAG_STEP_NS = 200_000_000  # 5 Hz
@@ -235,11 +236,14 @@ def _tabletop(rng: np.random.Generator, shift: float = 0.0) -> np.ndarray:
     from .demo import OBJECTS
 
     t = _trimesh()
-    table = np.c_[rng.uniform(-0.6, 0.6, 6000), rng.uniform(-0.4, 0.4, 6000), rng.normal(0, 0.001, 6000)]
-    bottle = _sample(OBJECTS["bottle"](), 800, SEED) * 0.45  # 30 cm tall
-    book = _sample(t.creation.box(extents=(0.15, 0.03, 0.21)), 600, SEED) + (0, 0.015, 0)
-    objects = [(_sample(_mug(), 700, SEED), (-0.25 + shift, 0.1)), (_bowl_points(700, rng), (0.05, -0.15)),
-               (bottle, (0.25, 0.15)), (book, (0.3, -0.2))]
+    n = int(TABLE_DENSITY * 1.2 * 0.8)
+    table = np.c_[rng.uniform(-0.6, 0.6, n), rng.uniform(-0.4, 0.4, n), rng.normal(0, 0.001, n)]
+    bottle = OBJECTS["bottle"]()
+    bottle.apply_scale(0.45)  # 30 cm tall
+    book = t.creation.box(extents=(0.15, 0.21, 0.03), transform=t.transformations.translation_matrix((0, 0.105, 0)))
+    meshes = [(_mug(), (-0.25 + shift, 0.1)), (bottle, (0.25, 0.15)), (book, (0.3, -0.2))]
+    objects = [(_sample(m, int(OBJECT_DENSITY * m.area), SEED), at) for m, at in meshes]
+    objects.append((_bowl_points(int(OBJECT_DENSITY * 2 * np.pi * 0.07 ** 2), rng), (0.05, -0.15)))
     parts = [table] + [_z_up(points) + (x, y, 0.0) for points, (x, y) in objects]
     return np.concatenate(parts).astype(np.float32)
 

@@ -77,9 +77,10 @@ class Parser(argparse.ArgumentParser):
             return super()._check_value(action, value)
         choices = [str(c) for c in action.choices]
         close = nearest(str(value), choices)
-        what = "command" if isinstance(action, argparse._SubParsersAction) else "choice"
         hint = f"; did you mean '{close}'?" if close else ""
-        raise argparse.ArgumentError(action, f"unknown {what} '{value}'{hint} (choose from {', '.join(choices)})")
+        if isinstance(action, argparse._SubParsersAction):  # "pointfalip: error: unknown command 'x'; ..."
+            raise argparse.ArgumentError(None, f"unknown command '{value}'{hint} (commands: {', '.join(choices)})")
+        raise argparse.ArgumentError(action, f"unknown choice '{value}'{hint} (choose from {', '.join(choices)})")
 
     def parse_args(self, args=None, namespace=None):
         namespace, extras = self.parse_known_args(args, namespace)

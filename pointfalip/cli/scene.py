@@ -77,8 +77,9 @@ def _print_scene(result: dict) -> None:
                 print(f"  {i:>2} {obj['id']:>4} {row}{note}")
             else:
                 print(f"  {i:>2} {row}")
-    if result.get("mcap"):
-        print(f"wrote {result['mcap']}")
+    for key in ("mcap", "render"):
+        if result.get(key):
+            print(f"wrote {result[key]}")
 
 
 @subcommand("scene", "segment a scene (point file, depth image or ROS 2 bag) and recognise each object", _scene_args,
@@ -139,6 +140,8 @@ def run_scene(args) -> dict:
 
         save_scene(render, last.points, last.result.objects, up_axis=rec.config.up_axis)
     extra = {"mcap": str(mcap)} if mcap is not None else {}
+    if render is not None:
+        extra["render"] = str(render)
     if source.sequence:
         return {"file": str(args.input), "topic": source.topic, "frames": results, **extra}
     return {"file": str(args.input), "objects": results[0]["objects"], "timings": results[0]["timings"], **extra}
