@@ -74,8 +74,16 @@ def contact_sheet(tiles: np.ndarray, captions: Optional[Sequence[str]] = None, c
         x, y = (i % columns) * (s + TILE_GAP), (i // columns) * cell_h
         sheet.paste(Image.fromarray(tiles[i]), (x, y))
         if captions:
-            draw.text((x + 3, y + s + 2), captions[i][:40], fill="black", font=text_font)
+            draw.text((x + 3, y + s + 2), _fit(draw, captions[i][:40], s - 4, text_font), fill="black",
+                      font=text_font)
     return sheet
+
+
+def _fit(draw, text: str, width: int, text_font) -> str:
+    """``text`` shortened with an ellipsis until it is at most ``width`` pixels wide (captions of small tiles)."""
+    while len(text) > 1 and draw.textlength(text, font=text_font) > width:
+        text = text[:-2] + "…"
+    return text
 
 
 def _foveal_legend(width: int) -> Image.Image:
@@ -106,8 +114,8 @@ def _foveal_legend(width: int) -> Image.Image:
 
 
 def with_legend(sheet: Image.Image, key: Image.Image) -> Image.Image:
-    """``sheet`` with ``key`` under it."""
-    out = Image.new("RGB", (sheet.width, sheet.height + key.height), "white")
+    """``sheet`` with ``key`` under it (as wide as the wider of the two)."""
+    out = Image.new("RGB", (max(sheet.width, key.width), sheet.height + key.height), "white")
     out.paste(sheet, (0, 0))
     out.paste(key, (0, sheet.height))
     return out

@@ -203,3 +203,11 @@ def test_models_lists_vit_tags_and_what_is_cached(main, monkeypatch):
     assert code == 0 and re.search(r"ViT-B-32\s+openai\*", out) and "--pretrained none" in out
     code, out, _ = main("models", "--cached", "--json")
     assert "ViT-B-32" in [m["model"] for m in json.loads(out)["models"]] and json.loads(out)["tags"] == len(same_file)
+
+
+def test_every_command_prints_text_unless_json_is_asked():
+    """JSON only with --json: each command has a text printer."""
+    from pointfalip.cli import COMMANDS
+
+    assert all(cmd.printer is not None for cmd in COMMANDS.values()), [
+        name for name, cmd in COMMANDS.items() if cmd.printer is None]
