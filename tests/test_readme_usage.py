@@ -4,8 +4,8 @@
 The lines are parsed from README.md itself and run in README order in one folder (later lines use what earlier
 ones wrote, e.g. ``objects.fewshot``). For speed the test also appends ``--model`` with a tiny ViT config (the
 same code path on a 4x4 patch grid) and runs ``pointfalip`` lines in this process; ``torchrun`` lines run as
-processes. A line with ``--loop`` streams until Ctrl-C: it runs until its live server listens, then gets SIGINT
-and must end with exit code 130.
+processes. A line with ``--loop`` streams until Ctrl-C: it runs until its live server waits for a viewer, then gets
+SIGINT and must end with exit code 130 (port 8765, the line's default, must be free).
 """
 import json
 import os
@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -79,17 +78,12 @@ def _takes_pretrained(words: list) -> bool:
     return any("--pretrained" in a.option_strings for a in parser[name]._actions)
 
 
-def _interrupt_when_listening(port: int, done: threading.Event) -> None:
-    """SIGINT to this process once something listens on ``port`` (the live server is up), unless ``done`` first."""
-    deadline = time.monotonic() + 120
-    while not done.is_set() and time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        except OSError:
-            time.sleep(0.1)
-            continue
-        os.kill(os.getpid(), signal.SIGINT)
-        return
+def _interrupt_when(waiting: threading.Event, done: threading.Event) -> None:
+    """SIGINT to this process (Ctrl-C) once the command waits for a viewer, unless ``done`` comes first."""
+    while not done.is_set():
+        if waiting.wait(0.1):
+            os.kill(os.getpid(), signal.SIGINT)
+            return
 
 
 @pytest.mark.parametrize("line", RUN, ids=[f"{k:02d} {line[:70]}" for k, line in enumerate(RUN)])
@@ -114,9 +108,16 @@ def test_usage_line_runs_as_written(line, main, state, tiny_model, monkeypatch):
         assert tool == "pointfalip", line
         if _takes_pretrained(args):
             args += ["--pretrained", "none", "--model", tiny_model]
-        if "--loop" in args:  # streams until Ctrl-C: interrupt it once its live server listens
-            done = threading.Event()
-            watcher = threading.Thread(target=_interrupt_when_listening, args=(SERVE_PORT, done), daemon=True)
+        if "--loop" in args:  # streams until Ctrl-C: interrupted once its live server waits for a viewer
+            from pointfalip.stream import SceneOutputs
+
+            with socket.socket() as probe:  # a busy port would fail the line, not the README
+                probe.bind(("127.0.0.1", SERVE_PORT))
+            waiting, done = threading.Event(), threading.Event()
+            wait_for_viewer = SceneOutputs.wait_for_viewer
+            monkeypatch.setattr(SceneOutputs, "wait_for_viewer",
+                                lambda self, timeout: waiting.set() or wait_for_viewer(self, timeout))
+            watcher = threading.Thread(target=_interrupt_when, args=(waiting, done), daemon=True)
             watcher.start()
             try:
                 code, out, err = main(*args)
