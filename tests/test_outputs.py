@@ -52,6 +52,9 @@ def test_the_tools_own_files_carry_its_mark(tmp_path):
     write_report(tmp_path / "ours.json", {"task": "classification", "runs": {}})
     (tmp_path / "theirs.json").write_text('{"runs": 1}')
     assert made_by_pointfalip(tmp_path / "ours.json") and not made_by_pointfalip(tmp_path / "theirs.json")
+    np.savez(tmp_path / "ours.npz", indices=values, categories=values, pred_tokens=values[:, None])
+    np.savez(tmp_path / "theirs.npz", indices=values)
+    assert made_by_pointfalip(tmp_path / "ours.npz") and not made_by_pointfalip(tmp_path / "theirs.npz")
     (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
     assert not made_by_pointfalip(tmp_path / "broken.png") and not made_by_pointfalip(tmp_path / "missing.png")
 
