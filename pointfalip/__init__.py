@@ -1,9 +1,28 @@
-"""pointfalip: zero-shot recognition of 3D point clouds and image regions with CLIP and foveal attention."""
+"""pointfalip: zero-shot recognition of 3D point clouds and image regions with CLIP and foveal attention.
+
+The public names below load on first use (PEP 562), so that ``import pointfalip.cli`` and ``pointfalip --help``
+do not import torch and open_clip."""
 __version__ = "0.1.0"
 
-from . import parts  # noqa: E402 - pointfalip.parts, the part-segmentation API
 from .errors import InputError, WeightsUnavailable  # noqa: E402
-from .model import FalipCLIP, load_model  # noqa: E402
-from .recognize import Recognizer  # noqa: E402
+
+_LAZY = {"FalipCLIP": "model", "load_model": "model", "Recognizer": "recognize"}
 
 __all__ = ["FalipCLIP", "InputError", "Recognizer", "WeightsUnavailable", "load_model", "parts", "__version__"]
+
+
+def __getattr__(name: str):
+    import importlib
+
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    elif name == "parts":
+        value = importlib.import_module(".parts", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -5,16 +5,18 @@ and returns (and writes) a report::
 
     {"task": "classification", "dataset", "root", "split", "model", "pretrained", "precision", "preset", "config",
      "n", "items",
-     "skipped": [{"index", "source", "reason"}], "classes", "labels",
+     "skipped": [{"index", "source", "reason"}], "classes", "labels", "sources",
      "runs": {"falip": RUN, "baseline": RUN}, "report", "confusion_png"}
 
     RUN = {"overall_accuracy", "mean_class_accuracy", "per_class": {class: accuracy},
            "confusion": C×C counts (rows = true class), "predictions": class index of item i (null if skipped)}
 
-``n`` counts the objects evaluated, ``items`` the dataset's items (``n`` plus the skipped ones); accuracies are
-fractions (`pointfalip.metrics.classification_metrics`, also importable here as ``metrics``);
-``mean_class_accuracy`` averages the classes present among the evaluated objects. Only the runs made are present:
-``falip`` (default), ``baseline`` (``falip=False``), or both with ``compare=True``, where one
+``labels[i]``, ``sources[i]`` (where item i comes from: its file, or ``file.h5[row]`` for the h5 releases) and
+each run's ``predictions[i]`` describe item i. ``n`` counts the objects evaluated, ``items`` the dataset's items
+(``n`` plus the skipped ones); accuracies are fractions (`pointfalip.metrics.classification_metrics`, also
+importable here as ``metrics``); ``mean_class_accuracy`` averages the classes present among the evaluated objects.
+Only the runs made are present: ``falip`` (default), ``baseline`` (``falip=False``), or both with ``compare=True``,
+where one
 `FalipCLIP.encode_image_pair` call per chunk of images gives both from the same projections.
 
 The evaluation is a `ClassificationTask` run by `batches.run_evaluation` (the shape every evaluation shares);
@@ -50,7 +52,7 @@ from .batches import (KEY_VERSION, MADE_BY, PARTIAL_SUFFIX, BatchCache, DatasetR
 from .batches import run_key as _hashed_key
 from .datasets import Dataset
 from .errors import InputError
-from .files import atomic_write, data_identity, file_identity
+from .files import atomic_write, data_identity, file_identity, image_save_options
 from .metrics import classification_metrics as metrics  # the run's figures; `evaluate.metrics` stays importable
 from .model import FalipCLIP
 from .recognize import Recognizer, RecognizerConfig
@@ -65,6 +67,8 @@ _CELL_MAX, _CELL_MIN = 28, 6  # pixels per cell, for few and for many classes
 _PLOT_SIDE = 640  # pixels the grid aims at
 _LOW, _HIGH = np.array([255, 255, 255]), np.array([8, 48, 107])  # colour of a row share of 0 and of 1
 _MARGIN = 8
+_BAR_WIDTH, _BAR_GAP, _BAR_MIN_HEIGHT = 14, 16, 120  # the colour scale beside the grid, pixels
+_SCALE_NAME = "share of the row"  # what a cell's colour measures: its count over its true class's count
 
 
 # --------------------------------------------------------------------------------------------------
@@ -284,6 +288,7 @@ class ClassificationReport(DatasetReport):
     skipped: list
     classes: list
     labels: list
+    sources: list  # item i's file, or "file.h5[row]"
     runs: dict
     report: str = ""
     confusion_png: str = ""
@@ -376,10 +381,13 @@ def _seed_scorers(rec: Recognizer, dataset: Dataset, train: Optional[Dataset], s
     with_plain = len({_features_of(r) for r in runs}) == 2
     plain_rec = copy.copy(rec)
     plain_rec.falip = False
+    embedded: dict = {}  # seeds that draw the same examples (every class holding at most `shots`) share one pass
     for seed in seeds:
         indices = fewshot.draw_shots(train, shots, seed)
-        feats, plain, targets, sources = fewshot.embed_examples(rec, train, indices, with_plain=with_plain,
-                                                                progress=progress)
+        drawn = tuple(np.asarray(indices).reshape(-1).tolist())
+        if drawn not in embedded:
+            embedded[drawn] = fewshot.embed_examples(rec, train, indices, with_plain=with_plain, progress=progress)
+        feats, plain, targets, sources = embedded[drawn]
         record["examples"][str(seed)] = sources
         for run in runs:
             source_rec = plain_rec if _features_of(run) == BASELINE else rec
@@ -419,7 +427,8 @@ def _report(model, dataset: Dataset, preset_name: str, rec: Recognizer, runs, re
         pretrained=str(model.pretrained), precision=str(model.precision), preset=preset_name,
         config=json.loads(json.dumps(dataclasses.asdict(rec.config), default=str)), n=int(len(indices)),
         items=len(dataset), skipped=[{"index": i, "source": s, "reason": r} for i, s, r in skipped],
-        classes=list(dataset.classes), labels=dataset.labels.tolist(), runs={})
+        classes=list(dataset.classes), labels=dataset.labels.tolist(),
+        sources=[dataset.source(i) for i in range(len(dataset))], runs={})
     for r in runs:
         preds = np.concatenate([b.predictions[r] for b in results]).astype(np.int64)
         by_item: list = [None] * len(dataset)
@@ -453,8 +462,26 @@ def summary(report: dict) -> str:
                      + f"{sum(confusion[k]):>6}")
     if len(present) > SUMMARY_ROWS:
         lines.append(f"... and {len(present) - SUMMARY_ROWS} more classes in the report")
+    lines += _misclassified(report, runs[0])
     lines.append(f"report: {report['report']}   confusion matrix: {report['confusion_png']}")
     return "\n".join(lines)
+
+
+def _misclassified(report: dict, run: str) -> list[str]:
+    """Lines naming the first misclassified items of ``run`` by their source (file, or h5 file and row)."""
+    preds, sources, classes = report["runs"][run].get("predictions"), report.get("sources"), report["classes"]
+    if not preds or not sources:
+        return []
+    wrong = [i for i, (p, t) in enumerate(zip(preds, report["labels"])) if p is not None and p != t]
+    if not wrong:
+        return []
+    head = f"misclassified ({run}): {len(wrong)} of {report['n']}" + (
+        f", the first {MISCLASSIFIED_ROWS}:" if len(wrong) > MISCLASSIFIED_ROWS else ":")
+    return [head] + [f"  {sources[i]}: {classes[report['labels'][i]]} -> {classes[preds[i]]}"
+                     for i in wrong[:MISCLASSIFIED_ROWS]]
+
+
+MISCLASSIFIED_ROWS = 10  # misclassified items the text summary names; the report's sources name them all
 
 
 register_task(TaskKind(ClassificationReport.TASK, (), summary))
@@ -471,9 +498,11 @@ def _text_size(draw, text: str, font) -> tuple[int, int]:
 
 def _panel(name: str, run: dict, classes: Sequence[str]):
     """One heatmap: cells coloured by the row share (fraction of the true class), class names on both axes."""
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
-    font = ImageFont.load_default()
+    from .render import font as render_font
+
+    font = render_font()
     confusion = np.asarray(run["confusion"], dtype=np.float64)
     c = len(classes)
     cell = int(np.clip(_PLOT_SIDE // max(c, 1), _CELL_MIN, _CELL_MAX))
@@ -481,10 +510,13 @@ def _panel(name: str, run: dict, classes: Sequence[str]):
     label_w = max(_text_size(probe, n, font)[0] for n in classes) + _MARGIN
     line_h = max(_text_size(probe, "Ag", font)[1], 10) + 4
     title = (f"{name}: OA {run['overall_accuracy']:.1%}, mean class {run['mean_class_accuracy']:.1%}"
-             "  (rows: true, columns: predicted)")
+             "  (rows: true class, columns: predicted; numbers: counts)")
     grid = c * cell
-    width = max(label_w + grid, _text_size(probe, title, font)[0]) + 2 * _MARGIN
-    height = line_h + label_w + grid + 2 * _MARGIN
+    bar_h = max(grid, _BAR_MIN_HEIGHT)
+    scale_w = _BAR_GAP + max(_BAR_WIDTH + 6 + _text_size(probe, "100%", font)[0],
+                             _text_size(probe, _SCALE_NAME, font)[0]) + _MARGIN
+    width = max(label_w + grid + scale_w, _text_size(probe, title, font)[0]) + 2 * _MARGIN
+    height = line_h + label_w + max(grid, bar_h) + line_h + 2 * _MARGIN
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
     draw.text((_MARGIN, _MARGIN), title, fill="black", font=font)
@@ -497,12 +529,14 @@ def _panel(name: str, run: dict, classes: Sequence[str]):
     for k in range(c + 1):  # grid lines
         draw.line([(x0 + k * cell, y0), (x0 + k * cell, y0 + grid)], fill=(200, 200, 200))
         draw.line([(x0, y0 + k * cell), (x0 + grid, y0 + k * cell)], fill=(200, 200, 200))
+    _colour_scale(img, draw, font, x0 + grid + _BAR_GAP, y0, bar_h, line_h)
     show_counts = cell >= 18
     for k, n in enumerate(classes):
         tw, th = _text_size(draw, n, font)
-        draw.text((x0 - tw - 4, y0 + k * cell + (cell - th) // 2), n, fill="black", font=font)
+        bx, by = draw.textbbox((0, 0), n, font=font)[:2]
+        draw.text((x0 - tw - 4 - bx, y0 + k * cell + (cell - th) // 2 - by), n, fill="black", font=font)
         column = Image.new("RGB", (tw + 2, th + 4), "white")  # the column's name, turned upright
-        ImageDraw.Draw(column).text((0, 0), n, fill="black", font=font)
+        ImageDraw.Draw(column).text((1 - bx, 2 - by), n, fill="black", font=font)
         column = column.rotate(90, expand=True)
         img.paste(column, (x0 + k * cell + (cell - column.width) // 2, y0 - column.height - 4))
         if show_counts:
@@ -514,6 +548,23 @@ def _panel(name: str, run: dict, classes: Sequence[str]):
                     draw.text((x0 + j * cell + (cell - cw) // 2, y0 + k * cell + (cell - ch) // 2 - 1), count,
                               fill=ink, font=font)
     return img
+
+
+def _colour_scale(img, draw, font, x: int, y: int, height: int, line_h: int) -> None:
+    """A vertical bar from a row share of 1 (top) to 0 (bottom) in the cells' colours, ticked, with its name."""
+    from PIL import Image
+
+    share = np.linspace(1, 0, height)[:, None, None]
+    colours = (_LOW + share * (_HIGH - _LOW)).round().astype(np.uint8)
+    img.paste(Image.fromarray(np.repeat(colours, _BAR_WIDTH, axis=1), "RGB"), (x, y))
+    draw.rectangle([x - 1, y - 1, x + _BAR_WIDTH, y + height], outline=(150, 150, 150))
+    for value in (0.0, 0.25, 0.5, 0.75, 1.0):
+        ty = y + round((1 - value) * (height - 1))
+        draw.line([(x + _BAR_WIDTH, ty), (x + _BAR_WIDTH + 3, ty)], fill="black")
+        tw, th = _text_size(draw, f"{value:.0%}", font)
+        draw.text((x + _BAR_WIDTH + 5, min(max(ty - th // 2 - 1, y - 2), y + height - th)), f"{value:.0%}",
+                  fill="black", font=font)
+    draw.text((x, y + height + 4), _SCALE_NAME, fill="black", font=font)
 
 
 def save_confusion_png(path, report: dict) -> Path:
@@ -529,7 +580,7 @@ def save_confusion_png(path, report: dict) -> Path:
         x += p.width
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write(path, lambda f: sheet.save(f, format="PNG"))
+    return atomic_write(path, lambda f: sheet.save(f, format="PNG", **image_save_options("PNG")))
 
 
 # the names the resume and sharding machinery had here before it moved to `pointfalip.batches`

@@ -7,10 +7,12 @@ a report::
 
     {"task": "part segmentation", "dataset", "root", "split", "category", "model", "pretrained", "precision",
      "preset", "config", "n", "items", "points", "categories": {name: {"n", "parts", "labels"}},
-     "runs": {"tokens": RUN, "clearclip": RUN}, "report", "predictions"}
+     "sources", "runs": {"tokens": RUN, "clearclip": RUN}, "report", "predictions"}
 
     RUN = {"instance_miou", "class_miou", "accuracy", "per_category": {category: instance mIoU},
-           "per_part": {category: [IoU of each part label]}, "shape_miou": [mIoU of item i]}
+           "per_part": {category: [IoU of each part label]}, "shape_miou": [mIoU of shape i]}
+
+``sources[i]`` says where shape i comes from (``file.h5[row]``).
 
 Figures are fractions (`pointfalip.metrics.metrics_from_shapes`); a part absent from both the prediction and the
 truth of a shape counts as IoU 1 (PointNet's convention); ``labels`` is a category's ``[first, last]`` part label.
@@ -198,6 +200,7 @@ class PartReport(DatasetReport):
     category: Optional[str]
     points: int
     categories: dict
+    sources: list  # where shape i of the runs' shape_miou comes from: "file.h5[row]"
     runs: dict
     report: str = ""
     predictions: str = ""
@@ -276,13 +279,16 @@ def _report(model, dataset: ShapeNetPartDataset, preset_name: str, settings: Par
         categories={c: {"n": n, "parts": category_parts(c),
                         "labels": [category_labels(c).start, category_labels(c).stop - 1]}
                     for c, n in counts.items()},
-        runs={})
+        sources=[dataset.source(int(i)) for b in results for i in b.indices], runs={})
     for r in runs:
         ious = [row[~np.isnan(row)] for b in results for row in b.part_ious[r]]
         accs = np.concatenate([b.accuracies[r] for b in results])
         figures = metrics_from_shapes(ious, accs.tolist(), names)
         report.runs[r] = {**figures, "shape_miou": [float(x.mean()) for x in ious]}
     return report
+
+
+WORST_SHAPES = 3  # shapes the text summary names, lowest mIoU first
 
 
 def summary(report: dict) -> str:
@@ -297,6 +303,11 @@ def summary(report: dict) -> str:
                      + f"{info['n']:>6}")
     for key, name in (("instance_miou", "instance mIoU"), ("class_miou", "class mIoU"), ("accuracy", "accuracy")):
         lines.append(f"{name:<20}" + "".join(f"{report['runs'][r][key]:>{w}.1%}" for r in runs))
+    shapes = report["runs"][runs[0]]["shape_miou"]
+    worst = sorted(range(len(shapes)), key=lambda i: shapes[i])[:WORST_SHAPES]
+    if worst and report.get("sources"):
+        lines.append(f"lowest shape mIoU ({runs[0]}): " + ", ".join(f"{report['sources'][i]} {shapes[i]:.1%}"
+                                                                   for i in worst))
     lines.append(f"report: {report['report']}   predictions: {report['predictions']}")
     return "\n".join(lines)
 

@@ -4,18 +4,23 @@ before any work, the inputs of a run, and the identity of a local file or of a d
 
 The rules here are the user's safety: an output never replaces an input of the same run nor lands inside an input
 folder, never lands in a folder that is not there or under a regular file, and a file is either absent or whole;
-a pipe with no writer never hangs the tool.
+a pipe with no writer never hangs the tool. An existing file is replaced only when this tool wrote it (the mark it
+leaves: `made_by_pointfalip`) or the user allowed it (`replacing`, the command line's --force); a default-named
+output takes the next free name instead (`free_name`).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import re
 import select
 import stat
 import tempfile
 import time
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence, Union
+from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
 from .errors import InputError
 
@@ -269,7 +274,8 @@ def check_output(path: PathLike, what: str = "output", inputs: Iterable[PathLike
     Refused: an existing folder, a folder that does not exist, a parent that is a regular file, a folder the
     process cannot write, a suffix outside ``suffixes``, any path that is one of ``inputs`` (the same file under
     another name included), and any path inside an input that is a folder (a rosbag2 folder, a dataset root:
-    every file in it is the run's input). A device or pipe given as output is refused too.
+    every file in it is the run's input). A device or pipe given as output is refused too. An existing file is
+    refused unless this tool wrote it (`made_by_pointfalip`) or the caller allows replacing (`replacing`).
     """
     p = Path(path).expanduser()
     if str(path).strip() == "":
@@ -306,4 +312,123 @@ def check_output(path: PathLike, what: str = "output", inputs: Iterable[PathLike
             raise InputError(f"{what} {p} is an input of this run; choose another name so it is not overwritten")
         if s.is_dir() and real.is_relative_to(real_source):
             raise InputError(f"{what} {p} is inside {s}, an input folder of this run; write it elsewhere")
+    if kind == "file" and not _replace_allowed.get() and not made_by_pointfalip(p):
+        raise InputError(f"{what} {p} exists and was not written by pointfalip; add --force to replace it, or "
+                         "choose another name")
     return p
+
+
+# ---- replacing existing outputs ------------------------------------------------------------------------
+MARK = "pointfalip"  # what the tool writes into its own files (PNG text, JPEG comment, PLY comment, .npy header)
+_replace_allowed: ContextVar[bool] = ContextVar("pointfalip_replace_allowed", default=False)
+_MCAP_MARK = re.compile(rb"\x0c.{8}\x0a\x00\x00\x00pointfalip", re.S)  # an MCAP metadata record named pointfalip
+_MARK_SCAN_BYTES = 1 << 20  # marks sit in a file's first bytes
+
+
+@contextlib.contextmanager
+def replacing(allowed: bool = True) -> Iterator[None]:
+    """Within the block, `check_output` lets outputs replace existing files the tool did not write (--force)."""
+    token = _replace_allowed.set(bool(allowed))
+    try:
+        yield
+    finally:
+        _replace_allowed.reset(token)
+
+
+def made_by_pointfalip(path: PathLike) -> bool:
+    """Whether the file at ``path`` carries the mark this tool leaves in what it writes: a PNG ``Software`` text or
+    JPEG comment starting with `MARK`, a PLY header comment, an ``.npy`` header comment, a JSON report (``task``
+    and ``runs``), a few-shot cache's format name, an MCAP ``pointfalip`` metadata record, a part evaluation's
+    predictions (``.npz`` holding ``indices``, ``categories`` and ``pred_*``). Anything unreadable: False."""
+    suffix = Path(path).suffix.lower()
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_MARK_SCAN_BYTES)
+        if suffix in (".png", ".jpg", ".jpeg"):
+            from PIL import Image
+
+            with Image.open(path) as image:
+                text = image.info.get("Software" if suffix == ".png" else "comment", b"")
+            return (text.decode("latin-1") if isinstance(text, bytes) else str(text)).startswith(MARK)
+        if suffix == ".ply":
+            header = head.split(b"end_header", 1)[0]
+            return f"comment made by {MARK}".encode() in header
+        if suffix == ".npy":
+            return head.startswith(b"\x93NUMPY") and f"# {MARK}".encode() in head.split(b"\n", 1)[0]
+        if suffix == ".json":
+            import json
+
+            value = json.loads(Path(path).read_text(encoding="utf-8"))
+            return isinstance(value, dict) and isinstance(value.get("task"), str) and "runs" in value
+        if suffix in (".fewshot", ".safetensors"):
+            import json
+
+            from safetensors import safe_open
+
+            with safe_open(str(path), "np") as f:
+                return json.loads((f.metadata() or {}).get("format", "null")) == f"{MARK}-fewshot"
+        if suffix == ".mcap":
+            return _MCAP_MARK.search(head) is not None
+        if suffix == ".npz":
+            import zipfile
+
+            with zipfile.ZipFile(path) as z:
+                names = {n.removesuffix(".npy") for n in z.namelist()}
+            return {"indices", "categories"} <= names and any(n.startswith("pred_") for n in names)
+    except Exception:  # noqa: BLE001 - a damaged or foreign file is not ours
+        return False
+    return False
+
+
+def free_name(path: PathLike) -> Path:
+    """``path`` if nothing is there, else the first free ``<stem>-2<suffix>``, ``<stem>-3<suffix>``, ...: where a
+    default-named output goes, so that it never replaces a file."""
+    p = Path(path)
+    n = 1
+    while os.path.lexists(p):
+        n += 1
+        p = Path(path).with_name(f"{Path(path).stem}-{n}{Path(path).suffix}")
+    return p
+
+
+def image_save_options(fmt: str) -> dict:
+    """Keywords of ``PIL.Image.save`` that mark a picture as this tool's (PNG text, JPEG comment)."""
+    from . import __version__
+
+    if fmt == "PNG":
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        info.add_text("Software", f"{MARK} {__version__}")
+        return {"pnginfo": info}
+    if fmt == "JPEG":
+        return {"comment": f"{MARK} {__version__}".encode(), "quality": 92}
+    return {}
+
+
+def mark_ply(data: bytes) -> bytes:
+    """A PLY file's bytes with the tool's comment right after the header's ``format`` line."""
+    magic, fmt, rest = data.split(b"\n", 2)
+    return b"\n".join((magic, fmt, f"comment made by {MARK}".encode(), rest))
+
+
+def save_npy(f, array) -> None:
+    """``np.save`` to the binary file ``f`` with the tool's mark as a comment in the header's padding (the header is
+    a Python literal: numpy reads it with ``ast.literal_eval``, which skips comments)."""
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    data = buffer.getvalue()
+    major = data[6]
+    size_bytes = 2 if major == 1 else 4
+    start = 8 + size_bytes
+    length = int.from_bytes(data[8:start], "little")
+    header = data[start:start + length]
+    body = header.rstrip(b"\n").rstrip(b" ")
+    comment = f" # {MARK}".encode()
+    if len(body) + len(comment) + 1 <= length:  # numpy pads headers to 64 bytes: the comment fits in the padding
+        header = body + comment + b" " * (length - len(body) - len(comment) - 1) + b"\n"
+    f.write(data[:start] + header + data[start + length:])

@@ -137,9 +137,9 @@ def _load_local(name: str, path: str) -> nn.Module:
 
 
 def _offline_hint(what: str) -> str:
-    return (f"could not get pretrained weights {what} (no network and nothing cached?): pass a local checkpoint "
-            "with --pretrained PATH, run once with network so open_clip caches the download, "
-            "or use --pretrained none for random weights")
+    from .downloads import offline_hint
+
+    return offline_hint(what)
 
 
 def build_clip(name: str, pretrained: Optional[str]) -> nn.Module:
@@ -154,6 +154,9 @@ def build_clip(name: str, pretrained: Optional[str]) -> nn.Module:
             return _create(name, pretrained=None)
     pretrained = str(pretrained)
     if pretrained.startswith("hf-hub:"):
+        from .downloads import check_hub_repo
+
+        check_hub_repo(pretrained[len("hf-hub:"):])  # offline with nothing cached: fail now, not after retries
         try:
             return open_clip.create_model(pretrained)
         except Exception as e:
@@ -167,6 +170,9 @@ def build_clip(name: str, pretrained: Optional[str]) -> nn.Module:
     if not tag_cfg:
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
         raise InputError(f"'{pretrained}' is neither a file nor a pretrained tag of {name} (tags: {tags})")
+    from .downloads import check_download
+
+    check_download(name, pretrained)  # offline with nothing cached: fail within seconds, not after retries
     try:
         # A tag trained with QuickGELU must get it, whatever the config name says.
         return open_clip.create_model(name, pretrained=pretrained,

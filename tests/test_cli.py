@@ -82,27 +82,42 @@ def test_classify_real_mesh_against_dataset(env, tiny_json, shared_data):
     assert "model input" in proc.stderr
 
 
-def test_render_draws_the_projection_and_its_foveal_region(env, cloud, tmp_path):
-    """Tiles in rows of five, each the depth view the projection makes (grey levels of `project`'s image), red
-    where the foveal mask lies, plain grey far from the object where it does not."""
+def test_render_draws_the_projection_and_its_foveal_region(env, tmp_path):
+    """Tiles in rows of five, each the depth view the projection makes (grey levels of `project`'s image): the
+    foveal region outlined in red over a light red tint that leaves the depth visible, plain grey far from the
+    object where the mask is not; a legend under the tiles; the written file said on stdout."""
     import torch
 
     from pointfalip import io
+    from pointfalip.foveal import from_occupancy
     from pointfalip.projection import project
+    from pointfalip.render import LABEL_HEIGHT, OUTLINE, TILE_GAP, TINT_OPACITY
 
+    from pointfalip.demo import demo_clouds
+
+    cloud = tmp_path / "chair.npy"  # its top and bottom views leave patches outside the foveal region
+    np.save(cloud, demo_clouds()["chair"])
     out = tmp_path / "views.png"
-    pf(env, "render", cloud, "-o", out, "--model", "ViT-B-32")
+    proc = pf(env, "render", cloud, "-o", out, "--model", "ViT-B-32")
+    assert proc.stdout.startswith(f"wrote {out}: 10 depth views")  # text, not JSON, without --json
     sheet = np.asarray(Image.open(out).convert("RGB")).astype(int)
     depth = project(io.normalize(np.load(cloud), "y"), method="realistic", views="pointclip_v2", image_size=224)
-    assert sheet.shape == (2 * (224 + 14), 5 * 224, 3)  # ten views, five a row, a caption line under each
+    region = from_occupancy(depth.occupancy[0], (7, 7)) > 0  # the patches that get the bias: ViT-B-32's 7x7 grid
+    region = region.repeat_interleave(32, 1).repeat_interleave(32, 2).numpy()
+    assert (~region).any()
+    cell = 224 + LABEL_HEIGHT
+    assert sheet.shape[1] == 5 * 224 + 4 * TILE_GAP and sheet.shape[0] > 2 * cell  # five a row; the legend below
     for v in range(10):
-        tile = sheet[(v // 5) * 238:(v // 5) * 238 + 224, (v % 5) * 224:(v % 5) * 224 + 224]
+        x, y = (v % 5) * (224 + TILE_GAP), (v // 5) * cell
+        tile = sheet[y:y + 224, x:x + 224]
         grey = (depth.images[0, v, 0].clamp(0, 1) * 255).round().to(torch.int64).numpy()
         rows, cols = np.nonzero(depth.occupancy[0, v].numpy())
         centre = int(rows.mean()), int(cols.mean())
-        assert tile[centre][0] > tile[centre][1] + 40  # red over the object's middle
-        assert (tile[:8, :8] == grey[:8, :8, None]).all()  # a corner outside the 7x7 grid's region: the image as is
-        assert tile[:8, :8].min() == 255  # which is background there
+        assert tile[centre][0] > tile[centre][1] + 40  # red tint over the object's middle
+        assert tile[centre][1] >= (1 - TINT_OPACITY) * grey[centre] - 1  # ... with the depth visible under it
+        outline = (tile == OUTLINE).all(axis=-1)
+        assert outline.sum() > 100 and not outline[~region[v]].any()  # the region's outline, inside it
+        assert (tile[~region[v]] == grey[~region[v], None]).all()  # outside the region: the image as it is
 
 
 def test_demo_answers_as_the_recognizer_does(main, tiny_json, tmp_path):
@@ -124,8 +139,10 @@ def test_demo_answers_as_the_recognizer_does(main, tiny_json, tmp_path):
         assert [p["label"] for p in obj["predictions"]] == [p.label for p in expected]
         np.testing.assert_allclose([p["score"] for p in obj["predictions"]], [p.probability for p in expected],
                                    rtol=1e-4)
-    with Image.open(out) as im:
-        assert im.size == (10 * 64, len(clouds) * (64 + 14))  # one row an object, its ten views of 64 pixels
+    from pointfalip.render import LABEL_HEIGHT, TILE_GAP
+
+    with Image.open(out) as im:  # one row an object, its ten views of 64 pixels; the legend under them
+        assert im.size[0] >= 10 * 64 + 9 * TILE_GAP and im.size[1] > len(clouds) * (64 + LABEL_HEIGHT)
 
 
 def test_classify_image_prompts_mean_what_they_say(main, tiny_json, picture, tmp_path):
@@ -377,6 +394,10 @@ def test_evaluate_never_deletes_a_folder_it_did_not_make(main, tmp_path, tiny_js
     report.chmod(0o644)
     code, _, err = main("evaluate", "--dataset", "folder", "--root", root, "--out", report, "--model", tiny_json,
                         "--pretrained", "none")
+    one_line_error(code, err, "was not written by pointfalip", "--force")  # a file the tool did not write stays
+    assert report.read_text() == "{}"
+    code, _, err = main("evaluate", "--dataset", "folder", "--root", root, "--out", report, "--model", tiny_json,
+                        "--pretrained", "none", "--force")
     assert code == 0, err
     assert (report.stat().st_mode & 0o777) == 0o644 and json.loads(report.read_text())["n"] == 2
     assert not (tmp_path / "r.json.partial").exists()

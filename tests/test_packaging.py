@@ -46,3 +46,11 @@ def test_resources_are_read_through_the_package():
     assert presets.preset_path("recognizer", "pointclip").read_text() == (REPO / "configs/presets/pointclip.yaml"
                                                                          ).read_text()
     assert "modelnet40" in presets.read_data_json("classnames.json")
+
+
+def test_every_module_is_in_the_wheel(wheel):
+    """`pointfalip samples` and the rest of the command line work from an installed wheel: every module ships."""
+    modules = [str(p.relative_to(REPO)) for p in (REPO / "pointfalip").rglob("*.py") if "__pycache__" not in p.parts]
+    assert {"pointfalip/samples.py", "pointfalip/weights.py", "pointfalip/cli/help.py"} <= set(modules)
+    missing = [m for m in modules if m not in set(wheel.namelist())]
+    assert not missing, f"not in the wheel: {missing}"

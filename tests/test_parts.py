@@ -457,7 +457,7 @@ def test_per_part_iou_by_hand():
 def test_part_sheet_colours_the_seen_points(tmp_path):
     from PIL import Image
 
-    from pointfalip.render import PART_DOT, part_colors, save_part_sheet
+    from pointfalip.render import PART_DOT, TILE_GAP, part_colors, save_part_sheet
 
     images = torch.ones(2, 3, 32, 32)
     pixels = torch.tensor([[[5, 5], [20, 25]], [[5, 5], [20, 25]]])
@@ -468,8 +468,8 @@ def test_part_sheet_colours_the_seen_points(tmp_path):
     colors = part_colors(3)
     assert len({tuple(c) for c in part_colors(30)}) == 30
     assert (sheet[5 - PART_DOT:5 + PART_DOT + 1, 5 - PART_DOT:5 + PART_DOT + 1] == colors[0]).all()  # view 0
-    assert (sheet[5, 32 + 5] == 255).all()  # point 0 is hidden in view 1
-    assert (sheet[20, 25] == colors[2]).all() and (sheet[20, 32 + 25] == colors[2]).all()
+    assert (sheet[5, 32 + TILE_GAP + 5] == 255).all()  # point 0 is hidden in view 1
+    assert (sheet[20, 25] == colors[2]).all() and (sheet[20, 32 + TILE_GAP + 25] == colors[2]).all()
     assert sheet.shape[0] > 32  # the legend under the tiles
 
 

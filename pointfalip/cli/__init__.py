@@ -2,9 +2,11 @@
 
 Each subcommand is one registration: its name (nested names such as ``"fewshot build"`` allowed), its arguments,
 its runner ``run(args) -> result`` that tests can call, and the printer of its result. The command modules
-(`classify`, `segment`, `scene`, `ros2`, `images`, `fewshot`, `evaluate`) mark their runners with `options.subcommand`;
-this module registers them in `COMMANDS` (`command` registers one more, e.g. a plugin's). `main` prints the
-result (JSON with --json) and turns user errors into one line on stderr and exit code 2.
+(`classify`, `segment`, `scene`, `ros2`, `images`, `fewshot`, `evaluate`, `samples`, `models`) mark their runners with
+`options.subcommand`; this module registers them in `COMMANDS` (`command` registers one more, e.g. a plugin's).
+`main` prints the result (text; JSON with --json) and turns user errors into one line on stderr and exit code 2.
+Parsing imports neither torch nor open_clip (command modules import them inside their runners), so ``--help``
+and ``--version`` answer at once; help, usage and suggestions are `help`'s.
 """
 from __future__ import annotations
 
@@ -21,8 +23,9 @@ from typing import Any, Callable, Optional, Sequence
 
 from .. import __version__
 from ..errors import InputError
-from ..files import forget_pipes
-from . import classify, evaluate, fewshot, images, ros2, scene, segment
+from ..files import forget_pipes, replacing
+from . import classify, evaluate, fewshot, images, models, ros2, samples, scene, segment
+from .help import START, Parser, epilog
 from .options import Command
 
 log = logging.getLogger("pointfalip")
@@ -52,35 +55,42 @@ def _register(module: ModuleType) -> None:
             COMMANDS[value.command.name] = value.command
 
 
-for _module in (classify, segment, scene, ros2, images, fewshot, evaluate):
+for _module in (classify, segment, scene, ros2, images, fewshot, evaluate, samples, models):
     _register(_module)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2
-        self.exit(2, f"{self.prog}: error: {message}\n")
+OUTPUT_OPTIONS = ("--output", "--out", "--render", "--mcap", "--per-point", "--save-predictions")  # they get --force
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The parser of every registered command; nested names become nested subparsers."""
-    parser = _Parser(prog="pointfalip", description=__doc__.splitlines()[0])
+    """The parser of every registered command; nested names become nested subparsers. Every command's help shows
+    its defaults and examples (`help.EXAMPLES`); a command that writes files takes --force."""
+    parser = Parser(prog="pointfalip", description=__doc__.splitlines()[0], epilog=START)
     parser.add_argument("--version", action="version", version=f"pointfalip {__version__}")
-    groups: dict[tuple, Any] = {(): parser.add_subparsers(dest="command", required=True, parser_class=_Parser)}
+    groups: dict[tuple, Any] = {(): parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)}
+    parents: dict[str, Parser] = {"": parser}
     for name in sorted(COMMANDS, key=lambda n: (n.count(" "), n)):
         cmd = COMMANDS[name]
         words = tuple(name.split())
         for depth in range(1, len(words)):  # parents of a nested command
             prefix = words[:depth]
             if prefix not in groups:
-                parent = groups[prefix[:-1]].add_parser(prefix[-1], help=f"{' '.join(prefix)} commands")
-                groups[prefix] = parent.add_subparsers(dest=f"sub_{depth}", required=True, parser_class=_Parser)
-        p = groups[words[:-1]].add_parser(words[-1], help=cmd.help, description=cmd.help)
+                parent = groups[prefix[:-1]].add_parser(prefix[-1], help=f"{' '.join(prefix)} commands",
+                                                        description=f"{' '.join(prefix)} commands")
+                parent.set_defaults(command=" ".join(prefix))  # no subcommand given: its usage is shown
+                groups[prefix] = parent.add_subparsers(dest=f"sub_{depth}", metavar="COMMAND", parser_class=Parser)
+                parents[" ".join(prefix)] = parent
+        p = groups[words[:-1]].add_parser(words[-1], help=cmd.help, description=cmd.help, epilog=epilog(name))
         p.set_defaults(command=name)
         p.add_argument("--json", action="store_true", help="print JSON")
         p.add_argument("-v", "--verbose", action="store_true", help="say what the model saw")
         cmd.arguments(p)
+        if any(o in OUTPUT_OPTIONS for a in p._actions for o in a.option_strings):
+            p.add_argument("--force", action="store_true",
+                           help="let the outputs you name replace existing files that pointfalip did not write")
+        parents[name] = p
+    parser.command_parsers = parents
     return parser
-
 
 
 # ---- main ----------------------------------------------------------------------------------------------
@@ -147,10 +157,18 @@ def _one_line(text: str) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
     try:
-        args = build_parser().parse_args(argv)
+        args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version, or a usage error (one line on stderr, exit 2)
         return e.code if isinstance(e.code, int) else 0
+    if args.command not in COMMANDS:  # `pointfalip` or `pointfalip fewshot` alone: the usage and the command list
+        parser.command_parsers[args.command or ""].print_usage_and_commands()
+        return 2
+    if getattr(args, "device", "") is None:  # resolved here, not at parse time: --help imports no torch
+        from ..model import default_device
+
+        args.device = default_device()
     held = _Held()
     root = logging.getLogger()
     ours = logging.getLogger("pointfalip")
@@ -173,7 +191,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             warnings.simplefilter("always")
             warnings.showwarning = held.show_warning
             try:
-                result = cmd.run(args)
+                with replacing(getattr(args, "force", False)):
+                    result = cmd.run(args)
             except InputError as e:
                 print(f"pointfalip {args.command}: error: {_one_line(str(e))}", file=sys.stderr)
                 return 2

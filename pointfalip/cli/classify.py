@@ -9,11 +9,12 @@ from .options import (build_recognizer, label_args, load_model, model_args, num_
                       read_labels, recognizer_args, subcommand, top_k_type)
 
 log = logging.getLogger("pointfalip")
+RENDER_OUTPUT, DEMO_OUTPUT = "views.png", "pointfalip_demo.png"  # default names; a taken one gives <stem>-2.png, ...
 
 def _classify_args(p):
     p.add_argument("files", nargs="+", metavar="FILE")
     label_args(p)
-    p.add_argument("--top-k", type=top_k_type, default=5)
+    p.add_argument("--top-k", type=top_k_type, default=5, help="labels listed per file")
     p.add_argument("--per-view", action="store_true", help="each view's top label and probability too")
     recognizer_args(p)
     model_args(p)
@@ -52,22 +53,30 @@ def run_classify(args) -> list[dict]:
 
 def _render_args(p):
     p.add_argument("file", metavar="FILE")
-    p.add_argument("-o", "--output", default="views.png", help="contact sheet (.png or .jpg)")
-    p.add_argument("--preset", default="pointclip_v2")
-    p.add_argument("--projection", choices=("realistic", "simple"))
-    p.add_argument("--up-axis", choices=io.UP_AXES)
-    p.add_argument("--num-points", type=num_points_type, default=2048)
+    p.add_argument("-o", "--output", help=f"contact sheet (.png or .jpg; default {RENDER_OUTPUT}, or the next free "
+                                          f"name: {RENDER_OUTPUT.replace('.png', '-2.png')}, ...)")
+    p.add_argument("--preset", default="pointclip_v2", help="configs/presets name or YAML file")
+    p.add_argument("--projection", choices=("realistic", "simple"), help="override the preset's projection")
+    p.add_argument("--up-axis", choices=io.UP_AXES, help="up axis of the input (default: the preset's, y)")
+    p.add_argument("--num-points", type=num_points_type, default=2048, help="points sampled on meshes")
     p.add_argument("--model", default="ViT-B-16", help="whose patch grid the masks are drawn on")
+    p.add_argument("--pretrained", help="not used: render needs no weights (taken so that every command of the "
+                                        "README accepts --pretrained none)")
 
 
-@subcommand("render", "contact sheet of the depth views with their foveal masks", _render_args)
+def _print_render(result: dict) -> None:
+    print(f"wrote {result['output']}: {result['views']} depth views of {result['file']} with their foveal masks")
+
+
+@subcommand("render", "contact sheet of the depth views with their foveal masks", _render_args, _print_render)
 def run_render(args) -> dict:
-    from ..files import IMAGE_SUFFIXES, check_output, run_inputs
+    from ..files import IMAGE_SUFFIXES, check_output, free_name, run_inputs
     from ..model import config_grid
     from ..recognize import foveal_biases, project_clouds, resolve_config
     from ..render import save_sheet
 
-    output = check_output(args.output, "--output", inputs=run_inputs(args), suffixes=IMAGE_SUFFIXES)
+    output = check_output(args.output or free_name(RENDER_OUTPUT), "--output", inputs=run_inputs(args),
+                          suffixes=IMAGE_SUFFIXES)
     config = resolve_config(args.preset, projection=args.projection, up_axis=args.up_axis)
     grid, size = config_grid(args.model)
     cloud = io.normalize(io.load_points(args.file, num_points=args.num_points), config.up_axis)
@@ -80,9 +89,10 @@ def run_render(args) -> dict:
 
 
 def _demo_args(p):
-    p.add_argument("-o", "--output", default="pointfalip_demo.png", help="contact sheet path (.png or .jpg)")
-    p.add_argument("--preset", default="pointclip_v2")
-    p.add_argument("--top-k", type=top_k_type, default=3)
+    p.add_argument("-o", "--output", help=f"contact sheet path (.png or .jpg; default {DEMO_OUTPUT}, or the next "
+                                          "free name)")
+    p.add_argument("--preset", default="pointclip_v2", help="configs/presets name or YAML file")
+    p.add_argument("--top-k", type=top_k_type, default=3, help="labels listed per object")
     model_args(p)
 
 
@@ -99,11 +109,12 @@ def _print_demo(result: dict) -> None:
 @subcommand("demo", "the embedded default: built-in objects against ModelNet40 names", _demo_args, _print_demo)
 def run_demo(args) -> dict:
     from ..demo import demo_clouds
-    from ..files import IMAGE_SUFFIXES, check_output, run_inputs
+    from ..files import IMAGE_SUFFIXES, check_output, free_name, run_inputs
     from ..recognize import Recognizer
     from ..render import save_sheet
 
-    output = check_output(args.output, "--output", inputs=run_inputs(args), suffixes=IMAGE_SUFFIXES)
+    output = check_output(args.output or free_name(DEMO_OUTPUT), "--output", inputs=run_inputs(args),
+                          suffixes=IMAGE_SUFFIXES)
     clouds = demo_clouds()
     model = load_model(args)
     rec = Recognizer(model, dataset="modelnet40", preset=args.preset)

@@ -67,7 +67,8 @@ def _evaluate_args(p):
                    "'+' sums representations, e.g. falip,crop+blur (default %(default)s)")
     p.add_argument("--batch-size", type=bounded_int(1, 4096), default=16,
                    help="objects (REC: images) per batch (default %(default)s)")
-    p.add_argument("--out", help="report path, .json (default evaluate_<dataset>.json); the confusion PNG goes beside it")
+    p.add_argument("--out", help="report path, .json (default evaluate_<dataset>.json, or the next free name: "
+                                 "evaluate_<dataset>-2.json, ...); the confusion PNG goes beside it")
     g = p.add_argument_group("few-shot protocol (K examples per class from the train split, several seeds)")
     g.add_argument("--shots", type=bounded_int(1, 10_000), help="examples per class for a few-shot cache per seed")
     g.add_argument("--seeds", type=seed_list, default=[1],
@@ -125,13 +126,14 @@ def _evaluate_classification(args) -> dict:
     """`evaluate` on a 3D classification set (ModelNet40/10, ScanObjectNN, a folder): pointfalip.evaluate."""
     from ..datasets import open_dataset
     from ..evaluate import default_report_path, distributed, evaluate, run_names
+    from ..files import free_name
 
     run_names(args.compare, args.falip, bool(args.fewshot))  # refuse bad combinations before reading anything
     if args.out:
         _check_report_outputs(args, args.out)
     dataset = open_dataset(args.dataset, args.root, split=args.split, limit=args.limit, num_points=args.num_points,
                            up_axis=args.up_axis)
-    out = _check_report_outputs(args, args.out or default_report_path(dataset.name))
+    out = _check_report_outputs(args, args.out or free_name(default_report_path(dataset.name)))
     protocol = {}
     if args.shots is not None:
         seeds = args.seeds
@@ -179,14 +181,15 @@ def _evaluate_rec(args) -> dict:
     """`evaluate --dataset refcoco|refcoco+|refcocog`: referring expressions (pointfalip.refcoco)."""
     from ..batches import check_report_path, torchrun_env
     from ..evaluate import default_report_path, distributed
-    from ..files import check_output, run_inputs
+    from ..files import check_output, free_name, run_inputs
     from ..refcoco import evaluate_rec, open_rec_dataset, parse_runs
 
     if not args.annotations:
         raise InputError(f"--dataset {args.dataset} needs --annotations F.jsonl (ReCLIP's file of the split)")
     runs = parse_runs(args.prompts)
     name = args.dataset.lower()
-    out = check_output(args.out or default_report_path(name), "--out", suffixes=(".json",), inputs=run_inputs(args))
+    out = check_output(args.out or free_name(default_report_path(name)), "--out", suffixes=(".json",),
+                       inputs=run_inputs(args))
     if torchrun_env()[0] == 0:  # other torchrun ranks could see rank 0 making the cache folder
         check_report_path(out)
     dataset = open_rec_dataset(name, args.root, args.annotations, args.detections, limit=args.limit)
@@ -204,6 +207,7 @@ def _evaluate_parts(args) -> dict:
     from ..datasets import open_dataset
     from ..evaluate import distributed
     from ..evaluate_parts import evaluate_parts, part_report_path, part_runs
+    from ..files import free_name
     from ..parts import DEFAULT_PRESET as DEFAULT_PART_PRESET
     from ..parts import list_part_presets, load_part_preset
 
@@ -221,7 +225,7 @@ def _evaluate_parts(args) -> dict:
         _check_report_outputs(args, args.out)
     dataset = open_dataset("shapenetpart", args.root, split=args.split, num_points=args.num_points,
                            up_axis=args.up_axis).restrict(args.category, args.limit)
-    out = _check_report_outputs(args, args.out or part_report_path(dataset.category))
+    out = _check_report_outputs(args, args.out or free_name(part_report_path(dataset.category)))
     with distributed(args.device) as device:
         args.device = device
         if args.precision is None:

@@ -32,6 +32,10 @@ def _print_fewshot_build(result: dict) -> None:
           f"{result['shots']} shots asked, alpha {result['alpha']:g}, beta {result['beta']:g}{extra}")
     for label, n in result["per_label"].items():
         print(f"  {n:>4}  {label}")
+    if result["cache_off"]:
+        print("alpha 0: --tune switched the cache off. Leave-one-out on these examples found no alpha that beats "
+              "zero-shot (ties go to the smallest alpha), so --fewshot with this file gives the zero-shot answers. "
+              "More examples a label may change that; without --tune the cache keeps alpha 1.")
 
 
 @subcommand("fewshot build", "cache a few labelled examples per label for few-shot recognition", _fewshot_build_args,
@@ -57,4 +61,5 @@ def run_fewshot_build(args) -> dict:
     return {"output": str(output), "examples": len(cache.targets), "labels": cache.labels, "shots": args.shots,
             "per_label": cache.shot_counts(), "alpha": cache.alpha, "beta": cache.beta,
             "tuned": bool(cache.metadata.get("tuned", False)),
+            "cache_off": bool(cache.metadata.get("tuned", False)) and cache.alpha == 0,
             "adapter": cache.adapter is not None}

@@ -7,17 +7,19 @@ from ..errors import InputError
 from .options import (image_model_args, load_model, predictions, read_labels, subcommand, top_k_type)
 
 log = logging.getLogger("pointfalip")
+# `visual_prompts.PROMPTS`, named here so that --help imports no torch (a test keeps the two equal)
+PROMPT_CHOICES = ("falip", "circle", "blur", "crop", "shade", "none")
 
 def _classify_image_args(p):
-    from ..visual_prompts import PROMPTS
-
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("--labels", required=True, help="comma-separated names")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--box", help="x0,y0,x1,y1 in pixels")
     g.add_argument("--mask", help="region mask image, same size as IMAGE (non-zero = region)")
-    p.add_argument("--prompt", default="falip", choices=PROMPTS)
-    p.add_argument("--top-k", type=top_k_type, default=5)
+    p.add_argument("--prompt", choices=PROMPT_CHOICES,
+                   help="how the region is shown to the model (default: falip with --box or --mask; without a region "
+                        "the whole image, none)")
+    p.add_argument("--top-k", type=top_k_type, default=5, help="labels listed")
     image_model_args(p)
 
 
@@ -39,18 +41,21 @@ def run_classify_image(args) -> dict:
     mask = load_mask(args.mask, image.size) if args.mask else None
     if box is not None:
         check_box(box, image.width, image.height)
+    region = box is not None or mask is not None
+    if args.prompt not in (None, "none") and not region:
+        raise InputError(f"--prompt {args.prompt} shows a region: give it with --box x0,y0,x1,y1 or --mask M.png "
+                         "(or drop --prompt to classify the whole image)")
+    prompt = args.prompt or ("falip" if region else "none")
     model = load_model(args)
-    preds = classify_region(model, image, labels, box=box, mask=mask, prompt=args.prompt, top_k=args.top_k)
-    return {"file": str(args.image), "prompt": args.prompt, "predictions": predictions(preds)}
+    preds = classify_region(model, image, labels, box=box, mask=mask, prompt=prompt, top_k=args.top_k)
+    return {"file": str(args.image), "prompt": prompt, "predictions": predictions(preds)}
 
 
 def _refer_args(p):
-    from ..visual_prompts import PROMPTS
-
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("--boxes", required=True, help="'x0,y0,x1,y1;x0,y0,x1,y1;...'")
     p.add_argument("--caption", required=True)
-    p.add_argument("--prompt", default="falip", choices=PROMPTS)
+    p.add_argument("--prompt", default="falip", choices=PROMPT_CHOICES, help="how each box is shown to the model")
     image_model_args(p)
 
 

@@ -12,7 +12,6 @@ from typing import Any, Callable, Optional
 
 from .. import io
 from ..errors import InputError
-from ..model import default_device
 from ..presets import PRECISION_CHOICES
 
 @dataclass(frozen=True)
@@ -104,7 +103,7 @@ def model_args(p: argparse.ArgumentParser, precision_default: str = "the preset'
     g.add_argument("--model", default="ViT-B-16", help="open_clip model name or config JSON (default %(default)s)")
     g.add_argument("--pretrained", default="openai",
                    help="open_clip tag, hf-hub:ID, local checkpoint, or 'none' for random weights (default %(default)s)")
-    g.add_argument("--device", default=default_device(), help="torch device (default %(default)s)")
+    g.add_argument("--device", help="torch device (default: cuda where available, else cpu)")
     g.add_argument("--precision", choices=PRECISION_CHOICES,
                    help=f"auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32 (default: {precision_default})")
 
@@ -149,6 +148,10 @@ def load_model(args):
         from ..recognize import load_preset
 
         args.precision = load_preset(args.preset or DEFAULT_PRESET).precision if hasattr(args, "preset") else "auto"
+    if args.device is None:
+        from ..model import default_device
+
+        args.device = default_device()
     return load(args.model, args.pretrained, device=args.device, precision=args.precision)
 
 

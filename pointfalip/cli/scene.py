@@ -84,8 +84,9 @@ def _print_scene(result: dict) -> None:
                 print(f"  {i:>2} {obj['id']:>4} {row}{note}")
             else:
                 print(f"  {i:>2} {row}")
-    if result.get("mcap"):
-        print(f"wrote {result['mcap']}")
+    for key in ("mcap", "render"):
+        if result.get(key):
+            print(f"wrote {result[key]}")
 
 
 @subcommand("scene", "segment a scene (point file, depth image or ROS 2 bag) and recognise each object", _scene_args,
@@ -144,6 +145,8 @@ def run_scene(args) -> dict:
         if on_main:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
     extra = {"mcap": str(mcap)} if mcap is not None else {}
+    if render is not None:
+        extra["render"] = str(render)
     if source.sequence:
         return {"file": str(args.input), "topic": source.topic, "frames": results, **extra}
     return {"file": str(args.input), "objects": results[0]["objects"], "timings": results[0]["timings"], **extra}

@@ -41,7 +41,7 @@ def _print_segment(result: dict) -> None:
 def run_segment(args) -> dict:
     import numpy as np
 
-    from ..files import IMAGE_SUFFIXES, atomic_write, check_output, run_inputs
+    from ..files import IMAGE_SUFFIXES, atomic_write, check_output, mark_ply, run_inputs, save_npy
     from ..parts import PartSegmenter, load_part_preset, resolve_parts
     from ..render import part_colors, save_part_sheet
 
@@ -75,7 +75,7 @@ def run_segment(args) -> dict:
 
             colors = np.concatenate([part_colors(len(seg.parts)), np.full((len(seg.parts), 1), 255, np.uint8)], axis=1)
             ply = trimesh.PointCloud(cloud, colors=colors[index]).export(file_type="ply")
-            written.append(atomic_write(paths["output"], lambda f: f.write(ply)))
+            written.append(atomic_write(paths["output"], lambda f: f.write(mark_ply(ply))))
             result["output"] = str(written[-1])
         if "render" in paths:
             views = prediction.views
@@ -84,7 +84,7 @@ def run_segment(args) -> dict:
                                            labels, seg.parts, [f"view {i}" for i in range(v)]))
             result["render"] = str(written[-1])
         if "per_point" in paths:
-            written.append(atomic_write(paths["per_point"], lambda f: np.save(f, index)))
+            written.append(atomic_write(paths["per_point"], lambda f: save_npy(f, index)))
             result["per_point"] = str(written[-1])
     except BaseException:
         for path in written:
