@@ -55,11 +55,12 @@ import re
 from dataclasses import dataclass, fields
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Optional, Sequence, Union
+from typing import Any, ClassVar, Iterable, Iterator, Mapping, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
 from . import io as pio
+from .batches import Report, TaskKind, register_task
 from .datasets import Dataset
 from .errors import InputError, one_line
 from .files import atomic_write, path_text
@@ -425,6 +426,12 @@ class ScanNetDataset(Dataset):
 
     def source(self, i: int) -> str:
         return str(self.folders[self._index(i)])
+
+    def data_files(self) -> list[Path]:
+        """Every file the scenes are read from (the resume key's identity of the data)."""
+        names = (MESH_FILE, SEGMENTS_FILE, AGGREGATION_FILE, META_FILE)
+        files = [folder / n.format(scene=s) for s, folder in zip(self.scene_ids, self.folders) for n in names]
+        return [self.label_table_path, self.split_file] + [f for f in files if f.is_file()]
 
     def _truncate(self, n: int) -> None:
         super()._truncate(n)
@@ -1006,3 +1013,161 @@ def evaluate_recognizer(recognizer: Any, dataset: ScanNetDataset, proposals: Uni
     settings = {"proposals": str(proposals), "top_k": top_k, "num_points": num_points, "labels": list(recognizer.labels),
                 "label_ids": ids}
     return scannet_report({run: SceneMatches.concatenate(parts)}, **_dataset_info(dataset), settings=settings)
+
+
+# --------------------------------------------------------------------------------------------------
+# the evaluation task (resumable, sharded: `pointfalip.batches.run_evaluation`)
+# --------------------------------------------------------------------------------------------------
+
+TASK = "scannet instance segmentation and detection"
+PREDICTIONS_RUN = "predictions"  # the run of another method's predictions (no model)
+
+
+@dataclass
+class ScanNetBatch:
+    """What the scenes [start, start + batch_size) contribute: each run's `SceneMatches` of those scenes."""
+
+    start: int
+    indices: np.ndarray  # (B,) int64 scene indices
+    matches: list  # [(run, SceneMatches.to_dict()), ...]
+
+
+@dataclass(kw_only=True)
+class ScanNetReport(Report):
+    """The report of a ScanNet evaluation: the split, the settings, the protocol and one `matches_report` a run."""
+
+    TASK: ClassVar[str] = TASK
+
+    dataset: str
+    root: str
+    split: str
+    scenes: int
+    scene_ids: list
+    model: Optional[str]
+    pretrained: Optional[str]
+    precision: Optional[str]
+    settings: dict
+    protocol: dict
+    runs: dict
+    report: str = ""
+
+
+class ScanNetTask:
+    """ScanNet v2 instance AP and detection AP, as `batches.run_evaluation` runs it: another method's predictions
+    (``predictions``, no model), or the recognizer's labels of class-agnostic proposals (``proposals``: ``segment``,
+    ``gt`` or a folder of masks) for each run (``falip``, ``baseline``, or both from one pass with ``compare``)."""
+
+    name = TASK
+    record = ScanNetBatch
+
+    def __init__(self, dataset: ScanNetDataset, batch_size: int, *, predictions: Optional[PathLike] = None,
+                 recognizer: Any = None, compare: bool = False, proposals: Union[str, PathLike] = "segment",
+                 top_k: int = 1, save_predictions: Optional[PathLike] = None,
+                 num_points: int = DEFAULT_PROPOSAL_POINTS):
+        if (predictions is None) == (recognizer is None):
+            raise InputError("evaluate ScanNet either another method's --predictions or the model's own labels")
+        self.dataset, self.batch_size = dataset, batch_size
+        self.predictions = None if predictions is None else Path(predictions)
+        if self.predictions is not None and not self.predictions.is_dir():
+            raise InputError(f"{path_text(self.predictions)}: no such folder; give the folder of <scene>.txt files")
+        self.recognizer, self.compare, self.top_k, self.num_points = recognizer, compare, top_k, num_points
+        self.proposals = proposals if proposals in ("segment", "gt") else Path(proposals)
+        if isinstance(self.proposals, Path) and not self.proposals.is_dir():
+            raise InputError(f"{path_text(self.proposals)}: no such folder; --proposals takes segment, gt or a "
+                             "folder of masks")
+        self.save_predictions = None if save_predictions is None else Path(save_predictions)
+        if recognizer is None:
+            self.runs: tuple[str, ...] = (PREDICTIONS_RUN,)
+        else:
+            own = "falip" if getattr(recognizer, "falip", True) else "baseline"
+            self.runs = ("falip", "baseline") if compare else (own,)
+            self.label_ids = label_ids_for(recognizer.labels)
+        self.n_items = len(dataset)
+        self.description = f"scannet {'+'.join(self.runs)}"
+
+    def key(self) -> dict:
+        from . import __version__
+        from .files import data_identity
+
+        rec = self.recognizer
+        model = None if rec is None else {"name": str(rec.model.name), "pretrained": str(rec.model.pretrained),
+                                          "precision": str(rec.model.precision), "labels": list(rec.labels),
+                                          "features": rec.feature_settings()}
+        return {"pointfalip": __version__, "root": str(Path(self.dataset.root).resolve()),
+                "split": self.dataset.split, "scenes": list(self.dataset.scene_ids),
+                "data": data_identity(self.dataset.data_files()),
+                "predictions": None if self.predictions is None else data_identity(
+                    sorted(self.predictions.rglob("*.txt"))),
+                "proposals": str(self.proposals), "model": model, "runs": list(self.runs), "top_k": self.top_k,
+                "num_points": self.num_points, "batch_size": self.batch_size,
+                "save_predictions": None if self.save_predictions is None else str(self.save_predictions)}
+
+    def _scene_predictions(self, scene: Scene) -> dict[str, list]:
+        if self.predictions is not None:
+            return {PREDICTIONS_RUN: read_predictions(self.predictions, scene.scene_id, scene.num_vertices)}
+        source = self.proposals if not isinstance(self.proposals, Path) else [
+            p.mask for p in read_predictions(self.proposals, scene.scene_id, scene.num_vertices)]
+        masks = propose(scene, source, segmentation_config() if source == "segment" else None)
+        clouds, kept = proposal_clouds(scene, masks, self.num_points)
+        probs = score_proposals(self.recognizer, clouds, with_plain=self.compare)
+        return {run: label_proposals(masks, kept, probs[run], self.label_ids, self.top_k) for run in self.runs}
+
+    def compute(self, lo: int, hi: int) -> Iterator[ScanNetBatch]:
+        for start in range(lo, min(hi, self.n_items), self.batch_size):
+            stop = min(start + self.batch_size, self.n_items)
+            parts: dict[str, list] = {r: [] for r in self.runs}
+            for _, scene in self.dataset.iter_scenes(start, stop):
+                preds = self._scene_predictions(scene)
+                if self.save_predictions is not None:
+                    write_predictions(self.save_predictions, scene.scene_id, preds[self.runs[0]])
+                for run in self.runs:
+                    parts[run].append(scene_matches(scene, preds[run]))
+            yield ScanNetBatch(start, np.arange(start, stop, dtype=np.int64),
+                               [(run, SceneMatches.concatenate(m).to_dict()) for run, m in parts.items()])
+
+    def report(self, batches: list, out: Path) -> ScanNetReport:
+        by_run: dict[str, list] = {r: [] for r in self.runs}
+        for b in batches:
+            for run, data in b.matches:
+                by_run[run].append(SceneMatches.from_dict(data))
+        rec = self.recognizer
+        settings = {"predictions": None if self.predictions is None else str(self.predictions),
+                    "save_predictions": None if self.save_predictions is None else str(self.save_predictions)}
+        if rec is not None:
+            settings.update(proposals=str(self.proposals), top_k=self.top_k, num_points=self.num_points,
+                            labels=list(rec.labels), label_ids=self.label_ids)
+        info = _dataset_info(self.dataset)
+        return ScanNetReport(
+            dataset=info["dataset"], root=info["root"], split=info["split"], scenes=info["scenes"],
+            scene_ids=info["scene_ids"], model=None if rec is None else str(rec.model.name),
+            pretrained=None if rec is None else str(rec.model.pretrained),
+            precision=None if rec is None else str(rec.model.precision), settings=settings, protocol=protocol(),
+            runs={run: matches_report(SceneMatches.concatenate(m)) for run, m in by_run.items()}, report=str(out))
+
+    def write(self, report: ScanNetReport) -> list[Path]:
+        return []
+
+
+def evaluate_scannet(dataset: ScanNetDataset, model: Any = None, *, predictions: Optional[PathLike] = None,
+                     labels: Optional[Sequence[str]] = None, preset: str = "pointclip_v2", compare: bool = False,
+                     falip: bool = True, proposals: Union[str, PathLike] = "segment", top_k: int = 1,
+                     save_predictions: Optional[PathLike] = None, batch_size: int = 4, out: Optional[PathLike] = None,
+                     progress: bool = True) -> dict:
+    """ScanNet v2 instance AP and detection AP: of another method's ``predictions`` (no model), or of ``model``'s
+    labels (over ``labels``, default the 18 benchmark classes) of class-agnostic ``proposals``; streamed, resumable
+    (``<out>.partial/``) and sharded under torchrun. Writes (rank 0) and returns the report."""
+    from .batches import check_batch_size, run_evaluation
+
+    batch_size = check_batch_size(batch_size)
+    recognizer = None
+    if model is not None:
+        from .recognize import Recognizer
+
+        recognizer = Recognizer(model, labels=list(labels or benchmark_labels()), preset=preset, falip=falip,
+                                up_axis="z")
+    task = ScanNetTask(dataset, batch_size, predictions=predictions, recognizer=recognizer, compare=compare,
+                       proposals=proposals, top_k=top_k, save_predictions=save_predictions)
+    return run_evaluation(task, Path(out) if out is not None else Path("evaluate_scannet.json"), progress).to_dict()
+
+
+register_task(TaskKind(TASK, ("scannet",), summary))

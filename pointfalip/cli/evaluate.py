@@ -21,7 +21,9 @@ TASK_OPTIONS = {"compare": ("--compare", False), "falip": ("--no-falip", True), 
                 "prompt_file": ("--prompt-file", None), "fewshot": ("--fewshot", None), "shots": ("--shots", None),
                 "category": ("--category", None), "dense": ("--dense", None),
                 "annotations": ("--annotations", None), "detections": ("--detections", None),
-                "prompts": ("--prompts", "falip")}
+                "prompts": ("--prompts", "falip"), "predictions": ("--predictions", None),
+                "proposals": ("--proposals", None), "save_predictions": ("--save-predictions", None),
+                "top_k": ("--top-k", None)}
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,8 @@ class Evaluation:
 
 
 EVALUATIONS: dict[str, Evaluation] = {}
-EVALUATION_MODULES = ("pointfalip.evaluate", "pointfalip.evaluate_parts", "pointfalip.refcoco")
+SCANNET_TASK = "scannet instance segmentation and detection"  # pointfalip.scannet.TASK, without importing it
+EVALUATION_MODULES = ("pointfalip.evaluate", "pointfalip.evaluate_parts", "pointfalip.refcoco", "pointfalip.scannet")
 
 
 def evaluation(task: str, options: tuple[str, ...], hint: str):
@@ -53,7 +56,8 @@ def _evaluate_args(p):
                         "(part segmentation), or refcoco, refcoco+, refcocog (referring expressions; --root: COCO "
                         "train2014 images)")
     p.add_argument("--root", required=True, help="folder holding the dataset's release")
-    p.add_argument("--split", default="test", choices=("test", "train"))
+    p.add_argument("--split", choices=("test", "train", "val"),
+                   help="the release's split (default: test; scannet: val, the annotated one)")
     p.add_argument("--limit", type=bounded_int(1, 10**9), help="the first N objects only")
     p.add_argument("--compare", action="store_true", help="FALIP and the plain-CLIP baseline from the same views "
                    "(shapenetpart: tokens and clearclip dense features)")
@@ -69,6 +73,15 @@ def _evaluate_args(p):
                    help="objects (REC: images) per batch (default %(default)s)")
     p.add_argument("--out", help="report path, .json (default evaluate_<dataset>.json, or the next free name: "
                                  "evaluate_<dataset>-2.json, ...); the confusion PNG goes beside it")
+    g = p.add_argument_group("ScanNet v2 instance and detection AP (--dataset scannet; --root: the release)")
+    g.add_argument("--predictions", metavar="DIR", help="evaluate another method's predictions in the benchmark's "
+                   "format (<scene>.txt lines 'mask label_id confidence'); runs no model")
+    g.add_argument("--proposals", help="class-agnostic masks the model labels: segment (this project's scene "
+                   "segmentation, default), gt (ground-truth masks: the recognition oracle) or a folder of masks")
+    g.add_argument("--save-predictions", metavar="DIR", help="write the model's predictions in the benchmark's "
+                   "format to this new folder (re-evaluate them with --predictions, or submit them)")
+    g.add_argument("--top-k", type=bounded_int(1, 200), help="labels per proposal, each a prediction with the same "
+                   "mask (default 1)")
     g = p.add_argument_group("few-shot protocol (K examples per class from the train split, several seeds)")
     g.add_argument("--shots", type=bounded_int(1, 10_000), help="examples per class for a few-shot cache per seed")
     g.add_argument("--seeds", type=seed_list, default=[1],
@@ -105,6 +118,8 @@ def run_evaluate(args) -> dict:
         importlib.import_module(module)
 
     chosen = EVALUATIONS[task_for_dataset(args.dataset).name]
+    if args.split is None:
+        args.split = "val" if chosen.task == SCANNET_TASK else "test"
     unused = [dest for dest, (flag, absent) in TASK_OPTIONS.items()
               if dest not in chosen.options and getattr(args, dest, absent) not in (absent, None, False)]
     if unused:
@@ -234,3 +249,37 @@ def _evaluate_parts(args) -> dict:
         report = evaluate_parts(model, dataset, preset=preset, dense=args.dense, compare=args.compare,
                                 batch_size=args.batch_size, out=out)
     return report
+
+
+@evaluation(SCANNET_TASK, ("compare", "falip", "predictions", "proposals", "save_predictions", "top_k"),
+            "ScanNet takes --predictions, or --proposals, --save-predictions, --top-k and --compare")
+def _evaluate_scannet(args) -> dict:
+    """`evaluate --dataset scannet`: ScanNet v2 instance AP and detection AP (pointfalip.scannet)."""
+    from ..datasets import open_dataset
+    from ..evaluate import default_report_path, distributed
+    from ..files import check_output, free_name, run_inputs
+    from ..scannet import evaluate_scannet
+
+    if args.predictions and (args.proposals or args.save_predictions or args.top_k or args.compare
+                             or not args.falip):
+        raise InputError("--predictions evaluates another method's files and runs no model: drop --proposals, "
+                         "--save-predictions, --top-k, --compare and --no-falip")
+    if args.compare and not args.falip:
+        raise InputError("--compare runs FALIP and the plain-CLIP baseline together; drop --no-falip")
+    inputs = run_inputs(args)
+    out = _check_report_outputs(args, args.out or free_name(default_report_path("scannet")))
+    if args.save_predictions:
+        save = check_output(args.save_predictions, "--save-predictions", inputs=inputs)
+        if save.exists() and (not save.is_dir() or any(save.iterdir())):
+            raise InputError(f"--save-predictions {save}: exists and is not an empty folder; choose a new folder")
+    dataset = open_dataset("scannet", args.root, split=args.split, limit=args.limit)
+    with distributed(args.device) as device:
+        args.device = device
+        model = None
+        if not args.predictions:
+            args.precision = args.precision or "auto"
+            model = load_model(args)
+        return evaluate_scannet(dataset, model, predictions=args.predictions, compare=args.compare, falip=args.falip,
+                                preset=args.preset or DEFAULT_PRESET, proposals=args.proposals or "segment",
+                                top_k=args.top_k or 1, save_predictions=args.save_predictions,
+                                batch_size=args.batch_size, out=out)
