@@ -63,6 +63,7 @@ def test_the_model_on_ground_truth_proposals_then_its_saved_predictions(main, re
     (["--predictions", "P", "--compare"], ["--predictions", "no model"]),
     (["--category", "chair"], ["--category", "shapenetpart"]),
     (["--predictions", "missing"], ["missing", "folder"]),
+    (["--proposals", "gt", "--labels", "chair,spaceship"], ["spaceship", "NYU40"]),
 ])
 def test_bad_combinations_are_one_line(main, release, tmp_path, args, words):
     root, _ = release

@@ -23,7 +23,7 @@ TASK_OPTIONS = {"compare": ("--compare", False), "falip": ("--no-falip", True), 
                 "annotations": ("--annotations", None), "detections": ("--detections", None),
                 "prompts": ("--prompts", "falip"), "predictions": ("--predictions", None),
                 "proposals": ("--proposals", None), "save_predictions": ("--save-predictions", None),
-                "top_k": ("--top-k", None)}
+                "top_k": ("--top-k", None), "labels": ("--labels", None)}
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,8 @@ def _evaluate_args(p):
                    "segmentation, default), gt (ground-truth masks: the recognition oracle) or a folder of masks")
     g.add_argument("--save-predictions", metavar="DIR", help="write the model's predictions in the benchmark's "
                    "format to this new folder (re-evaluate them with --predictions, or submit them)")
+    g.add_argument("--labels", help="comma-separated names the model chooses from (default: the 18 benchmark "
+                   "classes); NYU40 names get their ids, e.g. 'chair,table,wall'")
     g.add_argument("--top-k", type=bounded_int(1, 200), help="labels per proposal, each a prediction with the same "
                    "mask (default 1)")
     g = p.add_argument_group("few-shot protocol (K examples per class from the train split, several seeds)")
@@ -251,7 +253,7 @@ def _evaluate_parts(args) -> dict:
     return report
 
 
-@evaluation(SCANNET_TASK, ("compare", "falip", "predictions", "proposals", "save_predictions", "top_k"),
+@evaluation(SCANNET_TASK, ("compare", "falip", "predictions", "proposals", "save_predictions", "top_k", "labels"),
             "ScanNet takes --predictions, or --proposals, --save-predictions, --top-k and --compare")
 def _evaluate_scannet(args) -> dict:
     """`evaluate --dataset scannet`: ScanNet v2 instance AP and detection AP (pointfalip.scannet)."""
@@ -261,9 +263,14 @@ def _evaluate_scannet(args) -> dict:
     from ..scannet import evaluate_scannet
 
     if args.predictions and (args.proposals or args.save_predictions or args.top_k or args.compare
-                             or not args.falip):
+                             or not args.falip or args.labels):
         raise InputError("--predictions evaluates another method's files and runs no model: drop --proposals, "
-                         "--save-predictions, --top-k, --compare and --no-falip")
+                         "--save-predictions, --top-k, --labels, --compare and --no-falip")
+    labels = [s.strip() for s in args.labels.split(",") if s.strip()] if args.labels else None
+    if labels is not None:
+        from ..scannet import label_ids_for
+
+        label_ids_for(labels)  # names without an NYU40 id: one line before any work
     if args.compare and not args.falip:
         raise InputError("--compare runs FALIP and the plain-CLIP baseline together; drop --no-falip")
     inputs = run_inputs(args)
@@ -279,7 +286,8 @@ def _evaluate_scannet(args) -> dict:
         if not args.predictions:
             args.precision = args.precision or "auto"
             model = load_model(args)
-        return evaluate_scannet(dataset, model, predictions=args.predictions, compare=args.compare, falip=args.falip,
+        return evaluate_scannet(dataset, model, predictions=args.predictions, labels=labels, compare=args.compare,
+                                falip=args.falip,
                                 preset=args.preset or DEFAULT_PRESET, proposals=args.proposals or "segment",
                                 top_k=args.top_k or 1, save_predictions=args.save_predictions,
                                 batch_size=args.batch_size, out=out)

@@ -15,7 +15,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
                  'pointfalip classify cloud.npy --labels "mug,bowl,bottle" --json --per-view'),
     "render": ("pointfalip render chair.off -o views.png",),
     "ros2": ('pointfalip ros2 --labels "mug,bowl,bottle" --transport dds --input-topic /camera/depth/points',
-             'ROS_DOMAIN_ID=7 pointfalip ros2 --dataset modelnet40 --preset robot_fast'),
+             'pointfalip ros2 --dataset modelnet40 --preset robot_fast --transport dds'),
     "demo": ("pointfalip demo", "pointfalip demo --pretrained none --model ViT-B-32"),
     "classify-image": ('pointfalip classify-image street.jpg --labels "car,bus,bicycle" --box 40,60,200,180',
                        'pointfalip classify-image street.jpg --labels "car,bus" --mask region.png --prompt blur'),
