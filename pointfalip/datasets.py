@@ -291,6 +291,17 @@ class FileDataset(Dataset):
 Constructor = Callable[[Path, str, int], Dataset]
 _REGISTRY: dict[str, Constructor] = {}
 _SPLITS: dict[str, tuple[str, ...]] = {}  # the splits each dataset accepts
+# modules that build on this one and register datasets of their own, imported when the registry is first read
+DATASET_MODULES = ("pointfalip.scannet",)
+
+
+def _registry() -> dict[str, Constructor]:
+    """Every registered dataset, the other modules' (`DATASET_MODULES`) included."""
+    import importlib
+
+    for module in DATASET_MODULES:
+        importlib.import_module(module)
+    return _REGISTRY
 
 
 def register_dataset(name: str, splits: Sequence[str] = SPLITS) -> Callable[[Constructor], Constructor]:
@@ -311,7 +322,7 @@ def dataset_splits(name: str) -> tuple[str, ...]:
 
 def list_datasets() -> list[str]:
     """Names accepted by `open_dataset`, in registration order."""
-    return list(_REGISTRY)
+    return list(_registry())
 
 
 def _fold(name: str) -> str:
@@ -320,7 +331,7 @@ def _fold(name: str) -> str:
 
 def resolve_name(name: str) -> str:
     """The registered name for ``name`` (case, ``-`` / ``_`` and the alias ``scanobjectnn`` tolerated)."""
-    folded = {_fold(n): n for n in _REGISTRY}
+    folded = {_fold(n): n for n in _registry()}
     folded.update({_fold(a): n for a, n in _ALIASES.items()})
     key = _fold(name)
     if key not in folded:
@@ -736,16 +747,6 @@ def _shapenetpart(root: Path, split: str, num_points: int) -> Dataset:
         files = sorted(folder.glob(f"ply_data_{split}*.h5"), key=_natural_key)
     return ShapeNetPartDataset(root, split, files, num_points)
 
-
-# --------------------------------------------------------------------------------------------------
-# ScanNet v2 scenes (instance segmentation and detection; the reader is pointfalip.scannet)
-# --------------------------------------------------------------------------------------------------
-
-@register_dataset("scannet", splits=("val", "train", "test"))
-def _scannet(root: Path, split: str, num_points: int) -> Dataset:
-    from .scannet import open_scannet
-
-    return open_scannet(root, split)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -61,7 +61,7 @@ import numpy as np
 
 from . import io as pio
 from .batches import Report, TaskKind, register_task
-from .datasets import Dataset
+from .datasets import Dataset, register_dataset
 from .errors import InputError, one_line
 from .files import atomic_write, path_text
 from .metrics import (box_iou_3d_axis_aligned, box_matches, detection_ap, scannet_ap,
@@ -1168,6 +1168,12 @@ def evaluate_scannet(dataset: ScanNetDataset, model: Any = None, *, predictions:
     task = ScanNetTask(dataset, batch_size, predictions=predictions, recognizer=recognizer, compare=compare,
                        proposals=proposals, top_k=top_k, save_predictions=save_predictions)
     return run_evaluation(task, Path(out) if out is not None else Path("evaluate_scannet.json"), progress).to_dict()
+
+
+@register_dataset("scannet", splits=SPLITS)
+def _scannet(root: Path, split: str, num_points: int) -> ScanNetDataset:
+    """`datasets.open_dataset("scannet", ...)`: the split's scenes (``num_points`` does not apply: items are scenes)."""
+    return open_scannet(root, split)
 
 
 register_task(TaskKind(TASK, ("scannet",), summary))

@@ -130,14 +130,14 @@ def no_download(monkeypatch):
         raise AssertionError("a download was attempted")
 
     monkeypatch.setattr(open_clip, "create_model", refuse)
-    from pointfalip import weights
+    from pointfalip import downloads as weights
 
     monkeypatch.setattr(weights, "cached_file", lambda cfg: None)  # nothing cached, whatever this machine holds
 
 
 def test_unreachable_host_fails_before_any_download(no_download, monkeypatch):
     import pointfalip
-    from pointfalip import weights
+    from pointfalip import downloads as weights
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     asked = []
@@ -150,7 +150,7 @@ def test_unreachable_host_fails_before_any_download(no_download, monkeypatch):
 
 def test_hub_offline_mode_fails_without_asking_the_network(no_download, monkeypatch):
     import pointfalip
-    from pointfalip import weights
+    from pointfalip import downloads as weights
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(weights, "reachable", lambda *a, **k: pytest.fail("the network was asked"))
@@ -184,7 +184,7 @@ def test_hub_files_follow_open_clips_naming():
 def test_models_lists_vit_tags_and_what_is_cached(main, monkeypatch):
     import open_clip
 
-    from pointfalip import weights
+    from pointfalip import downloads as weights
 
     cached = open_clip.get_pretrained_cfg("ViT-B-32", "openai")
     monkeypatch.setattr(weights, "cached_file", lambda cfg: "/cache/b32.safetensors" if cfg == cached else None)

@@ -380,7 +380,7 @@ def test_dds_without_cyclonedds_is_one_line(main, monkeypatch):
     (["--input-topic", "my points"], {}, ["topic name"]),
     (["--markers-topic", "a//b"], {}, ["topic name"]),
     ([], {"ROS_DOMAIN_ID": "300"}, ["ROS_DOMAIN_ID", "232"]),
-    (["--transport", "zmq"], {}, ["invalid choice"]),
+    (["--transport", "zmq"], {}, ["--transport", "zmq", "dds"]),
 ])
 def test_bad_node_options_are_one_line(main, monkeypatch, args, env, words):
     for k, v in env.items():
