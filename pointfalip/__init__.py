@@ -6,7 +6,7 @@ __version__ = "0.1.0"
 
 from .errors import InputError, WeightsUnavailable  # noqa: E402
 
-_LAZY = {"FalipCLIP": "model", "load_model": "model", "Recognizer": "recognize"}
+_LAZY = {"FalipCLIP": "model", "load_model": "model", "Recognizer": "recognize", "parts": None}  # name -> module
 
 __all__ = ["FalipCLIP", "InputError", "Recognizer", "WeightsUnavailable", "load_model", "parts", "__version__"]
 
@@ -15,9 +15,8 @@ def __getattr__(name: str):
     import importlib
 
     if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    elif name == "parts":
-        value = importlib.import_module(".parts", __name__)
+        module = importlib.import_module(f".{_LAZY[name] or name}", __name__)
+        value = module if _LAZY[name] is None else getattr(module, name)
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = value
