@@ -820,13 +820,6 @@ def protocol() -> dict:
     }
 
 
-def scannet_report(runs: Mapping[str, SceneMatches], **info: Any) -> dict:
-    """The report of an evaluation: ``info`` (dataset, split, model settings, ...), ``protocol`` and one
-    `matches_report` per run (``predictions`` for another method's files; ``falip`` / ``baseline`` for the model)."""
-    return {"task": "scannet instance segmentation and detection", **info, "protocol": protocol(),
-            "runs": {name: matches_report(m) for name, m in runs.items()}}
-
-
 def _pct(value: Optional[float]) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
@@ -855,16 +848,10 @@ def summary(report: dict) -> str:
 
 def evaluate_predictions(dataset: ScanNetDataset, predictions: PathLike, progress: bool = False) -> dict:
     """ScanNet instance AP and detection AP of another method's predictions (the benchmark's format in the folder
-    ``predictions``) on every scene of ``dataset``; no model. Returns the report (`scannet_report`, run
-    ``predictions``); InputError for a scene without a prediction file or any bad file."""
-    folder = Path(predictions)
-    if not folder.is_dir():
-        raise InputError(f"{path_text(folder)}: no such folder; give the folder of <scene>.txt prediction files")
-    parts = []
-    for i, scene in _progress(dataset.iter_scenes(), len(dataset), progress, "scannet"):
-        parts.append(scene_matches(scene, read_predictions(folder, scene.scene_id, scene.num_vertices)))
-    return scannet_report({"predictions": SceneMatches.concatenate(parts)}, **_dataset_info(dataset),
-                          predictions=str(folder))
+    ``predictions``) on every scene of ``dataset``; no model. Returns the report (run ``predictions``) of one pass
+    of `ScanNetTask` (`evaluate_scannet` adds resuming, sharding and the written report); InputError for a scene
+    without a prediction file or any bad file."""
+    return _run_once(ScanNetTask(dataset, 1, predictions=predictions), progress)
 
 
 def _dataset_info(dataset: ScanNetDataset) -> dict:
@@ -994,25 +981,12 @@ def predict_scene(recognizer: Any, scene: Scene, proposals: Union[str, np.ndarra
 def evaluate_recognizer(recognizer: Any, dataset: ScanNetDataset, proposals: Union[str, PathLike] = "segment",
                         top_k: int = 1, save_predictions: Optional[PathLike] = None, segmentation: Any = None,
                         num_points: int = DEFAULT_PROPOSAL_POINTS, progress: bool = False) -> dict:
-    """Predict every scene (`predict_scene`; ``proposals`` ``"segment"``, ``"gt"`` or a folder of another method's
-    predictions, whose labels are ignored), optionally write the predictions in the benchmark's format, and return
-    the report (run ``falip`` or ``baseline``). One pass, no resume: the command line's task adds those."""
-    run = "falip" if getattr(recognizer, "falip", True) else "baseline"
-    ids = label_ids_for(recognizer.labels)
-    folder = None if proposals in ("segment", "gt") else Path(proposals)
-    if folder is not None and not folder.is_dir():
-        raise InputError(f"{path_text(folder)}: no such folder; --proposals takes segment, gt or a folder of masks")
-    parts = []
-    for _, scene in _progress(dataset.iter_scenes(), len(dataset), progress, "scannet"):
-        source = proposals if folder is None else [p.mask for p in read_predictions(folder, scene.scene_id,
-                                                                                     scene.num_vertices)]
-        preds = predict_scene(recognizer, scene, source, ids, top_k, segmentation, num_points)
-        if save_predictions is not None:
-            write_predictions(save_predictions, scene.scene_id, preds)
-        parts.append(scene_matches(scene, preds))
-    settings = {"proposals": str(proposals), "top_k": top_k, "num_points": num_points, "labels": list(recognizer.labels),
-                "label_ids": ids}
-    return scannet_report({run: SceneMatches.concatenate(parts)}, **_dataset_info(dataset), settings=settings)
+    """Predict every scene (``proposals`` ``"segment"``, ``"gt"`` or a folder of another method's predictions, whose
+    labels are ignored), optionally write the predictions in the benchmark's format, and return the report (run
+    ``falip`` or ``baseline``): one pass of `ScanNetTask`, no resume (`evaluate_scannet` adds it)."""
+    return _run_once(ScanNetTask(dataset, 1, recognizer=recognizer, proposals=proposals, top_k=top_k,
+                                 save_predictions=save_predictions, segmentation=segmentation,
+                                 num_points=num_points), progress)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1062,7 +1036,7 @@ class ScanNetTask:
 
     def __init__(self, dataset: ScanNetDataset, batch_size: int, *, predictions: Optional[PathLike] = None,
                  recognizer: Any = None, compare: bool = False, proposals: Union[str, PathLike] = "segment",
-                 top_k: int = 1, save_predictions: Optional[PathLike] = None,
+                 top_k: int = 1, save_predictions: Optional[PathLike] = None, segmentation: Any = None,
                  num_points: int = DEFAULT_PROPOSAL_POINTS):
         if (predictions is None) == (recognizer is None):
             raise InputError("evaluate ScanNet either another method's --predictions or the model's own labels")
@@ -1071,6 +1045,7 @@ class ScanNetTask:
         if self.predictions is not None and not self.predictions.is_dir():
             raise InputError(f"{path_text(self.predictions)}: no such folder; give the folder of <scene>.txt files")
         self.recognizer, self.compare, self.top_k, self.num_points = recognizer, compare, top_k, num_points
+        self.segmentation = segmentation  # None: `segmentation_config`
         self.proposals = proposals if proposals in ("segment", "gt") else Path(proposals)
         if isinstance(self.proposals, Path) and not self.proposals.is_dir():
             raise InputError(f"{path_text(self.proposals)}: no such folder; --proposals takes segment, gt or a "
@@ -1100,6 +1075,7 @@ class ScanNetTask:
                     sorted(self.predictions.rglob("*.txt"))),
                 "proposals": str(self.proposals), "model": model, "runs": list(self.runs), "top_k": self.top_k,
                 "num_points": self.num_points, "batch_size": self.batch_size,
+                "segmentation": None if self.segmentation is None else str(self.segmentation),
                 "save_predictions": None if self.save_predictions is None else str(self.save_predictions)}
 
     def _scene_predictions(self, scene: Scene) -> dict[str, list]:
@@ -1107,7 +1083,7 @@ class ScanNetTask:
             return {PREDICTIONS_RUN: read_predictions(self.predictions, scene.scene_id, scene.num_vertices)}
         source = self.proposals if not isinstance(self.proposals, Path) else [
             p.mask for p in read_predictions(self.proposals, scene.scene_id, scene.num_vertices)]
-        masks = propose(scene, source, segmentation_config() if source == "segment" else None)
+        masks = propose(scene, source, self.segmentation)
         clouds, kept = proposal_clouds(scene, masks, self.num_points)
         probs = score_proposals(self.recognizer, clouds, with_plain=self.compare)
         return {run: label_proposals(masks, kept, probs[run], self.label_ids, self.top_k) for run in self.runs}
@@ -1146,6 +1122,14 @@ class ScanNetTask:
 
     def write(self, report: ScanNetReport) -> list[Path]:
         return []
+
+
+def _run_once(task: ScanNetTask, progress: bool = False) -> dict:
+    """A task's report from one pass over every scene, in memory: no resume cache, no report file."""
+    batches = _progress(task.compute(0, task.n_items), task.n_items, progress, task.description)
+    report = task.report(list(batches), Path())
+    report.report = ""
+    return report.to_dict()
 
 
 def evaluate_scannet(dataset: ScanNetDataset, model: Any = None, *, predictions: Optional[PathLike] = None,
