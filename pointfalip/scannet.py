@@ -1124,6 +1124,16 @@ class ScanNetTask:
         return []
 
 
+def check_predictions_folder(folder: PathLike) -> Path:
+    """``folder`` as a place for new predictions: absent or an empty folder (InputError otherwise), so that a run
+    never mixes its files with others' and can remove what it wrote."""
+    folder = Path(folder)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise InputError(f"--save-predictions {path_text(folder)}: exists and is not an empty folder; choose a new "
+                         "folder")
+    return folder
+
+
 def _run_once(task: ScanNetTask, progress: bool = False) -> dict:
     """A task's report from one pass over every scene, in memory: no resume cache, no report file."""
     batches = _progress(task.compute(0, task.n_items), task.n_items, progress, task.description)
@@ -1151,7 +1161,20 @@ def evaluate_scannet(dataset: ScanNetDataset, model: Any = None, *, predictions:
                                 up_axis="z")
     task = ScanNetTask(dataset, batch_size, predictions=predictions, recognizer=recognizer, compare=compare,
                        proposals=proposals, top_k=top_k, save_predictions=save_predictions)
-    return run_evaluation(task, Path(out) if out is not None else Path("evaluate_scannet.json"), progress).to_dict()
+    save = task.save_predictions
+    existed = save is not None and save.exists()
+    if save is not None:
+        check_predictions_folder(save)
+    try:
+        return run_evaluation(task, Path(out) if out is not None else Path("evaluate_scannet.json"),
+                              progress).to_dict()
+    except InputError:  # a user error midway: the predictions folder goes back to what it was (absent or empty)
+        if save is not None and save.is_dir():
+            import shutil
+
+            for entry in ([save] if not existed else list(save.iterdir())):
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        raise
 
 
 @register_dataset("scannet", splits=SPLITS)

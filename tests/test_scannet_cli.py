@@ -72,3 +72,18 @@ def test_bad_combinations_are_one_line(main, release, tmp_path, args, words):
     code, _, err = main("evaluate", "--dataset", "scannet", "--root", root, "--out", tmp_path / "r.json", *args)
     one_line_error(code, err, *words)
     assert not (tmp_path / "r.json").exists()
+
+
+def test_a_run_failing_midway_leaves_no_predictions(main, release, tmp_path):
+    """Two scenes; the proposals folder holds masks for the first only: the run fails on the second (one line,
+    exit 2) and leaves no predictions folder, report or resume cache."""
+    root, region = release
+    hand_scene(root, "scene0001_00")
+    (root / "scannetv2_val.txt").write_text("scene0000_00\nscene0001_00\n")
+    write_predictions(tmp_path / "masks", "scene0000_00", [InstancePrediction(region["chair1"], 5, 1.0)])
+    saved = tmp_path / "saved"
+    code, _, err = main("evaluate", "--dataset", "scannet", "--root", root, "--proposals", tmp_path / "masks",
+                        "--save-predictions", saved, "--batch-size", "1", "--out", tmp_path / "r.json", *MODEL)
+    one_line_error(code, err, "scene0001_00")
+    assert not saved.exists()
+    assert not (tmp_path / "r.json").exists() and not (tmp_path / "r.json.partial").exists()

@@ -260,7 +260,7 @@ def _evaluate_scannet(args) -> dict:
     from ..datasets import open_dataset
     from ..evaluate import default_report_path, distributed
     from ..files import check_output, free_name, run_inputs
-    from ..scannet import evaluate_scannet
+    from ..scannet import check_predictions_folder, evaluate_scannet
 
     if args.predictions and (args.proposals or args.save_predictions or args.top_k or args.compare
                              or not args.falip or args.labels):
@@ -275,10 +275,8 @@ def _evaluate_scannet(args) -> dict:
         raise InputError("--compare runs FALIP and the plain-CLIP baseline together; drop --no-falip")
     inputs = run_inputs(args)
     out = _check_report_outputs(args, args.out or free_name(default_report_path("scannet")))
-    if args.save_predictions:
-        save = check_output(args.save_predictions, "--save-predictions", inputs=inputs)
-        if save.exists() and (not save.is_dir() or any(save.iterdir())):
-            raise InputError(f"--save-predictions {save}: exists and is not an empty folder; choose a new folder")
+    if args.save_predictions:  # before the model loads
+        check_predictions_folder(check_output(args.save_predictions, "--save-predictions", inputs=inputs))
     dataset = open_dataset("scannet", args.root, split=args.split, limit=args.limit)
     with distributed(args.device) as device:
         args.device = device
@@ -287,7 +285,7 @@ def _evaluate_scannet(args) -> dict:
             args.precision = args.precision or "auto"
             model = load_model(args)
         return evaluate_scannet(dataset, model, predictions=args.predictions, labels=labels, compare=args.compare,
-                                falip=args.falip,
-                                preset=args.preset or DEFAULT_PRESET, proposals=args.proposals or "segment",
+                                falip=args.falip, preset=args.preset or DEFAULT_PRESET,
+                                proposals=args.proposals or "segment",
                                 top_k=args.top_k or 1, save_predictions=args.save_predictions,
                                 batch_size=args.batch_size, out=out)
