@@ -12,7 +12,7 @@ def fp32_and_bf16(name: str):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fp32 = load_model(name, pretrained="none", precision="fp32")
-    return fp32, type(fp32)(copy.deepcopy(fp32.clip), fp32.tokenizer, name=fp32.name, precision="bf16")
+    return fp32, type(fp32)(copy.deepcopy(fp32.clip), fp32.tokenizer, name=fp32.name, precision="bf16").eval()
 
 
 def cpu_name() -> str:

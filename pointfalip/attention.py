@@ -4,8 +4,9 @@ A `FovealPlan` says which blocks take the foveal bias, the bias itself (on the C
 the patch tokens, in chosen heads) and the amplification γ of the head-sensitivity rule; `foveal_plan` builds it
 from a caller's ``cls_bias``. `run_blocks` runs a span of the encoder's blocks under a plan (optionally doubling
 the batch into a biased and a plain copy at the first foveal block); `run_block` is the one switch between the
-block paths, where a fused or compiled path plugs in. `FalipCLIP` (`pointfalip.model`) embeds the
-images, builds the plan and pools; the naive reference attention that the eager path must match stays in
+block paths. `cls_block` runs a last block for the CLS token alone, which is all that pooled features need of
+it. `FalipCLIP` (`pointfalip.model`) embeds the images, builds the plan, pools, and compiles the whole span with
+``torch.compile`` when asked; the naive reference attention that the eager path must match stays in
 ``tests/test_model.py`` as the oracle.
 """
 from __future__ import annotations
@@ -19,8 +20,8 @@ from torch import nn
 
 from .errors import UnsupportedModel
 
-__all__ = ["FovealPlan", "clearclip_block", "flat_cls_bias", "foveal_block", "foveal_plan", "run_block",
-           "run_blocks"]
+__all__ = ["FovealPlan", "clearclip_block", "cls_block", "flat_cls_bias", "foveal_and_plain", "foveal_block",
+           "foveal_plan", "is_standard_block", "kept_columns", "plan_after", "run_block", "run_blocks", "run_cls_block"]
 
 
 class FovealPlan(NamedTuple):
@@ -46,19 +47,28 @@ def flat_cls_bias(cls_bias: torch.Tensor, n: int, num_patches: int) -> torch.Ten
 
 
 def foveal_plan(cls_bias: torch.Tensor, layers: Sequence[int], n: int, num_patches: int, amplify: float = 0.0,
-                head_mask: Optional[torch.Tensor] = None, keep: Optional[torch.Tensor] = None) -> FovealPlan:
+                head_mask: Optional[torch.Tensor] = None) -> FovealPlan:
     """The plan that adds ``cls_bias`` (`flat_cls_bias`'s shapes, on the model's device) in blocks ``layers``.
 
-    head_mask: ``(H,)`` 1 for the heads that take the bias, 0 for the others (None: every head). keep: ``(N, K)``
-    indices of the patches patch dropout kept (None: all), whose bias columns are kept with them.
+    head_mask: ``(H,)`` 1 for the heads that take the bias, 0 for the others (None: every head).
     """
-    bias = flat_cls_bias(cls_bias, n, num_patches)
-    if keep is not None:
-        bias = torch.cat([bias[:, :1], bias[:, 1:].gather(1, keep)], dim=1)
-    bias = bias[:, None, None, :]  # (N, 1, 1, L): broadcast over heads and the single CLS query
+    bias = flat_cls_bias(cls_bias, n, num_patches)[:, None, None, :]  # (N, 1, 1, L): over heads, one CLS query
     if head_mask is not None:
         bias = bias * head_mask[None, :, None, None]
     return FovealPlan(frozenset(layers), bias, amplify)
+
+
+def kept_columns(bias: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """The plan's bias ``(N, H|1, 1, 1 + P)`` for the patches patch dropout kept (``keep``: ``(N, K)`` indices)."""
+    index = keep[:, None, None, :].expand(-1, bias.shape[1], 1, -1)
+    return torch.cat([bias[..., :1], bias[..., 1:].gather(3, index)], dim=3)
+
+
+def plan_after(plan: FovealPlan, stop: int, with_plain: bool) -> FovealPlan:
+    """The plan of the blocks from ``stop`` on after `run_blocks` ran those before it."""
+    if with_plain and plan.layers and min(plan.layers) < stop:
+        return plan.with_plain_copy()
+    return plan
 
 
 def run_blocks(transformer: nn.Module, x: torch.Tensor, plan: FovealPlan, stop: int,
@@ -66,16 +76,19 @@ def run_blocks(transformer: nn.Module, x: torch.Tensor, plan: FovealPlan, stop: 
     """Tokens ``(N, L, W)`` through ``transformer.resblocks[:stop]`` under ``plan``.
 
     with_plain: from the first foveal block on, the batch is doubled into a biased copy and then a plain copy
-    (``(2N, L, W)``), so that the blocks before it run once for both. Returns the tokens and the plan of the
-    blocks not yet run (the doubled one after the doubling).
+    (``(2N, L, W)``), so that the blocks before it run once for both (and that block once for all but the CLS
+    token, `foveal_and_plain`). Returns the tokens and the plan of the blocks not yet run (`plan_after`).
     """
     blocks = transformer.resblocks
     batch_first = getattr(transformer, "batch_first", True)
     first = min(plan.layers) if plan.layers else len(blocks)
     for i in range(stop):
         if with_plain and i == first:
-            x = torch.cat([x, x])
-            plan = plan.with_plain_copy()
+            doubled = plan.with_plain_copy()
+            if is_standard_block(blocks[i]):
+                x, plan = foveal_and_plain(blocks[i], x, plan.bias, plan.amplify), doubled
+                continue
+            x, plan = torch.cat([x, x]), doubled
         x = run_block(blocks[i], x, i, plan, batch_first)
     return x, plan
 
@@ -93,9 +106,20 @@ def run_block(block: nn.Module, x: torch.Tensor, index: int, plan: FovealPlan, b
     return block(x.transpose(0, 1)).transpose(0, 1)
 
 
+def is_standard_block(block: nn.Module) -> bool:
+    """Whether ``block`` is open_clip's residual block with `nn.MultiheadAttention` (what our own paths rewrite)."""
+    return isinstance(block, ResidualAttentionBlock) and isinstance(block.attn, nn.MultiheadAttention)
+
+
 def _check_block(block: nn.Module, what: str) -> None:
-    if not isinstance(block, ResidualAttentionBlock) or not isinstance(block.attn, nn.MultiheadAttention):
+    if not is_standard_block(block):
         raise UnsupportedModel(f"{what} needs open_clip's standard attention blocks, not {type(block).__name__}")
+
+
+def _in_projection(attn: nn.MultiheadAttention, y: torch.Tensor, rows: slice) -> torch.Tensor:
+    """``y @ W[rows]ᵀ + b[rows]`` of the attention's packed q|k|v input projection."""
+    bias = attn.in_proj_bias[rows] if attn.in_proj_bias is not None else None
+    return F.linear(y, attn.in_proj_weight[rows], bias)
 
 
 def foveal_block(block: nn.Module, x: torch.Tensor, bias: torch.Tensor, amplify: float) -> torch.Tensor:
@@ -110,8 +134,7 @@ def foveal_block(block: nn.Module, x: torch.Tensor, bias: torch.Tensor, amplify:
     heads = attn.num_heads
     head_dim = dim // heads
     y = block.ln_1(x)
-    q, k, v = F.linear(y, attn.in_proj_weight, attn.in_proj_bias).view(n, length, 3, heads, head_dim).permute(
-        2, 0, 3, 1, 4)
+    q, k, v = _in_projection(attn, y, slice(None)).view(n, length, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
     mask = x.new_zeros(n, bias.shape[1], length, length)
     mask[:, :, :1] = bias.to(x.dtype)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
@@ -122,6 +145,50 @@ def foveal_block(block: nn.Module, x: torch.Tensor, bias: torch.Tensor, amplify:
     out = attn.out_proj(out.transpose(1, 2).reshape(n, length, dim))
     x = x + block.ls_1(out)
     return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+def foveal_and_plain(block: nn.Module, x: torch.Tensor, bias: torch.Tensor, amplify: float = 0.0) -> torch.Tensor:
+    """A first foveal block's output for the biased copy and then the plain copy of tokens ``(N, L, W)``: (2N, L, W).
+
+    The bias is on the CLS query's row alone, so the two copies differ only in their CLS token here: the block
+    runs once with the bias, and the plain copy takes its other rows with a CLS token of its own (`cls_block`).
+    """
+    biased = foveal_block(block, x, bias, amplify)
+    plain = torch.cat([cls_block(block, x), biased[:, 1:]], dim=1)
+    return torch.cat([biased, plain])
+
+
+def cls_block(block: nn.Module, x: torch.Tensor, bias: Optional[torch.Tensor] = None, amplify: float = 0.0
+              ) -> torch.Tensor:
+    """The CLS token ``(N, 1, W)`` that ``block`` makes of tokens ``(N, L, W)``: the rows of the block's output that
+    pooled features read, with the foveal ``bias`` ``(N, H|1, 1, L)`` on its attention logits if given.
+
+    Keys and values come from every token; the query, the output projection and the MLP run on the CLS token
+    alone, so a last block costs about 2/12 of a whole one (its k|v projection). The other blocks of the encoder
+    are unchanged and the CLS row is computed as `foveal_block` or open_clip computes it.
+    """
+    _check_block(block, "the CLS-token path")
+    attn = block.attn
+    n, length, dim = x.shape
+    heads = attn.num_heads
+    y = block.ln_1(x)
+    q = _in_projection(attn, y[:, :1], slice(0, dim)).view(n, 1, heads, dim // heads).transpose(1, 2)
+    k, v = _in_projection(attn, y, slice(dim, 3 * dim)).view(n, length, 2, heads, dim // heads).permute(2, 0, 3, 1, 4)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if bias is None else bias.to(x.dtype))
+    if amplify and bias is not None:
+        out = out + amplify * (out - F.scaled_dot_product_attention(q, k, v))
+    cls = x[:, :1] + block.ls_1(attn.out_proj(out.transpose(1, 2).reshape(n, 1, dim)))
+    return cls + block.ls_2(block.mlp(block.ln_2(cls)))
+
+
+def run_cls_block(block: nn.Module, x: torch.Tensor, index: int, plan: FovealPlan, batch_first: bool = True
+                  ) -> torch.Tensor:
+    """Block ``index`` for the CLS token alone (`cls_block`), under the plan; a block of another kind runs whole."""
+    if not is_standard_block(block):
+        return run_block(block, x, index, plan, batch_first)[:, :1]
+    if index in plan.layers:
+        return cls_block(block, x, plan.bias, plan.amplify)
+    return cls_block(block, x)
 
 
 def clearclip_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -135,7 +202,7 @@ def clearclip_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     attn = block.attn
     n, length, dim = x.shape
     heads = attn.num_heads
-    q, _, v = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).view(
+    q, _, v = _in_projection(attn, block.ln_1(x), slice(None)).view(
         n, length, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
     out = F.scaled_dot_product_attention(q, q, v)
     return attn.out_proj(out.transpose(1, 2).reshape(n, length, dim))

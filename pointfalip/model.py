@@ -82,14 +82,16 @@ def default_precision(device: Union[str, torch.device]) -> str:
 
 
 def load_model(name: str = "ViT-B-16", pretrained: Optional[str] = "openai", device: Union[str, torch.device] = "cpu",
-               precision: str = "fp32") -> "FalipCLIP":
+               precision: str = "fp32", compile: bool = False) -> "FalipCLIP":
     """Load an open_clip model as a `FalipCLIP`.
 
     name: an open_clip model name, or a model config JSON file (registered under its file stem).
     pretrained: an open_clip tag ("openai", "laion2b_s34b_b88k", ...), an "hf-hub:org/repo" id, a local
     checkpoint (open_clip format; or OpenAI format, a TorchScript archive or a plain state dict, which implies
     QuickGELU), or "none" for random weights. precision: "fp32", "bf16" or "fp16": the dtype of the weights and
-    of the computation; images and outputs stay float32 for the caller.
+    of the computation; images and outputs stay float32 for the caller. compile: run the image encoder through
+    ``torch.compile`` (`pointfalip.compiled`): the first call of each kind compiles (seconds to a minute; cached on
+    disk for later processes), later calls run faster.
     """
     device = check_device(device)
     if precision == "auto":
@@ -100,13 +102,15 @@ def load_model(name: str = "ViT-B-16", pretrained: Optional[str] = "openai", dev
     clip = build_clip(name, pretrained)
     tokenizer_name = pretrained if str(pretrained).startswith("hf-hub:") else name
     tokenizer = open_clip.get_tokenizer(tokenizer_name)
-    return FalipCLIP(clip, tokenizer, name=name, pretrained=str(pretrained), precision=precision).to(device).eval()
+    return FalipCLIP(clip, tokenizer, name=name, pretrained=str(pretrained), precision=precision,
+                     compile=compile).to(device).eval()
 
 
 class FalipCLIP(nn.Module):
     """An open_clip CLIP whose ViT image encoder can take a foveal bias on the CLS query's attention."""
 
-    def __init__(self, clip: nn.Module, tokenizer, name: str = "", pretrained: str = "", precision: str = "fp32"):
+    def __init__(self, clip: nn.Module, tokenizer, name: str = "", pretrained: str = "", precision: str = "fp32",
+                 compile: bool = False):
         super().__init__()
         if precision not in PRECISIONS:
             raise InputError(f"unknown precision '{precision}': choose one of {', '.join(PRECISIONS)}")
@@ -115,6 +119,27 @@ class FalipCLIP(nn.Module):
         self.name = name
         self.pretrained = pretrained
         self.precision = precision
+        self._compiled_encoder = None
+        self.set_compile(compile)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the image encoder runs through ``torch.compile`` (`set_compile`)."""
+        return self._compiled_encoder is not None
+
+    def set_compile(self, on: bool = True) -> "FalipCLIP":
+        """Run the image encoder's blocks compiled (`pointfalip.compiled.compile_encoder`) or eagerly.
+
+        Compiled, the blocks' weights are frozen into the compiled code at the first call: change weights only
+        before it (or call ``set_compile`` again). The foveal bias stays an input; batch sizes share one graph.
+        """
+        if on and self._compiled_encoder is None:
+            from .compiled import compile_encoder
+
+            self._compiled_encoder = compile_encoder(self._run_encoder)
+        elif not on:
+            self._compiled_encoder = None
+        return self
 
     # ---- properties read from the wrapped model -------------------------------------------------------
     @property
@@ -211,10 +236,12 @@ class FalipCLIP(nn.Module):
         images = images.to(self.device, self.dtype)
         if dense not in DENSE_MODES:
             raise InputError(f"unknown dense mode '{dense}': choose one of {', '.join(DENSE_MODES)}")
-        if cls_bias is None and not return_tokens:
+        if cls_bias is None and not return_tokens and not self.is_vit:
             feats = self.clip.encode_image(images)
+        elif not return_tokens:
+            feats = self._encode_foveal(images, cls_bias, layers, heads, amplify)
         else:
-            x, plan = self._trunk(images, cls_bias, layers, heads, amplify, stop_before_last=dense == "clearclip")
+            x, plan = self._trunk(images, cls_bias, layers, heads, amplify, last="skip" if dense == "clearclip" else "all")
             if dense == "clearclip":
                 dense_x = clearclip_block(self.visual.transformer.resblocks[-1], x)
                 x = self._run_last_block(x, plan)
@@ -270,7 +297,7 @@ class FalipCLIP(nn.Module):
         """Tokens after ln_pre, and the kept patch indices when patch dropout is active (training mode)."""
         v = self.visual
         pd = v.patch_dropout
-        if not (isinstance(pd, PatchDropout) and pd.training and pd.prob > 0):
+        if not self._drops_patches:
             return v._embeds(images), None
         if not pd.exclude_first_token:
             raise UnsupportedModel("patch dropout that may drop the CLS token is not supported")
@@ -293,7 +320,7 @@ class FalipCLIP(nn.Module):
             raise InputError(f"unknown dense mode {unknown[0] if unknown else None!r}: choose from "
                              f"{', '.join(DENSE_MODES)}")
         blocks = self.visual.transformer.resblocks
-        x, plan = self._trunk(images.to(self.device, self.dtype), None, None, None, 0.0, stop_before_last=True)
+        x, plan = self._trunk(images.to(self.device, self.dtype), None, None, None, 0.0, last="skip")
         last = {"tokens": lambda: self._run_last_block(x, plan),
                 "clearclip": lambda: clearclip_block(blocks[-1], x)}
         out = {}
@@ -314,31 +341,69 @@ class FalipCLIP(nn.Module):
         return both[:images.shape[0]], both[images.shape[0]:]
 
     def _encode_foveal(self, images, cls_bias, layers, heads, amplify, with_plain: bool = False) -> torch.Tensor:
-        x, _ = self._trunk(images, cls_bias, layers, heads, amplify, with_plain=with_plain)
+        """Pooled features (N or 2N, D) in the model's dtype: only the CLS token goes through the last block
+        where the encoder pools that token (`attention.cls_block`)."""
+        x, _ = self._trunk(images, cls_bias, layers, heads, amplify, with_plain=with_plain,
+                           last="cls" if self._pools_cls_token else "all")
         return self._pool_project(x)[0]
 
+    @property
+    def _drops_patches(self) -> bool:
+        """Whether patch dropout is active (training mode): the compiled path leaves such calls to eager."""
+        pd = self.visual.patch_dropout
+        return isinstance(pd, PatchDropout) and pd.training and pd.prob > 0
+
+    @property
+    def _pools_cls_token(self) -> bool:
+        v = self.visual
+        return getattr(v, "attn_pool", None) is None and getattr(v, "pool_type", "tok") == "tok"
+
     def _trunk(self, images, cls_bias, layers, heads, amplify, with_plain: bool = False,
-               stop_before_last: bool = False) -> tuple[torch.Tensor, FovealPlan]:
-        """Tokens (N, 1 + P, W) after the transformer blocks (all, or all but the last), the foveal bias applied
-        in the chosen blocks, and the plan (`attention.FovealPlan`) of a block not yet run; with_plain doubles the
-        batch from the first foveal block on (biased copy, then plain copy)."""
+               last: str = "all") -> tuple[torch.Tensor, FovealPlan]:
+        """Tokens after the transformer blocks with the foveal bias applied in the chosen blocks (`_run_encoder`'s
+        ``last``), and the plan (`attention.FovealPlan`) of a block not yet run; with_plain doubles the batch from
+        the first foveal block on (biased copy, then plain copy)."""
         self._require_vit()
         if tuple(images.shape[-2:]) != self.image_size:
             raise ValueError(f"images are {tuple(images.shape[-2:])} but {self.name} takes {self.image_size}")
         gh, gw = self.grid_size
-        chosen = self.resolve_layers(layers) if cls_bias is not None else ()
-        x, keep = self._embed(images)
         if cls_bias is None:
             plan = FovealPlan(frozenset(), None, amplify)
         else:
-            plan = attention.foveal_plan(torch.as_tensor(cls_bias, device=self.device), chosen, images.shape[0],
-                                         gh * gw, amplify, self._head_mask(heads), keep)
+            plan = attention.foveal_plan(torch.as_tensor(cls_bias, device=self.device), self.resolve_layers(layers),
+                                         images.shape[0], gh * gw, amplify, self._head_mask(heads))
+        run = self._run_encoder
+        if self._compiled_encoder is not None and not self._drops_patches:
+            from .compiled import mark_batch_dynamic
+
+            mark_batch_dynamic(images, plan.bias)
+            run = self._compiled_encoder
+        x, bias = run(images, plan.bias, tuple(sorted(plan.layers)), float(plan.amplify), with_plain, last)
+        stop = self.num_layers - (0 if last == "all" else 1)
+        return x, attention.plan_after(plan._replace(bias=bias), stop, with_plain)
+
+    def _run_encoder(self, images: torch.Tensor, bias: Optional[torch.Tensor], layers: tuple, amplify: float,
+                     with_plain: bool, last: str) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Images through the encoder's blocks under a foveal bias ``(N, H|1, 1, 1 + P)`` in blocks ``layers``:
+        a function of tensors and constants only, what ``torch.compile`` takes whole.
+
+        last: "all" runs every block; "skip" all but the last (the caller runs it, `_run_last_block`); "cls" the
+        last one for the CLS token alone (`attention.run_cls_block`: tokens ``(N, 1, W)``). Returns the tokens and
+        the bias of the patches kept (patch dropout in training mode drops some).
+        """
+        x, keep = self._embed(images)
+        if keep is not None and bias is not None:
+            bias = attention.kept_columns(bias, keep)
         transformer = self.visual.transformer
-        stop = len(transformer.resblocks) - (1 if stop_before_last else 0)
-        return attention.run_blocks(transformer, x, plan, stop, with_plain)
+        blocks = transformer.resblocks
+        stop = len(blocks) - (0 if last == "all" else 1)
+        x, plan = attention.run_blocks(transformer, x, FovealPlan(frozenset(layers), bias, amplify), stop, with_plain)
+        if last == "cls":
+            x = attention.run_cls_block(blocks[-1], x, stop, plan, getattr(transformer, "batch_first", True))
+        return x, bias
 
     def _run_last_block(self, x: torch.Tensor, plan: FovealPlan) -> torch.Tensor:
-        """The encoder's last block on the tokens `_trunk` left with ``stop_before_last``."""
+        """The encoder's last block on the tokens `_trunk` left with ``last="skip"``."""
         transformer = self.visual.transformer
         return attention.run_block(transformer.resblocks[-1], x, len(transformer.resblocks) - 1, plan,
                                    getattr(transformer, "batch_first", True))

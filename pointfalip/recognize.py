@@ -40,6 +40,7 @@ class RecognizerConfig:
     prompt_file: Optional[str] = None
     up_axis: str = "y"
     precision: str = "auto"  # what the command line loads the model in unless --precision says otherwise
+    compile: bool = False  # whether the command line compiles the image encoder unless --compile says otherwise
     foveal: FovealConfig = field(default_factory=FovealConfig)
 
     def __post_init__(self) -> None:
@@ -57,6 +58,8 @@ class RecognizerConfig:
             raise InputError(f"prompt_file must be a file path or null, got {self.prompt_file!r}")
         if self.precision not in presets.PRECISION_CHOICES:
             raise InputError(f"precision must be one of {', '.join(presets.PRECISION_CHOICES)}, got {self.precision!r}")
+        if not isinstance(self.compile, bool):
+            raise InputError(f"compile must be true or false, got {self.compile!r}")
         if self.up_axis not in UP_AXES:
             raise InputError(f"up_axis must be one of {', '.join(UP_AXES)}, got {self.up_axis!r}")
         if self.view_weights is not None:

@@ -674,7 +674,8 @@ class SceneRecognizer:
 
 def load_scene_recognizer(labels: Optional[Sequence[str]] = None, dataset: Optional[str] = None, *,
                           model: Any = "ViT-B-16", pretrained: str = "openai", device: str = "auto",
-                          precision: Optional[str] = None, preset: str = "pointclip_v2",
+                          precision: Optional[str] = None, compile: Optional[bool] = None,
+                          preset: str = "pointclip_v2",
                           scene_preset: str = "tabletop", segmentation: Optional[Mapping[str, Any]] = None,
                           track: bool = True, reuse: bool = True, top_k: int = 3,
                           **recognizer_options: Any) -> "SceneRecognizer":
@@ -686,6 +687,8 @@ def load_scene_recognizer(labels: Optional[Sequence[str]] = None, dataset: Optio
             :class:`pointfalip.FalipCLIP`.
         device: a torch device; ``"auto"``: CUDA when available, else the CPU.
         precision: the model's precision; ``None``: the recognizer preset's (``auto`` in the packaged ones).
+        compile: run the image encoder through ``torch.compile``; ``None``: the recognizer preset's (off in the
+            packaged ones).
         preset: recognizer preset (``configs/presets``: ``pointclip_v2``, ``pointclip``, ``robot_fast``) or YAML file.
         scene_preset: segmentation and tracking preset of ``configs/scene.yaml`` (``tabletop``, ``room``).
         segmentation: overrides of the segmentation preset's settings (``{"voxel_size": 0.01}``).
@@ -703,7 +706,9 @@ def load_scene_recognizer(labels: Optional[Sequence[str]] = None, dataset: Optio
 
         if device == "auto":
             device = default_device()
-        model = load_model(model, pretrained, device=device, precision=precision or load_preset(preset).precision)
+        settings = load_preset(preset)
+        model = load_model(model, pretrained, device=device, precision=precision or settings.precision,
+                           compile=settings.compile if compile is None else compile)
     recognizer = Recognizer(model, labels=labels, dataset=dataset, preset=preset, **recognizer_options)
     return SceneRecognizer(recognizer, config, top_k=top_k, track=track, tracking=tracking, reuse=reuse)
 
@@ -727,6 +732,7 @@ class SceneSettings:
     pretrained: str = "openai"  # open_clip tag, hf-hub:ID, local checkpoint, or "none"
     device: str = "auto"  # torch device; auto: cuda when available, else cpu
     precision: Optional[str] = None  # auto, fp32, bf16, fp16 (None: the recognizer preset's)
+    compile: Optional[bool] = None  # torch.compile the image encoder (None: the recognizer preset's)
     preset: str = "pointclip_v2"  # recognizer preset (configs/presets; robot_fast for 6 views) or YAML file
     scene_preset: str = "tabletop"  # segmentation and tracking preset of configs/scene.yaml
     voxel_size: Optional[float] = None  # metres
@@ -763,7 +769,8 @@ class SceneSettings:
                    if getattr(self, k) is not None}
         return load_scene_recognizer(self.label_list(), self.dataset or None,
                                      model=self.model if model is None else model, pretrained=self.pretrained,
-                                     device=self.device, precision=self.precision, preset=self.preset,
+                                     device=self.device, precision=self.precision, compile=self.compile,
+                                     preset=self.preset,
                                      scene_preset=self.scene_preset, segmentation=self.segmentation(),
                                      track=self.track, reuse=self.reuse, top_k=self.top_k, falip=self.falip,
                                      **options)

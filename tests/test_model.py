@@ -101,9 +101,10 @@ def test_amplify_is_per_head_rule(tiny):
 
 
 def test_no_bias_is_open_clip_and_zero_bias_changes_nothing(tiny):
+    """Only the CLS token goes through the last block (attention.cls_block): open_clip's numbers, up to rounding."""
     images = torch.rand(4, 3, 64, 64)
     ref = tiny.clip.encode_image(images)
-    assert torch.equal(tiny.encode_image(images), ref)
+    torch.testing.assert_close(tiny.encode_image(images), ref, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(tiny.encode_image(images, torch.zeros(4, 4, 4)), ref, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(tiny.encode_image(images, normalize=True), F.normalize(ref, dim=-1))
 
