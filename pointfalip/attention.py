@@ -134,7 +134,7 @@ def foveal_block(block: nn.Module, x: torch.Tensor, bias: torch.Tensor, amplify:
     heads = attn.num_heads
     head_dim = dim // heads
     y = block.ln_1(x)
-    q, k, v = _in_projection(attn, y, slice(None)).view(n, length, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = _in_projection(attn, y, slice(None)).view(n, length, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind()
     mask = x.new_zeros(n, bias.shape[1], length, length)
     mask[:, :, :1] = bias.to(x.dtype)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
@@ -173,7 +173,8 @@ def cls_block(block: nn.Module, x: torch.Tensor, bias: Optional[torch.Tensor] = 
     heads = attn.num_heads
     y = block.ln_1(x)
     q = _in_projection(attn, y[:, :1], slice(0, dim)).view(n, 1, heads, dim // heads).transpose(1, 2)
-    k, v = _in_projection(attn, y, slice(dim, 3 * dim)).view(n, length, 2, heads, dim // heads).permute(2, 0, 3, 1, 4)
+    k, v = _in_projection(attn, y, slice(dim, 3 * dim)).view(n, length, 2, heads, dim // heads).permute(
+        2, 0, 3, 1, 4).unbind()
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if bias is None else bias.to(x.dtype))
     if amplify and bias is not None:
         out = out + amplify * (out - F.scaled_dot_product_attention(q, k, v))
@@ -203,6 +204,6 @@ def clearclip_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     n, length, dim = x.shape
     heads = attn.num_heads
     q, _, v = _in_projection(attn, block.ln_1(x), slice(None)).view(
-        n, length, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+        n, length, 3, heads, dim // heads).permute(2, 0, 3, 1, 4).unbind()
     out = F.scaled_dot_product_attention(q, q, v)
     return attn.out_proj(out.transpose(1, 2).reshape(n, length, dim))

@@ -82,16 +82,16 @@ def default_precision(device: Union[str, torch.device]) -> str:
 
 
 def load_model(name: str = "ViT-B-16", pretrained: Optional[str] = "openai", device: Union[str, torch.device] = "cpu",
-               precision: str = "fp32", compile: bool = False) -> "FalipCLIP":
+               precision: str = "fp32", compile: Union[bool, str] = False) -> "FalipCLIP":
     """Load an open_clip model as a `FalipCLIP`.
 
     name: an open_clip model name, or a model config JSON file (registered under its file stem).
     pretrained: an open_clip tag ("openai", "laion2b_s34b_b88k", ...), an "hf-hub:org/repo" id, a local
     checkpoint (open_clip format; or OpenAI format, a TorchScript archive or a plain state dict, which implies
     QuickGELU), or "none" for random weights. precision: "fp32", "bf16" or "fp16": the dtype of the weights and
-    of the computation; images and outputs stay float32 for the caller. compile: run the image encoder through
-    ``torch.compile`` (`pointfalip.compiled`): the first call of each kind compiles (seconds to a minute; cached on
-    disk for later processes), later calls run faster.
+    of the computation; images and outputs stay float32 for the caller. compile: run the image encoder compiled
+    (`pointfalip.compiled`): True or "inductor" (``torch.compile``, its code cached on disk for later processes),
+    "openvino" (an OpenVINO model, on the CPU). The first call of each kind compiles (seconds to a minute).
     """
     device = check_device(device)
     if precision == "auto":
@@ -110,7 +110,7 @@ class FalipCLIP(nn.Module):
     """An open_clip CLIP whose ViT image encoder can take a foveal bias on the CLS query's attention."""
 
     def __init__(self, clip: nn.Module, tokenizer, name: str = "", pretrained: str = "", precision: str = "fp32",
-                 compile: bool = False):
+                 compile: Union[bool, str] = False):
         super().__init__()
         if precision not in PRECISIONS:
             raise InputError(f"unknown precision '{precision}': choose one of {', '.join(PRECISIONS)}")
@@ -120,25 +120,28 @@ class FalipCLIP(nn.Module):
         self.pretrained = pretrained
         self.precision = precision
         self._compiled_encoder = None
+        self.compile_engine: Optional[str] = None
         self.set_compile(compile)
 
     @property
     def compiled(self) -> bool:
-        """Whether the image encoder runs through ``torch.compile`` (`set_compile`)."""
+        """Whether the image encoder runs compiled (`set_compile`)."""
         return self._compiled_encoder is not None
 
-    def set_compile(self, on: bool = True) -> "FalipCLIP":
-        """Run the image encoder's blocks compiled (`pointfalip.compiled.compile_encoder`) or eagerly.
+    def set_compile(self, compile: Union[bool, str] = True) -> "FalipCLIP":
+        """Run the image encoder's blocks compiled or eagerly: True or "inductor" (``torch.compile``), "openvino"
+        (an OpenVINO model, CPU), False (eager); see `pointfalip.compiled`.
 
-        Compiled, the blocks' weights are frozen into the compiled code at the first call: change weights only
-        before it (or call ``set_compile`` again). The foveal bias stays an input; batch sizes share one graph.
+        Compiled, the blocks' weights are read into the compiled code at the first call of each kind: change
+        weights only before it (or call ``set_compile`` again). The foveal bias stays an input; batch sizes share
+        one compiled graph.
         """
-        if on and self._compiled_encoder is None:
-            from .compiled import compile_encoder
+        from .compiled import check_engine, compile_encoder
 
-            self._compiled_encoder = compile_encoder(self._run_encoder)
-        elif not on:
-            self._compiled_encoder = None
+        engine = check_engine(compile)
+        if engine != self.compile_engine:
+            self._compiled_encoder = compile_encoder(self, engine) if engine else None
+            self.compile_engine = engine
         return self
 
     # ---- properties read from the wrapped model -------------------------------------------------------

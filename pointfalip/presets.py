@@ -34,6 +34,7 @@ from .errors import InputError, shown
 from .files import read_input_text
 
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")  # the one list: presets, --precision, load_model
+COMPILE_ENGINES = ("inductor", "openvino")  # the one list: presets' compile, --compile, load_model(compile=...)
 CONFIG_PACKAGE = "pointfalip.configs"
 DATA_PACKAGE = "pointfalip.data"
 

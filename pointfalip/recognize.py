@@ -20,6 +20,7 @@ import torch
 
 from . import presets, prompts
 from .clouds import UP_AXES, normalize, validate
+from .compiled import ENGINES
 from .errors import InputError
 from .foveal import FovealConfig, from_occupancy
 from .model import FalipCLIP
@@ -40,7 +41,7 @@ class RecognizerConfig:
     prompt_file: Optional[str] = None
     up_axis: str = "y"
     precision: str = "auto"  # what the command line loads the model in unless --precision says otherwise
-    compile: bool = False  # whether the command line compiles the image encoder unless --compile says otherwise
+    compile: Union[bool, str] = False  # the command line's encoder engine unless --compile says otherwise
     foveal: FovealConfig = field(default_factory=FovealConfig)
 
     def __post_init__(self) -> None:
@@ -58,8 +59,8 @@ class RecognizerConfig:
             raise InputError(f"prompt_file must be a file path or null, got {self.prompt_file!r}")
         if self.precision not in presets.PRECISION_CHOICES:
             raise InputError(f"precision must be one of {', '.join(presets.PRECISION_CHOICES)}, got {self.precision!r}")
-        if not isinstance(self.compile, bool):
-            raise InputError(f"compile must be true or false, got {self.compile!r}")
+        if not (isinstance(self.compile, bool) or self.compile in ENGINES):
+            raise InputError(f"compile must be true, false or an engine ({', '.join(ENGINES)}), got {self.compile!r}")
         if self.up_axis not in UP_AXES:
             raise InputError(f"up_axis must be one of {', '.join(UP_AXES)}, got {self.up_axis!r}")
         if self.view_weights is not None:

@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional
 
 from .. import io
 from ..errors import InputError
-from ..presets import PRECISION_CHOICES
+from ..presets import COMPILE_ENGINES as ENGINES, PRECISION_CHOICES
 
 @dataclass(frozen=True)
 class Command:
@@ -106,10 +106,12 @@ def model_args(p: argparse.ArgumentParser, precision_default: str = "the preset'
     g.add_argument("--device", help="torch device (default: cuda where available, else cpu)")
     g.add_argument("--precision", choices=PRECISION_CHOICES,
                    help=f"auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32 (default: {precision_default})")
-    g.add_argument("--compile", action=argparse.BooleanOptionalAction,
-                   help="run the image encoder through torch.compile: the first batch compiles (about 20 s for "
-                        "ViT-B-16 on 2 CPU cores, cached on disk), later ones may run faster (default: the preset's, "
-                        "off)")
+    g.add_argument("--compile", nargs="?", const="inductor", choices=(*ENGINES, "off"), metavar="ENGINE",
+                   help="run the image encoder compiled: inductor (torch.compile, the default ENGINE; CPU or CUDA, "
+                        "its code cached on disk) or openvino (CPU; pip install 'pointfalip[openvino]'); the first "
+                        "batch of each kind compiles (15-25 s for ViT-B-16 on 2 CPU cores). Pays on long runs: "
+                        "bench/bench_falip.py measures it (default: the preset's, off)")
+    g.add_argument("--no-compile", dest="compile", action="store_const", const="off", help="same as --compile off")
 
 
 def image_model_args(p: argparse.ArgumentParser) -> None:
@@ -161,7 +163,7 @@ def load_model(args):
 
         args.device = default_device()
     return load(args.model, args.pretrained, device=args.device, precision=args.precision,
-                compile=bool(getattr(args, "compile", None)))
+                compile=getattr(args, "compile", None) or False)
 
 
 def build_recognizer(args, model, labels=None, dataset=None):
