@@ -10,6 +10,7 @@ separate runs would be ≈ 2), and the largest difference between the --compare 
 
     python bench/bench_evaluate.py [--models ViT-B-32 ViT-B-16] [--objects 8] [--points 2048] [--repeats 3]
                                    [--preset pointclip_v2] [--precisions auto] [--threads N]
+                                   [--compile off inductor openvino]
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import warnings
 import numpy as np
 import torch
 
+from common import cpu_name, malloc_setting
 from pointfalip import load_model, prompts
 from pointfalip.evaluate import BASELINE, FALIP, score_batch
 from pointfalip.model import default_precision
@@ -44,17 +46,22 @@ def main() -> None:
     ap.add_argument("--precisions", nargs="+", default=["auto"],
                     help="weight dtypes (fp32 bf16 fp16 auto); auto is what the command line picks here (default)")
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    ap.add_argument("--compile", nargs="+", default=["off"], choices=["off", "inductor", "openvino"],
+                    help="encoder engines, each a row (compiled during the warm-up, before timing)")
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="leave glibc's malloc as it is (the command line makes it reuse freed memory)")
     args = ap.parse_args()
+    malloc = malloc_setting(args.default_malloc)
     if args.threads:
         torch.set_num_threads(args.threads)
     batch = clouds(args.objects, args.points)
     names = prompts.class_names("modelnet40")
     precisions = list(dict.fromkeys(default_precision("cpu") if p == "auto" else p for p in args.precisions))
     rows = []
-    for name, precision in ((n, p) for p in precisions for n in args.models):
+    for name, precision, engine in ((n, p, e) for p in precisions for n in args.models for e in args.compile):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model = load_model(name, pretrained="none", precision=precision)
+            model = load_model(name, pretrained="none", precision=precision, compile=engine)
         rec = Recognizer(model, labels=names, preset=args.preset, falip=True, cache_dir=False)
 
         def run(runs, rec=rec):
@@ -74,16 +81,17 @@ def main() -> None:
         s_falip, s_plain, s_pair = scores[(FALIP,)], scores[(BASELINE,)], scores[(FALIP, BASELINE)]
         diff = max(float((s_pair[FALIP] - s_falip[FALIP]).abs().max()),
                    float((s_pair[BASELINE] - s_plain[BASELINE]).abs().max()))
-        rows.append((name, precision, args.objects / t_falip, args.objects / t_plain, args.objects / t_pair,
+        rows.append((name, precision, engine, args.objects / t_falip, args.objects / t_plain, args.objects / t_pair,
                      t_pair / t_falip, (t_falip + t_plain) / t_pair, diff))
         del model, rec
 
-    print(f"evaluate per-batch throughput, CPU, {torch.get_num_threads()} threads, {args.objects} objects x "
-          f"{args.points} points, preset {args.preset}, random weights")
-    print(f"{'model':<10} {'dtype':<6} {'falip obj/s':>12} {'plain obj/s':>12} {'compare obj/s':>14} "
-          f"{'compare/falip':>14} {'2 runs/compare':>15} {'max |Δscore|':>13}")
-    for name, precision, f, p, c, ratio, gain, diff in rows:
-        print(f"{name:<10} {precision:<6} {f:>12.2f} {p:>12.2f} {c:>14.2f} {ratio:>14.2f} {gain:>15.2f} {diff:>13.1e}")
+    print(f"evaluate per-batch throughput, {cpu_name()}, {torch.get_num_threads()} threads, {args.objects} objects x "
+          f"{args.points} points, preset {args.preset}, {malloc}, random weights")
+    print("| model | dtype | compile | FALIP obj/s | plain obj/s | --compare obj/s | compare / FALIP | 2 runs / compare "
+          "| max Δscore |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, precision, engine, f, p, c, ratio, gain, diff in rows:
+        print(f"| {name} | {precision} | {engine} | {f:.2f} | {p:.2f} | {c:.2f} | {ratio:.2f} | {gain:.2f} | {diff:.1e} |")
 
 
 if __name__ == "__main__":

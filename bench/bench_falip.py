@@ -19,7 +19,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from common import cpu_name, fp32_and_bf16
+from common import cpu_name, fp32_and_bf16, malloc_setting
 from pointfalip.foveal import from_token_boxes
 
 
@@ -66,6 +66,25 @@ def gemm_peak(model, dtype: torch.dtype, n: int, repeats: int) -> float:
     return flop / seconds / 1e9
 
 
+def batch_sweep(args) -> None:
+    """Images/s of eager FALIP encodes by images a call."""
+    torch.manual_seed(0)
+    models = dict(zip(("fp32", "bf16"), fp32_and_bf16(args.model)))
+    gh, gw = models["fp32"].grid_size
+    print(f"{args.model}, eager FALIP, {torch.get_num_threads()} threads, torch {torch.__version__}, {cpu_name()}, "
+          f"{args.malloc}; best of {args.repeats}")
+    print("| images a call | " + " | ".join(f"{p} images/s" for p in args.precisions) + " |")
+    print("|---|" + "---|" * len(args.precisions))
+    with torch.inference_mode():
+        for n in args.batch_sweep:
+            images, bias = torch.rand(n, 3, *models["fp32"].image_size), torch.rand(n, gh, gw)
+            rates = []
+            for p in args.precisions:
+                models[p].encode_image(images, bias)
+                rates.append(n / best_time(lambda: models[p].encode_image(images, bias), args.repeats))
+            print(f"| {n} | " + " | ".join(f"{r:.1f}" for r in rates) + " |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="ViT-B-16")
@@ -73,7 +92,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     ap.add_argument("--no-compile", dest="compile", action="store_false", help="eager rows only")
+    ap.add_argument("--batch-sweep", type=int, nargs="+", metavar="N",
+                    help="instead: images/s of eager FALIP encodes of N images a call, per precision (what sizes the "
+                         "view batches of evaluate)")
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="leave glibc's malloc as it is (the command line makes it reuse freed memory)")
     args = ap.parse_args()
+    args.malloc = malloc_setting(args.default_malloc)
+    if args.batch_sweep:
+        return batch_sweep(args)
     torch.manual_seed(0)
     fp32, bf16 = fp32_and_bf16(args.model)
     images = torch.rand(args.batch, 3, *fp32.image_size)
@@ -115,7 +142,7 @@ def main() -> None:
             rows.append((precision, path, t, compile_s))
 
     print(f"{args.model}, {args.batch} images a call, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"{cpu_name()}; best of {args.repeats}, random weights")
+          f"{cpu_name()}, {args.malloc}; best of {args.repeats}, random weights")
     print("GEMM peak (F.linear on the encoder's projections): "
           + ", ".join(f"{p} {v:,.0f} GFLOP/s" for p, v in peaks.items())
           + f"; the encoder: {gflop:.1f} GFLOP a call")

@@ -15,6 +15,18 @@ def fp32_and_bf16(name: str):
     return fp32, type(fp32)(copy.deepcopy(fp32.clip), fp32.tokenizer, name=fp32.name, precision="bf16").eval()
 
 
+def malloc_setting(default_malloc: bool) -> str:
+    """Apply what the command line applies at start (`pointfalip.allocator`) unless told not to; its name for the
+    table header (an older checkout without it runs with glibc's defaults)."""
+    if default_malloc:
+        return "glibc's default malloc"
+    try:
+        from pointfalip.allocator import reuse_freed_memory
+    except ImportError:
+        return "glibc's default malloc (no pointfalip.allocator)"
+    return "freed memory reused (pointfalip.allocator)" if reuse_freed_memory() else "default malloc (not glibc)"
+
+
 def cpu_name() -> str:
     """The CPU model as /proc/cpuinfo names it (every bench table names the CPU it ran on)."""
     try:

@@ -6,9 +6,11 @@ __version__ = "0.1.0"
 
 from .errors import InputError, WeightsUnavailable  # noqa: E402
 
-_LAZY = {"FalipCLIP": "model", "load_model": "model", "Recognizer": "recognize", "parts": None}  # name -> module
+_LAZY = {"FalipCLIP": "model", "load_model": "model", "Recognizer": "recognize", "parts": None,
+         "reuse_freed_memory": "allocator"}  # name -> module
 
-__all__ = ["FalipCLIP", "InputError", "Recognizer", "WeightsUnavailable", "load_model", "parts", "__version__"]
+__all__ = ["FalipCLIP", "InputError", "Recognizer", "WeightsUnavailable", "load_model", "parts", "reuse_freed_memory",
+           "__version__"]
 
 
 def __getattr__(name: str):

@@ -128,7 +128,8 @@ class OpenVINOEncoder:
         try:
             visual.float()
             with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)  # static shapes iterated on purpose
+                warnings.simplefilter("ignore", FutureWarning)  # OpenVINO traces with torch.jit.trace
                 converted = ov.convert_model(_Blocks(self._model, static), input=shapes,
                                              example_input=tuple(t.float() for t in inputs))
         finally:

@@ -165,6 +165,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command not in COMMANDS:  # `pointfalip` or `pointfalip fewshot` alone: the usage and the command list
         parser.command_parsers[args.command or ""].print_usage_and_commands()
         return 2
+    from ..allocator import reuse_freed_memory
+
+    reuse_freed_memory()  # the encoder's batches reuse freed pages instead of faulting fresh ones in
     if getattr(args, "device", "") is None:  # resolved here, not at parse time: --help imports no torch
         from ..model import default_device
 
