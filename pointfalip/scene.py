@@ -41,7 +41,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Mapping, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
@@ -674,7 +674,7 @@ class SceneRecognizer:
 
 def load_scene_recognizer(labels: Optional[Sequence[str]] = None, dataset: Optional[str] = None, *,
                           model: Any = "ViT-B-16", pretrained: str = "openai", device: str = "auto",
-                          precision: Optional[str] = None, compile: Optional[bool] = None,
+                          precision: Optional[str] = None, compile: Union[bool, str, None] = None,
                           preset: str = "pointclip_v2",
                           scene_preset: str = "tabletop", segmentation: Optional[Mapping[str, Any]] = None,
                           track: bool = True, reuse: bool = True, top_k: int = 3,
@@ -687,8 +687,8 @@ def load_scene_recognizer(labels: Optional[Sequence[str]] = None, dataset: Optio
             :class:`pointfalip.FalipCLIP`.
         device: a torch device; ``"auto"``: CUDA when available, else the CPU.
         precision: the model's precision; ``None``: the recognizer preset's (``auto`` in the packaged ones).
-        compile: run the image encoder through ``torch.compile``; ``None``: the recognizer preset's (off in the
-            packaged ones).
+        compile: run the image encoder compiled (True, "inductor", "openvino"; False or "off": eager); ``None``: the
+            recognizer preset's (off in the packaged ones).
         preset: recognizer preset (``configs/presets``: ``pointclip_v2``, ``pointclip``, ``robot_fast``) or YAML file.
         scene_preset: segmentation and tracking preset of ``configs/scene.yaml`` (``tabletop``, ``room``).
         segmentation: overrides of the segmentation preset's settings (``{"voxel_size": 0.01}``).
@@ -732,7 +732,7 @@ class SceneSettings:
     pretrained: str = "openai"  # open_clip tag, hf-hub:ID, local checkpoint, or "none"
     device: str = "auto"  # torch device; auto: cuda when available, else cpu
     precision: Optional[str] = None  # auto, fp32, bf16, fp16 (None: the recognizer preset's)
-    compile: Optional[bool] = None  # torch.compile the image encoder (None: the recognizer preset's)
+    compile: Optional[str] = None  # encoder engine: inductor, openvino or off (None: the recognizer preset's)
     preset: str = "pointclip_v2"  # recognizer preset (configs/presets; robot_fast for 6 views) or YAML file
     scene_preset: str = "tabletop"  # segmentation and tracking preset of configs/scene.yaml
     voxel_size: Optional[float] = None  # metres

@@ -104,7 +104,7 @@ class NodeSettings(SceneSettings):
     labels: str = ""  # comma-separated label names (or give dataset)
     dataset: str = ""  # a packaged label set instead of labels: modelnet40, modelnet10, scanobjectnn
     precision: Optional[str] = "auto"  # auto, fp32, bf16, fp16 ("" or None: the recognizer preset's)
-    compile: bool = False  # torch.compile the image encoder: the first frame compiles, later ones may run faster
+    compile: str = "off"  # encoder engine: off, inductor or openvino (the first frame compiles; see the README)
     up_axis: str = "z"  # up axis of the clouds' frame (z for robot and lidar frames, -y for optical frames)
     input_topic: str = "points"  # sensor_msgs/msg/PointCloud2 (relative: remap it with -r points:=/your/topic)
     detections_topic: str = "pointfalip/detections"  # vision_msgs/msg/Detection3DArray
