@@ -26,7 +26,8 @@ from .foveal import FovealConfig, from_occupancy
 from .model import FalipCLIP
 from .projection import DepthViews, check_view_weights, default_views, project, unit_view_weights, view_count
 
-ENCODER_BATCH = 64  # images per encoder call: bounds memory, keeps batches large
+ENCODER_BATCH = 64  # images per encoder call: bounds memory; with freed memory reused (pointfalip.allocator) 64 ran
+# as fast per image as 10-40 (bench/bench_falip.py --batch-sweep), without it 1.6x slower
 
 
 @dataclass
