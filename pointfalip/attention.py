@@ -129,33 +129,49 @@ def foveal_block(block: nn.Module, x: torch.Tensor, bias: torch.Tensor, amplify:
     code; with amplify, the CLS row is also computed without it for G'_h + γ(G'_h - G_h).
     """
     _check_block(block, "foveal attention")
-    attn = block.attn
-    n, length, dim = x.shape
-    heads = attn.num_heads
-    head_dim = dim // heads
-    y = block.ln_1(x)
-    q, k, v = _in_projection(attn, y, slice(None)).view(n, length, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind()
-    mask = x.new_zeros(n, bias.shape[1], length, length)
-    mask[:, :, :1] = bias.to(x.dtype)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    if amplify:
-        plain_cls = F.scaled_dot_product_attention(q[:, :, :1], k, v)
-        cls = out[:, :, :1]
-        out = torch.cat([cls + amplify * (cls - plain_cls), out[:, :, 1:]], dim=2)
-    out = attn.out_proj(out.transpose(1, 2).reshape(n, length, dim))
-    x = x + block.ls_1(out)
-    return x + block.ls_2(block.mlp(block.ln_2(x)))
+    return _rest_of_block(block, x, _foveal_attention(block, x, bias, amplify)[0])
 
 
 def foveal_and_plain(block: nn.Module, x: torch.Tensor, bias: torch.Tensor, amplify: float = 0.0) -> torch.Tensor:
     """A first foveal block's output for the biased copy and then the plain copy of tokens ``(N, L, W)``: (2N, L, W).
 
     The bias is on the CLS query's row alone, so the two copies differ only in their CLS token here: the block
-    runs once with the bias, and the plain copy takes its other rows with a CLS token of its own (`cls_block`).
+    runs once with the bias, and the plain copy takes its other rows with a CLS token of its own, from the same
+    queries, keys and values without the bias.
     """
-    biased = foveal_block(block, x, bias, amplify)
-    plain = torch.cat([cls_block(block, x), biased[:, 1:]], dim=1)
+    _check_block(block, "foveal attention")
+    out, plain_cls = _foveal_attention(block, x, bias, amplify, plain_cls=True)
+    biased = _rest_of_block(block, x, out)
+    plain = torch.cat([_rest_of_block(block, x[:, :1], plain_cls), biased[:, 1:]], dim=1)
     return torch.cat([biased, plain])
+
+
+def _foveal_attention(block: nn.Module, x: torch.Tensor, bias: torch.Tensor, amplify: float,
+                      plain_cls: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The attention output ``(N, H, L, d)`` of a foveal block (amplified where asked) and, with ``plain_cls`` or
+    amplify, the CLS row's output without the bias ``(N, H, 1, d)`` (else None)."""
+    attn = block.attn
+    n, length, dim = x.shape
+    heads = attn.num_heads
+    y = block.ln_1(x)
+    q, k, v = _in_projection(attn, y, slice(None)).view(n, length, 3, heads, dim // heads).permute(
+        2, 0, 3, 1, 4).unbind()
+    mask = x.new_zeros(n, bias.shape[1], length, length)
+    mask[:, :, :1] = bias.to(x.dtype)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    plain = F.scaled_dot_product_attention(q[:, :, :1], k, v) if amplify or plain_cls else None
+    if amplify:
+        cls = out[:, :, :1]
+        out = torch.cat([cls + amplify * (cls - plain), out[:, :, 1:]], dim=2)
+    return out, plain
+
+
+def _rest_of_block(block: nn.Module, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Tokens ``x`` ``(N, L', W)`` after the block, given their attention output ``(N, H, L', d)``: the output
+    projection, the residual, the MLP (open_clip's order, with its layer scales)."""
+    n, length, dim = x.shape
+    x = x + block.ls_1(block.attn.out_proj(out.transpose(1, 2).reshape(n, length, dim)))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
 def cls_block(block: nn.Module, x: torch.Tensor, bias: Optional[torch.Tensor] = None, amplify: float = 0.0
@@ -178,8 +194,7 @@ def cls_block(block: nn.Module, x: torch.Tensor, bias: Optional[torch.Tensor] = 
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if bias is None else bias.to(x.dtype))
     if amplify and bias is not None:
         out = out + amplify * (out - F.scaled_dot_product_attention(q, k, v))
-    cls = x[:, :1] + block.ls_1(attn.out_proj(out.transpose(1, 2).reshape(n, 1, dim)))
-    return cls + block.ls_2(block.mlp(block.ln_2(cls)))
+    return _rest_of_block(block, x[:, :1], out)
 
 
 def run_cls_block(block: nn.Module, x: torch.Tensor, index: int, plan: FovealPlan, batch_first: bool = True

@@ -256,12 +256,13 @@ def test_names_tags_and_random_weights():
         pointfalip.load_model("pf-tiny-16", pretrained="none")
 
 
-def test_encode_image_pair_shares_the_trunk(tiny):
+@pytest.mark.parametrize("amplify", [0.0, 1.5])
+def test_encode_image_pair_shares_the_trunk(tiny, amplify):
     images = torch.rand(3, 3, 64, 64)
     bias = torch.rand(3, 4, 4)
-    foveal_feats, plain = tiny.encode_image_pair(images, bias, layers=(-2, -1), normalize=True)
-    torch.testing.assert_close(foveal_feats, tiny.encode_image(images, bias, layers=(-2, -1), normalize=True),
-                               atol=1e-5, rtol=1e-5)
+    foveal_feats, plain = tiny.encode_image_pair(images, bias, layers=(-2, -1), amplify=amplify, normalize=True)
+    torch.testing.assert_close(foveal_feats, tiny.encode_image(images, bias, layers=(-2, -1), amplify=amplify,
+                                                               normalize=True), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(plain, tiny.encode_image(images, normalize=True), atol=1e-5, rtol=1e-5)
 
 
