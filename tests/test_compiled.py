@@ -115,3 +115,9 @@ def test_compile_option_reads_an_engine():
     assert parse(base + ["--compile", "openvino"]).compile == "openvino"
     assert parse(base + ["--no-compile"]).compile == "off"
     assert parse(base).compile is None
+
+
+def test_an_unknown_engine_is_one_line_and_exit_2(main):
+    code, out, err = main("classify", "x.ply", "--labels", "a,b", "--compile", "tvm")
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert "--compile" in err and "'tvm'" in err and "openvino" in err
